@@ -1,0 +1,581 @@
+//! `deeptune`: the server (`serve`) and a command-line client of its API.
+
+mod client;
+mod import;
+mod output;
+
+use std::path::PathBuf;
+
+use anyhow::{anyhow, Context};
+use clap::{Args, Parser, Subcommand};
+use serde_json::{json, Value};
+
+use client::{ApiFailure, Client, ClientFile};
+use output::Output;
+
+#[derive(Parser)]
+#[command(name = "deeptune", version, about = "Deep fine-tuning: upload, label, train, evaluate and serve image models")]
+struct Cli {
+    #[command(flatten)]
+    client: ClientArgs,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Args)]
+struct ClientArgs {
+    /// URL of the deeptune server.
+    #[arg(long, global = true, env = "DEEPTUNE_SERVER")]
+    server: Option<String>,
+    /// Personal access token (default: the local server's admin token in ./deeptune-data/admin-token).
+    #[arg(long, global = true, env = "DEEPTUNE_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// User id in API paths.
+    #[arg(long, global = true, env = "DEEPTUNE_USER")]
+    user: Option<String>,
+    /// The app to act in.
+    #[arg(long, global = true, env = "DEEPTUNE_APP")]
+    app: Option<String>,
+    /// Client config file (TOML with server, token, user, app); default ~/.config/deeptune/cli.toml.
+    #[arg(long, global = true, env = "DEEPTUNE_CLI_CONFIG")]
+    cli_config: Option<PathBuf>,
+    /// Print the server's JSON responses instead of human-readable output.
+    #[arg(long, global = true)]
+    json: bool,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the API server with the embedded store (SQLite + local blobs under the data directory).
+    Serve(ServeArgs),
+    /// Print the OpenAPI document of the API.
+    Openapi,
+    /// Apps: create, list, get, delete.
+    #[command(subcommand)]
+    Apps(AppsCmd),
+    /// Concepts of an app.
+    #[command(subcommand)]
+    Concepts(ConceptsCmd),
+    /// Inputs (images) of an app: upload, import, list, delete.
+    #[command(subcommand)]
+    Inputs(InputsCmd),
+    /// Concept labels on inputs.
+    #[command(subcommand)]
+    Annotations(AnnotationsCmd),
+    /// Datasets and their immutable versions.
+    #[command(subcommand)]
+    Datasets(DatasetsCmd),
+    /// Personal access tokens (admin scope).
+    #[command(subcommand)]
+    Keys(KeysCmd),
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// TOML configuration file (settings: data_dir, listen, max_body_bytes, max_image_pixels,
+    /// url_allowlist, log_format, user_id). Environment variables DEEPTUNE_<SETTING> override it;
+    /// flags override both.
+    #[arg(long, env = "DEEPTUNE_CONFIG")]
+    config: Option<PathBuf>,
+    /// Data directory (default ./deeptune-data).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Listen address (default 127.0.0.1:8080).
+    #[arg(long)]
+    listen: Option<String>,
+    #[arg(long)]
+    max_body_bytes: Option<u64>,
+    #[arg(long)]
+    max_image_pixels: Option<u64>,
+    /// A network URL imports may reach although it is private or loopback (repeatable).
+    #[arg(long = "url-allowlist")]
+    url_allowlist: Vec<String>,
+    /// text or json
+    #[arg(long)]
+    log_format: Option<String>,
+    #[arg(long)]
+    user_id: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum AppsCmd {
+    List(PageArgs),
+    Create {
+        id: String,
+        #[arg(long, default_value = "")]
+        name: String,
+        #[arg(long, default_value = "")]
+        description: String,
+    },
+    Get { id: String },
+    Delete { id: String },
+}
+
+#[derive(Subcommand)]
+enum ConceptsCmd {
+    List(PageArgs),
+    Create {
+        id: String,
+        #[arg(long, default_value = "")]
+        name: String,
+    },
+    Get { id: String },
+}
+
+#[derive(Subcommand)]
+enum InputsCmd {
+    /// List inputs, newest first.
+    List {
+        #[command(flatten)]
+        page: PageArgs,
+        /// Only inputs labeled with this concept.
+        #[arg(long)]
+        concept: Option<String>,
+        /// Only inputs without labels.
+        #[arg(long)]
+        unlabeled: bool,
+    },
+    /// Upload image files.
+    Add {
+        files: Vec<PathBuf>,
+        /// Label every file: `cat` (positive) or `cat:0` (negative); repeatable.
+        #[arg(long = "concept")]
+        concepts: Vec<String>,
+        /// Input id (only with one file).
+        #[arg(long)]
+        id: Option<String>,
+    },
+    /// Add images by URL.
+    AddUrl {
+        urls: Vec<String>,
+        #[arg(long = "concept")]
+        concepts: Vec<String>,
+    },
+    Get { id: String },
+    Delete { ids: Vec<String> },
+    /// Bulk import from a CSV or TSV file in Clarifai's column format.
+    Import { file: PathBuf },
+    /// Upload a folder with one subfolder per concept (files at the top level stay unlabeled).
+    ImportFolder { dir: PathBuf },
+}
+
+#[derive(Subcommand)]
+enum AnnotationsCmd {
+    List {
+        #[command(flatten)]
+        page: PageArgs,
+        #[arg(long)]
+        input: Option<String>,
+    },
+    /// Label an input: `cat` (positive) or `cat:0` (negative).
+    Add { input: String, concepts: Vec<String> },
+    /// Change an annotation's labels.
+    Patch {
+        annotation: String,
+        concepts: Vec<String>,
+        /// merge, overwrite or remove
+        #[arg(long, default_value = "merge")]
+        action: String,
+    },
+    Delete { annotation: String, #[arg(long)] input: String },
+}
+
+#[derive(Subcommand)]
+enum DatasetsCmd {
+    List(PageArgs),
+    Create {
+        id: String,
+        #[arg(long, default_value = "")]
+        description: String,
+    },
+    Get { id: String },
+    Delete { id: String },
+    /// Add inputs to a dataset (`--all` adds every input of the app).
+    AddInputs {
+        dataset: String,
+        inputs: Vec<String>,
+        #[arg(long)]
+        all: bool,
+    },
+    RemoveInputs { dataset: String, inputs: Vec<String> },
+    /// List a dataset's inputs.
+    Inputs {
+        dataset: String,
+        #[command(flatten)]
+        page: PageArgs,
+    },
+    /// Freeze the dataset into a new version with metrics and a train/validation split.
+    CreateVersion {
+        dataset: String,
+        #[arg(long)]
+        id: Option<String>,
+        #[arg(long, default_value_t = 0.8)]
+        train_fraction: f64,
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+        #[arg(long, default_value = "")]
+        description: String,
+    },
+    Versions { dataset: String },
+    /// Show a version with its metrics.
+    Version { dataset: String, version: String },
+}
+
+#[derive(Subcommand)]
+enum KeysCmd {
+    Create {
+        /// Comma-separated: read, write, train, predict, admin
+        #[arg(long)]
+        scopes: String,
+        /// Restrict the key to one app.
+        #[arg(long = "only-app")]
+        only_app: Option<String>,
+        #[arg(long, default_value = "")]
+        description: String,
+    },
+    List,
+    Delete { id: String },
+}
+
+#[derive(Args, Clone, Copy)]
+struct PageArgs {
+    #[arg(long, default_value_t = 1)]
+    page: u32,
+    #[arg(long, default_value_t = 128)]
+    per_page: u32,
+}
+
+impl PageArgs {
+    fn query(&self) -> Vec<(&'static str, String)> {
+        vec![("page", self.page.to_string()), ("per_page", self.per_page.to_string())]
+    }
+}
+
+/// `cat` → positive, `cat:0` → negative.
+fn concept_args(args: &[String]) -> anyhow::Result<Vec<Value>> {
+    args.iter()
+        .map(|arg| {
+            let (id, value) = match arg.split_once(':') {
+                Some((id, v)) => (id, v.parse::<f32>().map_err(|_| anyhow!("{arg:?}: the value after ':' must be 1 or 0"))?),
+                None => (arg.as_str(), 1.0),
+            };
+            Ok(json!({"id": id, "value": value}))
+        })
+        .collect()
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+    match runtime.block_on(run(cli)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            if let Some(failure) = e.downcast_ref::<ApiFailure>() {
+                eprintln!("error: {failure}");
+            } else {
+                eprintln!("error: {e:#}");
+            }
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    if let Command::Serve(args) = cli.command {
+        return serve(args).await;
+    }
+    if let Command::Openapi = cli.command {
+        println!("{}", serde_json::to_string_pretty(&deeptune_server::routes::openapi())?);
+        return Ok(());
+    }
+    let file = ClientFile::load(cli.client.cli_config.as_ref())?;
+    let token = cli.client.token.or(file.token).or_else(|| {
+        std::fs::read_to_string(PathBuf::from(deeptune_server::Config::DEFAULT_DATA_DIR).join("admin-token"))
+            .ok()
+            .map(|t| t.trim().to_string())
+    });
+    let client = Client::new(
+        cli.client.server.or(file.server).unwrap_or_else(|| "http://127.0.0.1:8080".to_string()),
+        token,
+        cli.client.user.or(file.user).unwrap_or_else(|| "me".to_string()),
+        cli.client.app.or(file.app),
+    );
+    let out = Output { json: cli.client.json };
+    match cli.command {
+        Command::Serve(_) | Command::Openapi => unreachable!("handled above"),
+        Command::Apps(cmd) => apps(&client, &out, cmd).await,
+        Command::Concepts(cmd) => concepts(&client, &out, cmd).await,
+        Command::Inputs(cmd) => inputs(&client, &out, cmd).await,
+        Command::Annotations(cmd) => annotations(&client, &out, cmd).await,
+        Command::Datasets(cmd) => datasets(&client, &out, cmd).await,
+        Command::Keys(cmd) => keys(&client, &out, cmd).await,
+    }
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    use deeptune_server::{Config, ConfigLayer, Server};
+    let file = match &args.config {
+        Some(path) => ConfigLayer::from_toml_file(path)?,
+        None => ConfigLayer::default(),
+    };
+    let env = ConfigLayer::from_env(|k| std::env::var(k).ok())?;
+    let flags = ConfigLayer {
+        data_dir: args.data_dir,
+        listen: args.listen,
+        max_body_bytes: args.max_body_bytes,
+        max_image_pixels: args.max_image_pixels,
+        url_allowlist: (!args.url_allowlist.is_empty()).then_some(args.url_allowlist),
+        log_format: args.log_format,
+        user_id: args.user_id,
+    };
+    let config = Config::from_layer(file.merge(env).merge(flags))?;
+    deeptune_server::init_logging(config.log_format);
+    let server = Server::bind(&config).await.context("cannot start the server")?;
+    let addr = server.local_addr();
+    if let Some(token) = &server.new_admin_token {
+        println!("Created the first admin token (shown once; also saved to {}):", config.admin_token_path().display());
+        println!("  {token}");
+    }
+    tracing::info!(%addr, data_dir = %config.data_dir.display(), "deeptune is serving");
+    println!("deeptune API on http://{addr}  (OpenAPI: http://{addr}/openapi.json)");
+    server.serve(deeptune_server::shutdown_signal()).await
+}
+
+async fn apps(c: &Client, out: &Output, cmd: AppsCmd) -> anyhow::Result<()> {
+    match cmd {
+        AppsCmd::List(p) => {
+            let body = c.get(&c.user_path("/apps"), &p.query()).await?;
+            out.list(&body, "apps", &["id", "name", "created_at"])
+        }
+        AppsCmd::Create { id, name, description } => {
+            let body = c.post(&c.user_path("/apps"), &json!({"apps": [{"id": id, "name": name, "description": description}]})).await?;
+            out.done(&body, &format!("created app {}", body["apps"][0]["id"].as_str().unwrap_or("")))
+        }
+        AppsCmd::Get { id } => {
+            let body = c.get(&c.user_path(&format!("/apps/{id}")), &[]).await?;
+            out.object(&body, "app")
+        }
+        AppsCmd::Delete { id } => {
+            let body = c.delete(&c.user_path(&format!("/apps/{id}")), None).await?;
+            out.done(&body, &format!("deleted app {id}"))
+        }
+    }
+}
+
+async fn concepts(c: &Client, out: &Output, cmd: ConceptsCmd) -> anyhow::Result<()> {
+    match cmd {
+        ConceptsCmd::List(p) => {
+            let body = c.get(&c.app_path("/concepts")?, &p.query()).await?;
+            out.list(&body, "concepts", &["id", "name", "created_at"])
+        }
+        ConceptsCmd::Create { id, name } => {
+            let body = c.post(&c.app_path("/concepts")?, &json!({"concepts": [{"id": id, "name": name}]})).await?;
+            out.done(&body, &format!("created concept {id}"))
+        }
+        ConceptsCmd::Get { id } => {
+            let body = c.get(&c.app_path(&format!("/concepts/{id}"))?, &[]).await?;
+            out.object(&body, "concept")
+        }
+    }
+}
+
+async fn inputs(c: &Client, out: &Output, cmd: InputsCmd) -> anyhow::Result<()> {
+    match cmd {
+        InputsCmd::List { page, concept, unlabeled } => {
+            let mut query = page.query();
+            if let Some(concept) = concept {
+                query.push(("concept_id", concept));
+            }
+            if unlabeled {
+                query.push(("unlabeled", "true".into()));
+            }
+            let body = c.get(&c.app_path("/inputs")?, &query).await?;
+            out.inputs(&body)
+        }
+        InputsCmd::Add { files, concepts, id } => {
+            if files.is_empty() {
+                return Err(anyhow!("name at least one file"));
+            }
+            if id.is_some() && files.len() != 1 {
+                return Err(anyhow!("--id needs exactly one file"));
+            }
+            let concepts = concept_args(&concepts)?;
+            let mut inputs = Vec::new();
+            for file in &files {
+                let bytes = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
+                use base64::Engine;
+                inputs.push(json!({
+                    "id": id.clone().unwrap_or_default(),
+                    "data": {"image": {"base64": base64::engine::general_purpose::STANDARD.encode(bytes)}, "concepts": concepts},
+                }));
+            }
+            let (_, body) = c.post_batch(&c.app_path("/inputs")?, &json!({"inputs": inputs})).await?;
+            out.batch(&body, files.iter().map(|f| f.display().to_string()).collect())
+        }
+        InputsCmd::AddUrl { urls, concepts } => {
+            let concepts = concept_args(&concepts)?;
+            let inputs: Vec<Value> =
+                urls.iter().map(|u| json!({"data": {"image": {"url": u}, "concepts": concepts}})).collect();
+            let (_, body) = c.post_batch(&c.app_path("/inputs")?, &json!({"inputs": inputs})).await?;
+            out.batch(&body, urls.clone())
+        }
+        InputsCmd::Get { id } => {
+            let body = c.get(&c.app_path(&format!("/inputs/{id}"))?, &[]).await?;
+            out.object(&body, "input")
+        }
+        InputsCmd::Delete { ids } => {
+            let body = c.delete(&c.app_path("/inputs")?, Some(&json!({"ids": ids}))).await?;
+            out.done(&body, &format!("deleted {} input(s)", ids.len()))
+        }
+        InputsCmd::Import { file } => import::csv(c, out, &file).await,
+        InputsCmd::ImportFolder { dir } => import::folder(c, out, &dir).await,
+    }
+}
+
+async fn annotations(c: &Client, out: &Output, cmd: AnnotationsCmd) -> anyhow::Result<()> {
+    match cmd {
+        AnnotationsCmd::List { page, input } => {
+            let mut query = page.query();
+            if let Some(input) = input {
+                query.push(("input_id", input));
+            }
+            let body = c.get(&c.app_path("/annotations")?, &query).await?;
+            out.annotations(&body)
+        }
+        AnnotationsCmd::Add { input, concepts } => {
+            let concepts = concept_args(&concepts)?;
+            let body = c
+                .post(&c.app_path("/annotations")?, &json!({"annotations": [{"input_id": input, "data": {"concepts": concepts}}]}))
+                .await?;
+            out.done(&body, &format!("created annotation {}", body["annotations"][0]["id"].as_str().unwrap_or("")))
+        }
+        AnnotationsCmd::Patch { annotation, concepts, action } => {
+            let concepts = concept_args(&concepts)?;
+            let body = c
+                .patch(
+                    &c.app_path("/annotations")?,
+                    &json!({"action": action, "annotations": [{"id": annotation, "data": {"concepts": concepts}}]}),
+                )
+                .await?;
+            out.done(&body, &format!("updated annotation {annotation}"))
+        }
+        AnnotationsCmd::Delete { annotation, input } => {
+            let body = c.delete(&c.app_path(&format!("/inputs/{input}/annotations/{annotation}"))?, None).await?;
+            out.done(&body, &format!("deleted annotation {annotation}"))
+        }
+    }
+}
+
+async fn datasets(c: &Client, out: &Output, cmd: DatasetsCmd) -> anyhow::Result<()> {
+    match cmd {
+        DatasetsCmd::List(p) => {
+            let body = c.get(&c.app_path("/datasets")?, &p.query()).await?;
+            out.list(&body, "datasets", &["id", "inputs_count", "description", "created_at"])
+        }
+        DatasetsCmd::Create { id, description } => {
+            let body = c.post(&c.app_path("/datasets")?, &json!({"datasets": [{"id": id, "description": description}]})).await?;
+            out.done(&body, &format!("created dataset {id}"))
+        }
+        DatasetsCmd::Get { id } => {
+            let body = c.get(&c.app_path(&format!("/datasets/{id}"))?, &[]).await?;
+            out.object(&body, "dataset")
+        }
+        DatasetsCmd::Delete { id } => {
+            let body = c.delete(&c.app_path(&format!("/datasets/{id}"))?, None).await?;
+            out.done(&body, &format!("deleted dataset {id}"))
+        }
+        DatasetsCmd::AddInputs { dataset, mut inputs, all } => {
+            if all {
+                let mut page = 1;
+                loop {
+                    let body = c
+                        .get(&c.app_path("/inputs")?, &[("page", page.to_string()), ("per_page", "1000".into())])
+                        .await?;
+                    let batch = body["inputs"].as_array().cloned().unwrap_or_default();
+                    inputs.extend(batch.iter().filter_map(|i| i["id"].as_str().map(String::from)));
+                    if batch.len() < 1000 {
+                        break;
+                    }
+                    page += 1;
+                }
+            }
+            if inputs.is_empty() {
+                return Err(anyhow!("name input ids, or pass --all"));
+            }
+            let mut last = Value::Null;
+            for chunk in inputs.chunks(500) {
+                let dataset_inputs: Vec<Value> = chunk.iter().map(|id| json!({"input": {"id": id}})).collect();
+                last = c.post(&c.app_path(&format!("/datasets/{dataset}/inputs"))?, &json!({"dataset_inputs": dataset_inputs})).await?;
+            }
+            out.done(&last, &format!("added {} input(s) to dataset {dataset}", inputs.len()))
+        }
+        DatasetsCmd::RemoveInputs { dataset, inputs } => {
+            let body = c.delete(&c.app_path(&format!("/datasets/{dataset}/inputs"))?, Some(&json!({"input_ids": inputs}))).await?;
+            out.done(&body, &format!("removed {} input(s) from dataset {dataset}", inputs.len()))
+        }
+        DatasetsCmd::Inputs { dataset, page } => {
+            let body = c.get(&c.app_path(&format!("/datasets/{dataset}/inputs"))?, &page.query()).await?;
+            if out.json {
+                return out.print_json(&body);
+            }
+            for item in body["dataset_inputs"].as_array().into_iter().flatten() {
+                println!("{}", output::input_line(&item["input"]));
+            }
+            Ok(())
+        }
+        DatasetsCmd::CreateVersion { dataset, id, train_fraction, seed, description } => {
+            let body = c
+                .post(
+                    &c.app_path(&format!("/datasets/{dataset}/versions"))?,
+                    &json!({"dataset_versions": [{
+                        "id": id.unwrap_or_default(),
+                        "description": description,
+                        "split": {"train_fraction": train_fraction, "seed": seed},
+                    }]}),
+                )
+                .await?;
+            if out.json {
+                return out.print_json(&body);
+            }
+            output::print_version(&body["dataset_versions"][0]);
+            Ok(())
+        }
+        DatasetsCmd::Versions { dataset } => {
+            let body = c.get(&c.app_path(&format!("/datasets/{dataset}/versions"))?, &[]).await?;
+            out.list(&body, "dataset_versions", &["id", "created_at", "description"])
+        }
+        DatasetsCmd::Version { dataset, version } => {
+            let body = c.get(&c.app_path(&format!("/datasets/{dataset}/versions/{version}"))?, &[]).await?;
+            if out.json {
+                return out.print_json(&body);
+            }
+            output::print_version(&body["dataset_version"]);
+            Ok(())
+        }
+    }
+}
+
+async fn keys(c: &Client, out: &Output, cmd: KeysCmd) -> anyhow::Result<()> {
+    match cmd {
+        KeysCmd::Create { scopes, only_app, description } => {
+            let scopes: Vec<&str> = scopes.split(',').map(str::trim).filter(|s| !s.is_empty()).collect();
+            let body = c
+                .post(&c.user_path("/keys"), &json!({"keys": [{"scopes": scopes, "app_id": only_app, "description": description}]}))
+                .await?;
+            if out.json {
+                return out.print_json(&body);
+            }
+            println!("created key {} (the token is shown only now):", body["keys"][0]["id"].as_str().unwrap_or(""));
+            println!("  {}", body["keys"][0]["token"].as_str().unwrap_or(""));
+            Ok(())
+        }
+        KeysCmd::List => {
+            let body = c.get(&c.user_path("/keys"), &[]).await?;
+            out.list(&body, "keys", &["id", "scopes", "app_id", "description", "created_at"])
+        }
+        KeysCmd::Delete { id } => {
+            let body = c.delete(&c.user_path(&format!("/keys/{id}")), None).await?;
+            out.done(&body, &format!("deleted key {id}"))
+        }
+    }
+}

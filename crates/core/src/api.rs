@@ -1,0 +1,519 @@
+//! The JSON shapes of the v2 API, after Clarifai's field names and nesting. Request bodies ignore
+//! fields they don't know, so Clarifai's documented bodies (with `user_app_id`, `allow_duplicate_url`
+//! and friends) are accepted unchanged.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::{IntoParams, ToSchema};
+
+use crate::scope::Scope;
+use crate::status::Status;
+
+/// Clarifai clients may repeat the path's ids in the body; they are accepted and checked.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+pub struct UserAppId {
+    #[serde(default)]
+    pub user_id: String,
+    #[serde(default)]
+    pub app_id: String,
+}
+
+/// `page` (from 1) and `per_page` (default 128, at most 1000), as in Clarifai's list endpoints.
+#[derive(Debug, Clone, Copy, Deserialize, IntoParams)]
+pub struct Pagination {
+    pub page: Option<u32>,
+    pub per_page: Option<u32>,
+}
+
+impl Pagination {
+    pub const DEFAULT_PER_PAGE: u32 = 128;
+    pub const MAX_PER_PAGE: u32 = 1000;
+
+    /// (limit, offset) for the store, with defaults and bounds applied.
+    pub fn limit_offset(&self) -> (u32, u64) {
+        let per_page = self.per_page.unwrap_or(Self::DEFAULT_PER_PAGE).clamp(1, Self::MAX_PER_PAGE);
+        let page = self.page.unwrap_or(1).max(1);
+        (per_page, u64::from(page - 1) * u64::from(per_page))
+    }
+}
+
+/// A response that carries nothing but its status.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct BaseResponse {
+    pub status: Status,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Apps
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+pub struct App {
+    /// Chosen by the client, or generated when empty.
+    #[serde(default)]
+    pub id: String,
+    #[serde(default)]
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub user_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub metadata: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_at: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub modified_at: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+pub struct PostAppsRequest {
+    #[serde(default)]
+    pub user_app_id: Option<UserAppId>,
+    pub apps: Vec<App>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct MultiAppResponse {
+    pub status: Status,
+    pub apps: Vec<App>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct SingleAppResponse {
+    pub status: Status,
+    pub app: App,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Concepts
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema, PartialEq)]
+pub struct Concept {
+    #[serde(default)]
+    pub id: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub name: String,
+    /// In labels: 1 is a positive label, 0 a negative one. Absent means 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<f32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_at: Option<String>,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub app_id: String,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+pub struct PostConceptsRequest {
+    #[serde(default)]
+    pub user_app_id: Option<UserAppId>,
+    pub concepts: Vec<Concept>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct MultiConceptResponse {
+    pub status: Status,
+    pub concepts: Vec<Concept>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct SingleConceptResponse {
+    pub status: Status,
+    pub concept: Concept,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Inputs
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+pub struct Input {
+    #[serde(default)]
+    pub id: String,
+    #[serde(default)]
+    pub data: Data,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_at: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub modified_at: Option<String>,
+    /// Per-input outcome in batch responses.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<Status>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+pub struct Data {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<Image>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub concepts: Vec<Concept>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub metadata: Option<Value>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+pub struct Image {
+    /// Where to download the image from (requests), or where it came from (responses).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// The image file's bytes, base64-encoded (requests only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base64: Option<String>,
+    /// Accepted for Clarifai compatibility; images are always stored once by content.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow_duplicate_url: Option<bool>,
+    /// Where this server serves the stored image and its thumbnail (responses only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hosted: Option<HostedImage>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_info: Option<ImageInfo>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+pub struct HostedImage {
+    pub url: String,
+    pub thumbnail_url: String,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+pub struct ImageInfo {
+    pub width: u32,
+    pub height: u32,
+    /// jpeg, png, tiff, bmp, webp or gif — recognised from the content.
+    pub format: String,
+    pub file_size: u64,
+    /// sha256 of the stored bytes; identical files are stored once.
+    pub content_sha256: String,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+pub struct PostInputsRequest {
+    #[serde(default)]
+    pub user_app_id: Option<UserAppId>,
+    pub inputs: Vec<Input>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct MultiInputResponse {
+    pub status: Status,
+    pub inputs: Vec<Input>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct SingleInputResponse {
+    pub status: Status,
+    pub input: Input,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+pub struct DeleteInputsRequest {
+    #[serde(default)]
+    pub user_app_id: Option<UserAppId>,
+    pub ids: Vec<String>,
+}
+
+/// Filters of the input list.
+#[derive(Debug, Clone, Default, Deserialize, IntoParams)]
+pub struct InputFilter {
+    /// Only inputs with a label (positive or negative) for this concept.
+    pub concept_id: Option<String>,
+    /// With `concept_id`: only positive (1) or only negative (0) labels.
+    pub concept_value: Option<f32>,
+    /// Only inputs without any label.
+    pub unlabeled: Option<bool>,
+}
+
+/// The outcome of one row of a CSV/TSV import.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ImportRowOutcome {
+    /// 1-based line number in the file (the header is line 1).
+    pub line: u64,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub input_id: String,
+    pub status: Status,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ImportResponse {
+    pub status: Status,
+    pub rows: Vec<ImportRowOutcome>,
+    pub imported: u64,
+    pub already_present: u64,
+    pub failed: u64,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Annotations
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+pub struct Annotation {
+    #[serde(default)]
+    pub id: String,
+    #[serde(default)]
+    pub input_id: String,
+    /// `data.concepts`: the labels, value 1 (positive) or 0 (negative).
+    #[serde(default)]
+    pub data: Data,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_at: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub modified_at: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<Status>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+pub struct PostAnnotationsRequest {
+    #[serde(default)]
+    pub user_app_id: Option<UserAppId>,
+    pub annotations: Vec<Annotation>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+pub struct PatchAnnotationsRequest {
+    #[serde(default)]
+    pub user_app_id: Option<UserAppId>,
+    pub annotations: Vec<Annotation>,
+    /// `merge` (add or change the listed labels; the default), `overwrite` (replace all labels of
+    /// the annotation) or `remove` (drop the listed labels).
+    #[serde(default)]
+    pub action: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct MultiAnnotationResponse {
+    pub status: Status,
+    pub annotations: Vec<Annotation>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct SingleAnnotationResponse {
+    pub status: Status,
+    pub annotation: Annotation,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+pub struct DeleteAnnotationsRequest {
+    #[serde(default)]
+    pub user_app_id: Option<UserAppId>,
+    #[serde(default)]
+    pub ids: Vec<String>,
+    /// Delete every annotation of these inputs (when `ids` is empty).
+    #[serde(default)]
+    pub input_ids: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, IntoParams)]
+pub struct AnnotationFilter {
+    /// Only annotations of this input.
+    pub input_id: Option<String>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Datasets
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+pub struct Dataset {
+    #[serde(default)]
+    pub id: String,
+    #[serde(default)]
+    pub description: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub metadata: Option<Value>,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub app_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_at: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub modified_at: Option<String>,
+    /// Inputs currently in the dataset (responses only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inputs_count: Option<u64>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+pub struct PostDatasetsRequest {
+    #[serde(default)]
+    pub user_app_id: Option<UserAppId>,
+    pub datasets: Vec<Dataset>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct MultiDatasetResponse {
+    pub status: Status,
+    pub datasets: Vec<Dataset>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct SingleDatasetResponse {
+    pub status: Status,
+    pub dataset: Dataset,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+pub struct DatasetInput {
+    pub input: Input,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_at: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+pub struct PostDatasetInputsRequest {
+    #[serde(default)]
+    pub user_app_id: Option<UserAppId>,
+    pub dataset_inputs: Vec<DatasetInput>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+pub struct DeleteDatasetInputsRequest {
+    #[serde(default)]
+    pub user_app_id: Option<UserAppId>,
+    pub input_ids: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct MultiDatasetInputResponse {
+    pub status: Status,
+    pub dataset_inputs: Vec<DatasetInput>,
+}
+
+/// How a version divides its inputs between training and validation.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, ToSchema, PartialEq)]
+pub struct SplitConfig {
+    /// Share of each concept's inputs that go to training; the rest validate. Default 0.8.
+    #[serde(default = "SplitConfig::default_train_fraction")]
+    pub train_fraction: f64,
+    /// Seed of the split; the same seed and inputs give the same split. Default 42.
+    #[serde(default = "SplitConfig::default_seed")]
+    pub seed: u64,
+}
+
+impl SplitConfig {
+    fn default_train_fraction() -> f64 {
+        0.8
+    }
+    fn default_seed() -> u64 {
+        42
+    }
+}
+
+impl Default for SplitConfig {
+    fn default() -> Self {
+        SplitConfig { train_fraction: 0.8, seed: 42 }
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+pub struct DatasetVersion {
+    #[serde(default)]
+    pub id: String,
+    #[serde(default)]
+    pub dataset_id: String,
+    #[serde(default)]
+    pub description: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub split: Option<SplitConfig>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<DatasetVersionMetrics>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<Status>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_at: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub metadata: Option<Value>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema, PartialEq)]
+pub struct DatasetVersionMetrics {
+    pub inputs_count: u64,
+    pub unlabeled_inputs_count: u64,
+    pub train_inputs_count: u64,
+    pub validation_inputs_count: u64,
+    pub concepts: Vec<ConceptCounts>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema, PartialEq)]
+pub struct ConceptCounts {
+    pub id: String,
+    pub positive_count: u64,
+    pub negative_count: u64,
+    pub train_positive_count: u64,
+    pub validation_positive_count: u64,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+pub struct PostDatasetVersionsRequest {
+    #[serde(default)]
+    pub user_app_id: Option<UserAppId>,
+    pub dataset_versions: Vec<DatasetVersion>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct MultiDatasetVersionResponse {
+    pub status: Status,
+    pub dataset_versions: Vec<DatasetVersion>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct SingleDatasetVersionResponse {
+    pub status: Status,
+    pub dataset_version: DatasetVersion,
+}
+
+/// One input as a dataset version froze it.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq)]
+pub struct DatasetVersionInput {
+    pub input_id: String,
+    /// `train` or `validation`.
+    pub split: String,
+    pub concepts: Vec<Concept>,
+    pub content_sha256: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct MultiDatasetVersionInputResponse {
+    pub status: Status,
+    pub dataset_version_inputs: Vec<DatasetVersionInput>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, IntoParams)]
+pub struct VersionInputFilter {
+    /// `train` or `validation`.
+    pub split: Option<String>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Personal access tokens
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+pub struct Key {
+    #[serde(default)]
+    pub id: String,
+    #[serde(default)]
+    pub description: String,
+    #[serde(default)]
+    pub scopes: Vec<Scope>,
+    /// Restricts the token to one app.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app_id: Option<String>,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub user_id: String,
+    /// The secret, shown once in the response that creates the key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_at: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+pub struct PostKeysRequest {
+    pub keys: Vec<Key>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct MultiKeyResponse {
+    pub status: Status,
+    pub keys: Vec<Key>,
+}
