@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use anyhow::{anyhow, Context};
+use anyhow::{Context, anyhow};
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -95,11 +95,16 @@ impl Client {
     /// Sends and decodes; returns the body whatever its status (for batch outcomes) with the
     /// HTTP status.
     pub async fn send_raw(&self, builder: reqwest::RequestBuilder) -> anyhow::Result<(u16, Value)> {
-        let response = builder.send().await.with_context(|| format!("cannot reach the deeptune server at {}", self.server))?;
+        let response =
+            builder.send().await.with_context(|| format!("cannot reach the deeptune server at {}", self.server))?;
         let http = response.status().as_u16();
         let text = response.text().await?;
-        let body: Value = serde_json::from_str(&text)
-            .map_err(|_| anyhow!("the server answered HTTP {http} with a body that is not JSON: {}", text.chars().take(200).collect::<String>()))?;
+        let body: Value = serde_json::from_str(&text).map_err(|_| {
+            anyhow!(
+                "the server answered HTTP {http} with a body that is not JSON: {}",
+                text.chars().take(200).collect::<String>()
+            )
+        })?;
         Ok((http, body))
     }
 

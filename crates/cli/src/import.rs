@@ -4,11 +4,11 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{anyhow, Context};
+use anyhow::{Context, anyhow};
 use base64::Engine;
 use deeptune_core::ids::{id_for_url, slug_id};
 use indicatif::{ProgressBar, ProgressStyle};
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 
 use crate::client::Client;
 use crate::output::Output;
@@ -30,7 +30,11 @@ impl Tally {
             30100 => self.present += 1,
             code => self.failed.push(format!(
                 "{name}: {} ({code})",
-                input["status"]["details"].as_str().filter(|s| !s.is_empty()).or(input["status"]["description"].as_str()).unwrap_or("failed")
+                input["status"]["details"]
+                    .as_str()
+                    .filter(|s| !s.is_empty())
+                    .or(input["status"]["description"].as_str())
+                    .unwrap_or("failed")
             )),
         }
     }
@@ -78,7 +82,12 @@ async fn post_batch(client: &Client, inputs: Vec<Value>) -> anyhow::Result<Vec<V
     }
 }
 
-async fn flush(client: &Client, bar: &ProgressBar, batch: &mut Vec<(String, Value)>, tally: &mut Tally) -> anyhow::Result<()> {
+async fn flush(
+    client: &Client,
+    bar: &ProgressBar,
+    batch: &mut Vec<(String, Value)>,
+    tally: &mut Tally,
+) -> anyhow::Result<()> {
     let (names, inputs): (Vec<String>, Vec<Value>) = std::mem::take(batch).into_iter().unzip();
     let results = post_batch(client, inputs).await?;
     for (name, result) in names.iter().zip(&results) {

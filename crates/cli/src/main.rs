@@ -6,15 +6,19 @@ mod output;
 
 use std::path::PathBuf;
 
-use anyhow::{anyhow, Context};
+use anyhow::{Context, anyhow};
 use clap::{Args, Parser, Subcommand};
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 
 use client::{ApiFailure, Client, ClientFile};
 use output::Output;
 
 #[derive(Parser)]
-#[command(name = "deeptune", version, about = "Deep fine-tuning: upload, label, train, evaluate and serve image models")]
+#[command(
+    name = "deeptune",
+    version,
+    about = "Deep fine-tuning: upload, label, train, evaluate and serve image models"
+)]
 struct Cli {
     #[command(flatten)]
     client: ClientArgs,
@@ -107,8 +111,12 @@ enum AppsCmd {
         #[arg(long, default_value = "")]
         description: String,
     },
-    Get { id: String },
-    Delete { id: String },
+    Get {
+        id: String,
+    },
+    Delete {
+        id: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -119,7 +127,9 @@ enum ConceptsCmd {
         #[arg(long, default_value = "")]
         name: String,
     },
-    Get { id: String },
+    Get {
+        id: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -151,12 +161,20 @@ enum InputsCmd {
         #[arg(long = "concept")]
         concepts: Vec<String>,
     },
-    Get { id: String },
-    Delete { ids: Vec<String> },
+    Get {
+        id: String,
+    },
+    Delete {
+        ids: Vec<String>,
+    },
     /// Bulk import from a CSV or TSV file in Clarifai's column format.
-    Import { file: PathBuf },
+    Import {
+        file: PathBuf,
+    },
     /// Upload a folder with one subfolder per concept (files at the top level stay unlabeled).
-    ImportFolder { dir: PathBuf },
+    ImportFolder {
+        dir: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -177,7 +195,11 @@ enum AnnotationsCmd {
         #[arg(long, default_value = "merge")]
         action: String,
     },
-    Delete { annotation: String, #[arg(long)] input: String },
+    Delete {
+        annotation: String,
+        #[arg(long)]
+        input: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -188,8 +210,12 @@ enum DatasetsCmd {
         #[arg(long, default_value = "")]
         description: String,
     },
-    Get { id: String },
-    Delete { id: String },
+    Get {
+        id: String,
+    },
+    Delete {
+        id: String,
+    },
     /// Add inputs to a dataset (`--all` adds every input of the app).
     AddInputs {
         dataset: String,
@@ -197,7 +223,10 @@ enum DatasetsCmd {
         #[arg(long)]
         all: bool,
     },
-    RemoveInputs { dataset: String, inputs: Vec<String> },
+    RemoveInputs {
+        dataset: String,
+        inputs: Vec<String>,
+    },
     /// List a dataset's inputs.
     Inputs {
         dataset: String,
@@ -216,9 +245,14 @@ enum DatasetsCmd {
         #[arg(long, default_value = "")]
         description: String,
     },
-    Versions { dataset: String },
+    Versions {
+        dataset: String,
+    },
     /// Show a version with its metrics.
-    Version { dataset: String, version: String },
+    Version {
+        dataset: String,
+        version: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -234,7 +268,9 @@ enum KeysCmd {
         description: String,
     },
     List,
-    Delete { id: String },
+    Delete {
+        id: String,
+    },
 }
 
 #[derive(Args, Clone, Copy)]
@@ -256,7 +292,9 @@ fn concept_args(args: &[String]) -> anyhow::Result<Vec<Value>> {
     args.iter()
         .map(|arg| {
             let (id, value) = match arg.split_once(':') {
-                Some((id, v)) => (id, v.parse::<f32>().map_err(|_| anyhow!("{arg:?}: the value after ':' must be 1 or 0"))?),
+                Some((id, v)) => {
+                    (id, v.parse::<f32>().map_err(|_| anyhow!("{arg:?}: the value after ':' must be 1 or 0"))?)
+                }
                 None => (arg.as_str(), 1.0),
             };
             Ok(json!({"id": id, "value": value}))
@@ -348,7 +386,9 @@ async fn apps(c: &Client, out: &Output, cmd: AppsCmd) -> anyhow::Result<()> {
             out.list(&body, "apps", &["id", "name", "created_at"])
         }
         AppsCmd::Create { id, name, description } => {
-            let body = c.post(&c.user_path("/apps"), &json!({"apps": [{"id": id, "name": name, "description": description}]})).await?;
+            let body = c
+                .post(&c.user_path("/apps"), &json!({"apps": [{"id": id, "name": name, "description": description}]}))
+                .await?;
             out.done(&body, &format!("created app {}", body["apps"][0]["id"].as_str().unwrap_or("")))
         }
         AppsCmd::Get { id } => {
@@ -445,7 +485,10 @@ async fn annotations(c: &Client, out: &Output, cmd: AnnotationsCmd) -> anyhow::R
         AnnotationsCmd::Add { input, concepts } => {
             let concepts = concept_args(&concepts)?;
             let body = c
-                .post(&c.app_path("/annotations")?, &json!({"annotations": [{"input_id": input, "data": {"concepts": concepts}}]}))
+                .post(
+                    &c.app_path("/annotations")?,
+                    &json!({"annotations": [{"input_id": input, "data": {"concepts": concepts}}]}),
+                )
                 .await?;
             out.done(&body, &format!("created annotation {}", body["annotations"][0]["id"].as_str().unwrap_or("")))
         }
@@ -473,7 +516,9 @@ async fn datasets(c: &Client, out: &Output, cmd: DatasetsCmd) -> anyhow::Result<
             out.list(&body, "datasets", &["id", "inputs_count", "description", "created_at"])
         }
         DatasetsCmd::Create { id, description } => {
-            let body = c.post(&c.app_path("/datasets")?, &json!({"datasets": [{"id": id, "description": description}]})).await?;
+            let body = c
+                .post(&c.app_path("/datasets")?, &json!({"datasets": [{"id": id, "description": description}]}))
+                .await?;
             out.done(&body, &format!("created dataset {id}"))
         }
         DatasetsCmd::Get { id } => {
@@ -505,12 +550,19 @@ async fn datasets(c: &Client, out: &Output, cmd: DatasetsCmd) -> anyhow::Result<
             let mut last = Value::Null;
             for chunk in inputs.chunks(500) {
                 let dataset_inputs: Vec<Value> = chunk.iter().map(|id| json!({"input": {"id": id}})).collect();
-                last = c.post(&c.app_path(&format!("/datasets/{dataset}/inputs"))?, &json!({"dataset_inputs": dataset_inputs})).await?;
+                last = c
+                    .post(
+                        &c.app_path(&format!("/datasets/{dataset}/inputs"))?,
+                        &json!({"dataset_inputs": dataset_inputs}),
+                    )
+                    .await?;
             }
             out.done(&last, &format!("added {} input(s) to dataset {dataset}", inputs.len()))
         }
         DatasetsCmd::RemoveInputs { dataset, inputs } => {
-            let body = c.delete(&c.app_path(&format!("/datasets/{dataset}/inputs"))?, Some(&json!({"input_ids": inputs}))).await?;
+            let body = c
+                .delete(&c.app_path(&format!("/datasets/{dataset}/inputs"))?, Some(&json!({"input_ids": inputs})))
+                .await?;
             out.done(&body, &format!("removed {} input(s) from dataset {dataset}", inputs.len()))
         }
         DatasetsCmd::Inputs { dataset, page } => {
@@ -560,7 +612,10 @@ async fn keys(c: &Client, out: &Output, cmd: KeysCmd) -> anyhow::Result<()> {
         KeysCmd::Create { scopes, only_app, description } => {
             let scopes: Vec<&str> = scopes.split(',').map(str::trim).filter(|s| !s.is_empty()).collect();
             let body = c
-                .post(&c.user_path("/keys"), &json!({"keys": [{"scopes": scopes, "app_id": only_app, "description": description}]}))
+                .post(
+                    &c.user_path("/keys"),
+                    &json!({"keys": [{"scopes": scopes, "app_id": only_app, "description": description}]}),
+                )
                 .await?;
             if out.json {
                 return out.print_json(&body);

@@ -43,7 +43,11 @@ pub fn input_line(input: &Value) -> String {
 
 pub fn print_version(version: &Value) {
     let m = &version["metrics"];
-    println!("dataset version {} of {}", version["id"].as_str().unwrap_or(""), version["dataset_id"].as_str().unwrap_or(""));
+    println!(
+        "dataset version {} of {}",
+        version["id"].as_str().unwrap_or(""),
+        version["dataset_id"].as_str().unwrap_or("")
+    );
     println!(
         "  inputs: {}  unlabeled: {}  train: {}  validation: {}",
         m["inputs_count"], m["unlabeled_inputs_count"], m["train_inputs_count"], m["validation_inputs_count"]
@@ -68,7 +72,9 @@ impl Output {
     }
 
     pub fn done(&self, body: &Value, message: &str) -> anyhow::Result<()> {
-        if self.json { self.print_json(body) } else {
+        if self.json {
+            self.print_json(body)
+        } else {
             println!("{message}");
             Ok(())
         }
@@ -139,7 +145,9 @@ impl Output {
                     println!(
                         "failed  {}  {name}: {} ({code})",
                         cell(&input["id"]),
-                        input["status"]["details"].as_str().unwrap_or(input["status"]["description"].as_str().unwrap_or(""))
+                        input["status"]["details"]
+                            .as_str()
+                            .unwrap_or(input["status"]["description"].as_str().unwrap_or(""))
                     );
                 }
             }

@@ -17,10 +17,9 @@ impl FromRequestParts<AppState> for Caller {
     type Rejection = HttpError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
-        let header = parts
-            .headers
-            .get(axum::http::header::AUTHORIZATION)
-            .ok_or_else(|| ApiError::new(StatusCode::CONN_KEY_NOT_FOUND, "missing header: Authorization: Key <token>"))?;
+        let header = parts.headers.get(axum::http::header::AUTHORIZATION).ok_or_else(|| {
+            ApiError::new(StatusCode::CONN_KEY_NOT_FOUND, "missing header: Authorization: Key <token>")
+        })?;
         let header = header
             .to_str()
             .map_err(|_| ApiError::new(StatusCode::CONN_KEY_INVALID, "the Authorization header is not text"))?;
@@ -29,12 +28,12 @@ impl FromRequestParts<AppState> for Caller {
             .or_else(|| header.strip_prefix("Bearer "))
             .map(str::trim)
             .filter(|s| !s.is_empty())
-            .ok_or_else(|| ApiError::new(StatusCode::CONN_KEY_INVALID, "expected the header Authorization: Key <token>"))?;
-        let token = state
-            .store
-            .find_token(secret)
-            .await?
-            .ok_or_else(|| ApiError::new(StatusCode::CONN_KEY_INVALID, "the token is not valid (revoked or mistyped?)"))?;
+            .ok_or_else(|| {
+                ApiError::new(StatusCode::CONN_KEY_INVALID, "expected the header Authorization: Key <token>")
+            })?;
+        let token = state.store.find_token(secret).await?.ok_or_else(|| {
+            ApiError::new(StatusCode::CONN_KEY_INVALID, "the token is not valid (revoked or mistyped?)")
+        })?;
         Ok(Caller(token))
     }
 }

@@ -54,7 +54,9 @@ impl ConfigLayer {
     pub fn from_env(get: impl Fn(&str) -> Option<String>) -> Result<ConfigLayer, ConfigError> {
         let number = |name: &str| -> Result<Option<u64>, ConfigError> {
             get(name)
-                .map(|v| v.trim().parse::<u64>().map_err(|_| ConfigError(format!("{name}={v:?} is not a whole number"))))
+                .map(|v| {
+                    v.trim().parse::<u64>().map_err(|_| ConfigError(format!("{name}={v:?} is not a whole number")))
+                })
                 .transpose()
         };
         Ok(ConfigLayer {
@@ -114,10 +116,9 @@ impl Config {
         }
         let mut url_allowlist = Vec::new();
         for entry in layer.url_allowlist.unwrap_or_default() {
-            let net = entry
-                .parse::<IpNet>()
-                .or_else(|_| entry.parse::<std::net::IpAddr>().map(IpNet::from))
-                .map_err(|_| ConfigError(format!("url_allowlist entry {entry:?} is not an IP address or CIDR network")))?;
+            let net = entry.parse::<IpNet>().or_else(|_| entry.parse::<std::net::IpAddr>().map(IpNet::from)).map_err(
+                |_| ConfigError(format!("url_allowlist entry {entry:?} is not an IP address or CIDR network")),
+            )?;
             url_allowlist.push(net);
         }
         let log_format = match layer.log_format.as_deref().unwrap_or("text") {
@@ -171,7 +172,8 @@ mod tests {
 
     #[test]
     fn flags_beat_env_beat_file() {
-        let file: ConfigLayer = toml::from_str("listen = \"127.0.0.1:1000\"\nmax_body_bytes = 5000\nlog_format = \"json\"").unwrap();
+        let file: ConfigLayer =
+            toml::from_str("listen = \"127.0.0.1:1000\"\nmax_body_bytes = 5000\nlog_format = \"json\"").unwrap();
         let env = ConfigLayer::from_env(|k| (k == "DEEPTUNE_LISTEN").then(|| "127.0.0.1:2000".to_string())).unwrap();
         let flags = ConfigLayer { max_body_bytes: Some(9000), ..Default::default() };
         let config = Config::from_layer(file.merge(env).merge(flags)).unwrap();
@@ -185,8 +187,9 @@ mod tests {
     fn bad_settings_are_named() {
         let err = Config::from_layer(ConfigLayer { listen: Some("nowhere".into()), ..Default::default() }).unwrap_err();
         assert!(err.0.contains("listen"), "{err}");
-        let err = Config::from_layer(ConfigLayer { url_allowlist: Some(vec!["10.0.0.0/33".into()]), ..Default::default() })
-            .unwrap_err();
+        let err =
+            Config::from_layer(ConfigLayer { url_allowlist: Some(vec!["10.0.0.0/33".into()]), ..Default::default() })
+                .unwrap_err();
         assert!(err.0.contains("url_allowlist"), "{err}");
         let err = toml::from_str::<ConfigLayer>("lisen = \"x\"").unwrap_err();
         assert!(err.to_string().contains("lisen"), "{err}");

@@ -3,13 +3,13 @@
 
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{FromRequest, FromRequestParts, Request};
-use axum::http::request::Parts;
 use axum::http::StatusCode as HttpStatus;
+use axum::http::request::Parts;
 use axum::response::{IntoResponse, Response};
 use deeptune_core::api::BaseResponse;
 use deeptune_core::{ApiError, Status, StatusCode};
-use serde::de::DeserializeOwned;
 use serde::Serialize;
+use serde::de::DeserializeOwned;
 
 /// The error type of every handler.
 #[derive(Debug)]
@@ -56,10 +56,23 @@ macro_rules! has_status {
 }
 use deeptune_core::api::*;
 has_status!(
-    BaseResponse, MultiAppResponse, SingleAppResponse, MultiConceptResponse, SingleConceptResponse,
-    MultiInputResponse, SingleInputResponse, ImportResponse, MultiAnnotationResponse, SingleAnnotationResponse,
-    MultiDatasetResponse, SingleDatasetResponse, MultiDatasetInputResponse, MultiDatasetVersionResponse,
-    SingleDatasetVersionResponse, MultiDatasetVersionInputResponse, MultiKeyResponse,
+    BaseResponse,
+    MultiAppResponse,
+    SingleAppResponse,
+    MultiConceptResponse,
+    SingleConceptResponse,
+    MultiInputResponse,
+    SingleInputResponse,
+    ImportResponse,
+    MultiAnnotationResponse,
+    SingleAnnotationResponse,
+    MultiDatasetResponse,
+    SingleDatasetResponse,
+    MultiDatasetInputResponse,
+    MultiDatasetVersionResponse,
+    SingleDatasetVersionResponse,
+    MultiDatasetVersionInputResponse,
+    MultiKeyResponse,
 );
 
 impl<T: Serialize + HasStatus> IntoResponse for Reply<T> {
@@ -86,10 +99,15 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Json<T> {
 
 pub fn json_rejection(rejection: JsonRejection) -> HttpError {
     if rejection.status() == HttpStatus::PAYLOAD_TOO_LARGE {
-        return HttpError(ApiError::new(StatusCode::RPC_MAX_MESSAGE_SIZE_EXCEEDED, "request body is larger than the limit"));
+        return HttpError(ApiError::new(
+            StatusCode::RPC_MAX_MESSAGE_SIZE_EXCEEDED,
+            "request body is larger than the limit",
+        ));
     }
     let details = match &rejection {
-        JsonRejection::MissingJsonContentType(_) => "expected a JSON body with content-type application/json".to_string(),
+        JsonRejection::MissingJsonContentType(_) => {
+            "expected a JSON body with content-type application/json".to_string()
+        }
         other => other.body_text(),
     };
     HttpError(ApiError::new(StatusCode::CONN_BAD_REQUEST_FORMAT, details))

@@ -95,9 +95,8 @@ pub struct Server {
 impl Server {
     pub async fn bind(config: &Config) -> anyhow::Result<Server> {
         let (state, new_admin_token) = open_state(config).await?;
-        let listener = TcpListener::bind(config.listen)
-            .await
-            .with_context(|| format!("cannot listen on {}", config.listen))?;
+        let listener =
+            TcpListener::bind(config.listen).await.with_context(|| format!("cannot listen on {}", config.listen))?;
         Ok(Server { state, listener, new_admin_token })
     }
 

@@ -1,11 +1,11 @@
 //! Apps and concepts.
 
+use deeptune_core::ApiError;
 use deeptune_core::api::{App, Concept};
 use deeptune_core::ids::generate_id;
-use deeptune_core::ApiError;
 use sqlx::Row;
 
-use crate::{check_id, check_metadata, db_error, insert_error, now, parse_metadata, Result, Store};
+use crate::{Result, Store, check_id, check_metadata, db_error, insert_error, now, parse_metadata};
 
 /// An app with the internal key other tables use.
 #[derive(Debug, Clone)]
@@ -115,10 +115,22 @@ impl Store {
         .await
         .map_err(db_error)?;
         // Versions reference datasets, not apps, so remove them explicitly before the cascade.
-        sqlx::query("DELETE FROM dataset_versions WHERE app_pk = ?").bind(app.pk).execute(&mut *tx).await.map_err(db_error)?;
+        sqlx::query("DELETE FROM dataset_versions WHERE app_pk = ?")
+            .bind(app.pk)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_error)?;
         sqlx::query("DELETE FROM labels WHERE app_pk = ?").bind(app.pk).execute(&mut *tx).await.map_err(db_error)?;
-        sqlx::query("DELETE FROM annotations WHERE app_pk = ?").bind(app.pk).execute(&mut *tx).await.map_err(db_error)?;
-        sqlx::query("DELETE FROM dataset_inputs WHERE app_pk = ?").bind(app.pk).execute(&mut *tx).await.map_err(db_error)?;
+        sqlx::query("DELETE FROM annotations WHERE app_pk = ?")
+            .bind(app.pk)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_error)?;
+        sqlx::query("DELETE FROM dataset_inputs WHERE app_pk = ?")
+            .bind(app.pk)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_error)?;
         sqlx::query("DELETE FROM apps WHERE pk = ?").bind(app.pk).execute(&mut *tx).await.map_err(db_error)?;
         tx.commit().await.map_err(db_error)?;
         let mut all: Vec<String> = keys.into_iter().flat_map(|(a, b)| [a, b]).collect();

@@ -3,7 +3,8 @@
 use std::collections::BTreeMap;
 
 use deeptune_core::api::{
-    Concept, ConceptCounts, Dataset, DatasetInput, DatasetVersion, DatasetVersionInput, DatasetVersionMetrics, SplitConfig,
+    Concept, ConceptCounts, Dataset, DatasetInput, DatasetVersion, DatasetVersionInput, DatasetVersionMetrics,
+    SplitConfig,
 };
 use deeptune_core::ids::generate_id;
 use deeptune_core::split::stratified_split;
@@ -11,7 +12,7 @@ use deeptune_core::{ApiError, Status, StatusCode};
 use serde::{Deserialize, Serialize};
 use sqlx::Row;
 
-use crate::{check_id, check_metadata, db_error, insert_error, now, parse_metadata, AppRecord, Result, Store};
+use crate::{AppRecord, Result, Store, check_id, check_metadata, db_error, insert_error, now, parse_metadata};
 
 #[derive(Serialize, Deserialize)]
 struct FrozenLabel {
@@ -90,13 +91,15 @@ impl Store {
     }
 
     pub async fn list_datasets(&self, app: &AppRecord, limit: u32, offset: u64) -> Result<Vec<Dataset>> {
-        let rows = sqlx::query(&format!("{DATASET_SELECT} WHERE d.app_pk = ? ORDER BY d.created_at DESC, d.id LIMIT ? OFFSET ?"))
-            .bind(app.pk)
-            .bind(limit)
-            .bind(offset as i64)
-            .fetch_all(&self.pool)
-            .await
-            .map_err(db_error)?;
+        let rows = sqlx::query(&format!(
+            "{DATASET_SELECT} WHERE d.app_pk = ? ORDER BY d.created_at DESC, d.id LIMIT ? OFFSET ?"
+        ))
+        .bind(app.pk)
+        .bind(limit)
+        .bind(offset as i64)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_error)?;
         Ok(rows.iter().map(|r| dataset_from_row(app, r)).collect())
     }
 
@@ -178,7 +181,13 @@ impl Store {
         Ok(())
     }
 
-    pub async fn list_dataset_inputs(&self, app: &AppRecord, dataset_id: &str, limit: u32, offset: u64) -> Result<Vec<DatasetInput>> {
+    pub async fn list_dataset_inputs(
+        &self,
+        app: &AppRecord,
+        dataset_id: &str,
+        limit: u32,
+        offset: u64,
+    ) -> Result<Vec<DatasetInput>> {
         self.get_dataset(app, dataset_id).await?;
         let rows: Vec<(String, String)> = sqlx::query_as(
             "SELECT input_id, created_at FROM dataset_inputs WHERE app_pk = ? AND dataset_id = ?
@@ -200,7 +209,12 @@ impl Store {
 
     /// Freezes the dataset's current inputs and labels into a new version, with its metrics and
     /// split, in one transaction.
-    pub async fn create_dataset_version(&self, app: &AppRecord, dataset_id: &str, request: DatasetVersion) -> Result<DatasetVersion> {
+    pub async fn create_dataset_version(
+        &self,
+        app: &AppRecord,
+        dataset_id: &str,
+        request: DatasetVersion,
+    ) -> Result<DatasetVersion> {
         self.get_dataset(app, dataset_id).await?;
         let id = if request.id.is_empty() { generate_id() } else { request.id.clone() };
         check_id("dataset version", &id)?;
@@ -245,7 +259,8 @@ impl Store {
                 None => "negative-only".to_string(),
             })
             .collect();
-        let items: Vec<(&str, &str)> = inputs.keys().map(String::as_str).zip(strata.iter().map(String::as_str)).collect();
+        let items: Vec<(&str, &str)> =
+            inputs.keys().map(String::as_str).zip(strata.iter().map(String::as_str)).collect();
         let is_train = stratified_split(&items, split.train_fraction, split.seed);
 
         let mut metrics = DatasetVersionMetrics::default();
@@ -325,7 +340,12 @@ impl Store {
         row.map(|r| r.0).ok_or_else(|| ApiError::not_found("dataset version", version_id))
     }
 
-    pub async fn get_dataset_version(&self, app: &AppRecord, dataset_id: &str, version_id: &str) -> Result<DatasetVersion> {
+    pub async fn get_dataset_version(
+        &self,
+        app: &AppRecord,
+        dataset_id: &str,
+        version_id: &str,
+    ) -> Result<DatasetVersion> {
         self.get_dataset(app, dataset_id).await?;
         let row = sqlx::query("SELECT * FROM dataset_versions WHERE app_pk = ? AND dataset_id = ? AND id = ?")
             .bind(app.pk)
@@ -337,7 +357,13 @@ impl Store {
         row.map(|r| version_from_row(&r)).ok_or_else(|| ApiError::not_found("dataset version", version_id))
     }
 
-    pub async fn list_dataset_versions(&self, app: &AppRecord, dataset_id: &str, limit: u32, offset: u64) -> Result<Vec<DatasetVersion>> {
+    pub async fn list_dataset_versions(
+        &self,
+        app: &AppRecord,
+        dataset_id: &str,
+        limit: u32,
+        offset: u64,
+    ) -> Result<Vec<DatasetVersion>> {
         self.get_dataset(app, dataset_id).await?;
         let rows = sqlx::query(
             "SELECT * FROM dataset_versions WHERE app_pk = ? AND dataset_id = ? ORDER BY pk DESC LIMIT ? OFFSET ?",

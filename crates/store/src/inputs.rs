@@ -7,7 +7,7 @@ use deeptune_core::ids::generate_id;
 use deeptune_core::{ApiError, StatusCode};
 use sqlx::{Row, Sqlite, Transaction};
 
-use crate::{check_id, check_metadata, db_error, insert_error, now, parse_metadata, AppRecord, Result, Store};
+use crate::{AppRecord, Result, Store, check_id, check_metadata, db_error, insert_error, now, parse_metadata};
 
 /// An image that has been validated and written to blob storage, ready to be recorded.
 #[derive(Debug, Clone)]
@@ -175,15 +175,17 @@ impl Store {
         .map_err(|e| insert_error(e, "input", &new.id))?;
         if !new.labels.is_empty() {
             let annotation_id = generate_id();
-            sqlx::query("INSERT INTO annotations (app_pk, id, input_id, created_at, modified_at) VALUES (?, ?, ?, ?, ?)")
-                .bind(app.pk)
-                .bind(&annotation_id)
-                .bind(&new.id)
-                .bind(&ts)
-                .bind(&ts)
-                .execute(&mut *tx)
-                .await
-                .map_err(db_error)?;
+            sqlx::query(
+                "INSERT INTO annotations (app_pk, id, input_id, created_at, modified_at) VALUES (?, ?, ?, ?, ?)",
+            )
+            .bind(app.pk)
+            .bind(&annotation_id)
+            .bind(&new.id)
+            .bind(&ts)
+            .bind(&ts)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_error)?;
             insert_labels(&mut tx, app.pk, &annotation_id, &new.id, &new.labels).await?;
         }
         tx.commit().await.map_err(db_error)?;
@@ -253,7 +255,13 @@ impl Store {
     }
 
     /// Newest first.
-    pub async fn list_inputs(&self, app: &AppRecord, filter: &InputFilter, limit: u32, offset: u64) -> Result<Vec<Input>> {
+    pub async fn list_inputs(
+        &self,
+        app: &AppRecord,
+        filter: &InputFilter,
+        limit: u32,
+        offset: u64,
+    ) -> Result<Vec<Input>> {
         let mut sql = String::from("SELECT * FROM inputs i WHERE i.app_pk = ?");
         if let Some(concept_id) = &filter.concept_id {
             self.get_concept(app, concept_id).await?;
@@ -354,15 +362,14 @@ impl Store {
     }
 
     pub async fn get_annotation(&self, app: &AppRecord, annotation_id: &str) -> Result<Annotation> {
-        let row: (String, String, String, String) = sqlx::query_as(
-            "SELECT id, input_id, created_at, modified_at FROM annotations WHERE app_pk = ? AND id = ?",
-        )
-        .bind(app.pk)
-        .bind(annotation_id)
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(db_error)?
-        .ok_or_else(|| ApiError::not_found("annotation", annotation_id))?;
+        let row: (String, String, String, String) =
+            sqlx::query_as("SELECT id, input_id, created_at, modified_at FROM annotations WHERE app_pk = ? AND id = ?")
+                .bind(app.pk)
+                .bind(annotation_id)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(db_error)?
+                .ok_or_else(|| ApiError::not_found("annotation", annotation_id))?;
         let concepts = self.annotation_concepts(app, annotation_id).await?;
         Ok(Annotation {
             id: row.0,
@@ -401,15 +408,17 @@ impl Store {
                 return Err(ApiError::not_found("input", &annotation.input_id));
             }
             let ts = now();
-            sqlx::query("INSERT INTO annotations (app_pk, id, input_id, created_at, modified_at) VALUES (?, ?, ?, ?, ?)")
-                .bind(app.pk)
-                .bind(&id)
-                .bind(&annotation.input_id)
-                .bind(&ts)
-                .bind(&ts)
-                .execute(&mut *tx)
-                .await
-                .map_err(|e| insert_error(e, "annotation", &id))?;
+            sqlx::query(
+                "INSERT INTO annotations (app_pk, id, input_id, created_at, modified_at) VALUES (?, ?, ?, ?, ?)",
+            )
+            .bind(app.pk)
+            .bind(&id)
+            .bind(&annotation.input_id)
+            .bind(&ts)
+            .bind(&ts)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| insert_error(e, "annotation", &id))?;
             insert_labels(&mut tx, app.pk, &id, &annotation.input_id, &labels).await?;
             ids.push(id);
         }
@@ -433,13 +442,15 @@ impl Store {
                 if !self.input_exists(app, input_id).await? {
                     return Err(ApiError::not_found("input", input_id));
                 }
-                sqlx::query_as("SELECT id FROM annotations WHERE app_pk = ? AND input_id = ? ORDER BY rowid LIMIT ? OFFSET ?")
-                    .bind(app.pk)
-                    .bind(input_id)
-                    .bind(limit)
-                    .bind(offset as i64)
-                    .fetch_all(&self.pool)
-                    .await
+                sqlx::query_as(
+                    "SELECT id FROM annotations WHERE app_pk = ? AND input_id = ? ORDER BY rowid LIMIT ? OFFSET ?",
+                )
+                .bind(app.pk)
+                .bind(input_id)
+                .bind(limit)
+                .bind(offset as i64)
+                .fetch_all(&self.pool)
+                .await
             }
             None => {
                 sqlx::query_as("SELECT id FROM annotations WHERE app_pk = ? ORDER BY rowid LIMIT ? OFFSET ?")
@@ -459,7 +470,12 @@ impl Store {
     }
 
     /// Changes all the annotations or none. `action`: merge (default), overwrite or remove.
-    pub async fn patch_annotations(&self, app: &AppRecord, annotations: Vec<Annotation>, action: &str) -> Result<Vec<Annotation>> {
+    pub async fn patch_annotations(
+        &self,
+        app: &AppRecord,
+        annotations: Vec<Annotation>,
+        action: &str,
+    ) -> Result<Vec<Annotation>> {
         let action = if action.is_empty() { "merge" } else { action };
         if !matches!(action, "merge" | "overwrite" | "remove") {
             return Err(ApiError::invalid(format!("action {action:?} is not one of merge, overwrite, remove")));
@@ -477,7 +493,10 @@ impl Store {
             if !annotation.input_id.is_empty() && annotation.input_id != input_id {
                 return Err(ApiError::new(
                     StatusCode::ANNOTATION_INVALID_ARGUMENT,
-                    format!("annotation {:?} belongs to input {input_id:?}, not {:?}", annotation.id, annotation.input_id),
+                    format!(
+                        "annotation {:?} belongs to input {input_id:?}, not {:?}",
+                        annotation.id, annotation.input_id
+                    ),
                 ));
             }
             let labels = labels_from_concepts(&annotation.data.concepts)?;

@@ -12,11 +12,11 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use deeptune_core::{ApiError, StatusCode};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::SqlitePool;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 
 pub use apps::AppRecord;
-pub use inputs::{labels_from_concepts, LabelValue, NewInput};
+pub use inputs::{LabelValue, NewInput, labels_from_concepts};
 pub use tokens::TokenRecord;
 
 pub type Result<T> = std::result::Result<T, ApiError>;

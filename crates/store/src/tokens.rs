@@ -1,12 +1,12 @@
 //! Personal access tokens. Only a sha256 of each secret is stored.
 
-use deeptune_core::api::Key;
-use deeptune_core::scope::{format_scopes, parse_scopes, Scope};
 use deeptune_core::ApiError;
+use deeptune_core::api::Key;
+use deeptune_core::scope::{Scope, format_scopes, parse_scopes};
 use rand::RngCore;
 use sha2::{Digest, Sha256};
 
-use crate::{db_error, now, Result, Store};
+use crate::{Result, Store, db_error, now};
 
 /// A token as the authenticator sees it.
 #[derive(Debug, Clone)]
@@ -85,7 +85,8 @@ impl Store {
     }
 
     pub async fn count_tokens(&self) -> Result<u64> {
-        let (n,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM tokens").fetch_one(&self.pool).await.map_err(db_error)?;
+        let (n,): (i64,) =
+            sqlx::query_as("SELECT COUNT(*) FROM tokens").fetch_one(&self.pool).await.map_err(db_error)?;
         Ok(n as u64)
     }
 

@@ -9,7 +9,7 @@ use deeptune_core::scope::Scope;
 use deeptune_core::{ApiError, Status, StatusCode};
 use serde::Deserialize;
 
-use super::{app_for, check_user_app_id, page, AppPath};
+use super::{AppPath, app_for, check_user_app_id, page};
 use crate::auth::Caller;
 use crate::error::{HttpResult, Json, PathParams, QueryParams, Reply};
 use crate::state::AppState;

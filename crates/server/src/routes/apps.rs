@@ -5,7 +5,7 @@ use deeptune_core::api::{BaseResponse, MultiAppResponse, Pagination, PostAppsReq
 use deeptune_core::scope::Scope;
 use deeptune_core::{ApiError, Status};
 
-use super::{page, AppPath, UserPath};
+use super::{AppPath, UserPath, page};
 use crate::auth::Caller;
 use crate::error::{HttpResult, Json, PathParams, QueryParams, Reply};
 use crate::state::AppState;

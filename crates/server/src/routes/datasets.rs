@@ -11,7 +11,7 @@ use deeptune_core::scope::Scope;
 use deeptune_core::{ApiError, Status};
 use serde::Deserialize;
 
-use super::{app_for, check_user_app_id, page, AppPath};
+use super::{AppPath, app_for, check_user_app_id, page};
 use crate::auth::Caller;
 use crate::error::{HttpResult, Json, PathParams, QueryParams, Reply};
 use crate::state::AppState;
@@ -175,7 +175,8 @@ pub async fn post_dataset_versions(
 ) -> HttpResult<Reply<MultiDatasetVersionResponse>> {
     let app = app_for(&state, &caller, Scope::Write, &path.app()).await?;
     check_user_app_id(&request.user_app_id, &path.app())?;
-    let requests = if request.dataset_versions.is_empty() { vec![Default::default()] } else { request.dataset_versions };
+    let requests =
+        if request.dataset_versions.is_empty() { vec![Default::default()] } else { request.dataset_versions };
     let mut dataset_versions = Vec::new();
     for version in requests {
         dataset_versions.push(state.store.create_dataset_version(&app, &path.dataset_id, version).await?);

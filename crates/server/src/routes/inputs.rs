@@ -7,7 +7,7 @@
 
 use axum::body::Body;
 use axum::extract::{FromRequest, Multipart, Request, State};
-use axum::http::{header, HeaderValue};
+use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use bytes::Bytes;
@@ -18,14 +18,14 @@ use deeptune_core::api::{
 use deeptune_core::ids::{generate_id, id_for_url, validate_id};
 use deeptune_core::scope::Scope;
 use deeptune_core::{ApiError, Status, StatusCode};
-use deeptune_media::{detect_delimiter, parse_import, process_image, Delimiter};
+use deeptune_media::{Delimiter, detect_delimiter, parse_import, process_image};
 use deeptune_store::{AppRecord, LabelValue, NewInput};
 use futures::StreamExt;
 use serde::Deserialize;
 
-use super::{app_for, batch_status, check_user_app_id, page, AppPath};
+use super::{AppPath, app_for, batch_status, check_user_app_id, page};
 use crate::auth::Caller;
-use crate::error::{json_rejection, HttpError, HttpResult, Json, PathParams, QueryParams, Reply};
+use crate::error::{HttpError, HttpResult, Json, PathParams, QueryParams, Reply, json_rejection};
 use crate::state::{AppState, THUMBNAIL_SIDE};
 
 /// Clarifai's limit on inputs per request.
@@ -77,17 +77,26 @@ fn prepare(input: Input) -> Result<Pending, (String, Option<String>, ApiError)> 
         .ok_or_else(|| fail(ApiError::new(StatusCode::INPUT_INVALID_ARGUMENT, "data.image is missing")))?;
     let source = match (image.base64, image.url) {
         (Some(b64), None) => {
-            let bytes = base64::engine::general_purpose::STANDARD
-                .decode(b64.trim())
-                .map_err(|e| fail(ApiError::new(StatusCode::INPUT_INVALID_ARGUMENT, format!("data.image.base64 is not valid base64: {e}"))))?;
+            let bytes = base64::engine::general_purpose::STANDARD.decode(b64.trim()).map_err(|e| {
+                fail(ApiError::new(
+                    StatusCode::INPUT_INVALID_ARGUMENT,
+                    format!("data.image.base64 is not valid base64: {e}"),
+                ))
+            })?;
             Source::Bytes(Bytes::from(bytes))
         }
         (None, Some(url)) => Source::Url(url),
         (Some(_), Some(_)) => {
-            return Err(fail(ApiError::new(StatusCode::INPUT_INVALID_ARGUMENT, "give data.image.url or data.image.base64, not both")));
+            return Err(fail(ApiError::new(
+                StatusCode::INPUT_INVALID_ARGUMENT,
+                "give data.image.url or data.image.base64, not both",
+            )));
         }
         (None, None) => {
-            return Err(fail(ApiError::new(StatusCode::INPUT_INVALID_ARGUMENT, "data.image needs a url or base64 bytes")));
+            return Err(fail(ApiError::new(
+                StatusCode::INPUT_INVALID_ARGUMENT,
+                "data.image needs a url or base64 bytes",
+            )));
         }
     };
     Ok(Pending { id, source, labels, metadata: input.data.metadata })
@@ -148,7 +157,11 @@ async fn store_input(state: &AppState, app: &AppRecord, pending: Pending) -> Res
 }
 
 /// Runs a batch: each item's outcome in request order.
-async fn store_batch(state: &AppState, app: &AppRecord, items: Vec<Result<Pending, (String, Option<String>, ApiError)>>) -> Vec<Input> {
+async fn store_batch(
+    state: &AppState,
+    app: &AppRecord,
+    items: Vec<Result<Pending, (String, Option<String>, ApiError)>>,
+) -> Vec<Input> {
     let mut seen = std::collections::HashSet::new();
     let items: Vec<_> = items
         .into_iter()
@@ -158,7 +171,14 @@ async fn store_batch(state: &AppState, app: &AppRecord, items: Vec<Result<Pendin
                     Source::Url(u) => Some(u.clone()),
                     Source::Bytes(_) => None,
                 };
-                Err((p.id.clone(), url, ApiError::new(StatusCode::INPUT_DUPLICATE, format!("input id {:?} appears twice in this request", p.id))))
+                Err((
+                    p.id.clone(),
+                    url,
+                    ApiError::new(
+                        StatusCode::INPUT_DUPLICATE,
+                        format!("input id {:?} appears twice in this request", p.id),
+                    ),
+                ))
             }
             other => other,
         })
@@ -198,15 +218,19 @@ fn batch_reply(inputs: Vec<Input>) -> Reply<MultiInputResponse> {
 fn parse_form_concepts(text: &str) -> Result<Vec<Concept>, ApiError> {
     let text = text.trim();
     if text.starts_with('[') {
-        return serde_json::from_str(text)
-            .map_err(|e| ApiError::new(StatusCode::CONN_BAD_REQUEST_FORMAT, format!("concepts field is not a JSON list: {e}")));
+        return serde_json::from_str(text).map_err(|e| {
+            ApiError::new(StatusCode::CONN_BAD_REQUEST_FORMAT, format!("concepts field is not a JSON list: {e}"))
+        });
     }
     let mut concepts = Vec::new();
     for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
         let (id, value) = match part.split_once(':') {
             Some((id, v)) => {
                 let value: f32 = v.trim().parse().map_err(|_| {
-                    ApiError::new(StatusCode::ANNOTATION_INVALID_ARGUMENT, format!("concept {part:?}: value must be 1 or 0"))
+                    ApiError::new(
+                        StatusCode::ANNOTATION_INVALID_ARGUMENT,
+                        format!("concept {part:?}: value must be 1 or 0"),
+                    )
                 })?;
                 (id.trim(), Some(value))
             }
@@ -219,9 +243,15 @@ fn parse_form_concepts(text: &str) -> Result<Vec<Concept>, ApiError> {
 
 fn multipart_error(e: axum::extract::multipart::MultipartError) -> HttpError {
     if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
-        return HttpError(ApiError::new(StatusCode::RPC_MAX_MESSAGE_SIZE_EXCEEDED, "request body is larger than the limit"));
+        return HttpError(ApiError::new(
+            StatusCode::RPC_MAX_MESSAGE_SIZE_EXCEEDED,
+            "request body is larger than the limit",
+        ));
     }
-    HttpError(ApiError::new(StatusCode::CONN_BAD_REQUEST_FORMAT, format!("malformed multipart body: {}", e.body_text())))
+    HttpError(ApiError::new(
+        StatusCode::CONN_BAD_REQUEST_FORMAT,
+        format!("malformed multipart body: {}", e.body_text()),
+    ))
 }
 
 /// Reads a multipart upload: file parts, plus optional `concepts`, `metadata` and `input_ids`
@@ -239,8 +269,9 @@ async fn multipart_inputs(multipart: &mut Multipart) -> Result<Vec<Input>, HttpE
             files.push(data);
             continue;
         }
-        let text = String::from_utf8(data.to_vec())
-            .map_err(|_| ApiError::new(StatusCode::CONN_BAD_REQUEST_FORMAT, format!("form field {name:?} is not UTF-8 text")))?;
+        let text = String::from_utf8(data.to_vec()).map_err(|_| {
+            ApiError::new(StatusCode::CONN_BAD_REQUEST_FORMAT, format!("form field {name:?} is not UTF-8 text"))
+        })?;
         match name.as_str() {
             "concepts" => concepts = parse_form_concepts(&text)?,
             "metadata" => {
@@ -269,7 +300,10 @@ async fn multipart_inputs(multipart: &mut Multipart) -> Result<Vec<Input>, HttpE
         .map(|(i, bytes)| Input {
             id: ids.get(i).cloned().unwrap_or_default(),
             data: Data {
-                image: Some(Image { base64: Some(base64::engine::general_purpose::STANDARD.encode(&bytes)), ..Default::default() }),
+                image: Some(Image {
+                    base64: Some(base64::engine::general_purpose::STANDARD.encode(&bytes)),
+                    ..Default::default()
+                }),
                 concepts: concepts.clone(),
                 metadata: metadata.clone(),
             },
@@ -298,14 +332,16 @@ pub async fn post_inputs(
     request: Request,
 ) -> HttpResult<Reply<MultiInputResponse>> {
     let app = app_for(&state, &caller, Scope::Write, &path).await?;
-    let content_type = request.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+    let content_type =
+        request.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
     let inputs = if content_type.starts_with("multipart/form-data") {
         let mut multipart = Multipart::from_request(request, &state)
             .await
             .map_err(|e| HttpError(ApiError::new(StatusCode::CONN_BAD_REQUEST_FORMAT, e.body_text())))?;
         multipart_inputs(&mut multipart).await?
     } else {
-        let axum::Json(body) = axum::Json::<PostInputsRequest>::from_request(request, &state).await.map_err(json_rejection)?;
+        let axum::Json(body) =
+            axum::Json::<PostInputsRequest>::from_request(request, &state).await.map_err(json_rejection)?;
         check_user_app_id(&body.user_app_id, &path)?;
         body.inputs
     };
@@ -399,11 +435,14 @@ pub async fn delete_input(
 async fn serve_blob(state: &AppState, key: &str, content_type: &str) -> HttpResult<Response> {
     let bytes = state.blobs.get(key).await.map_err(|e| ApiError::internal(e.to_string()))?;
     let mut response = Response::new(Body::from(bytes));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_str(content_type).unwrap_or(HeaderValue::from_static("application/octet-stream")),
+    );
+    // Content-addressed: the bytes behind a key never change.
     response
         .headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_str(content_type).unwrap_or(HeaderValue::from_static("application/octet-stream")));
-    // Content-addressed: the bytes behind a key never change.
-    response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("private, max-age=31536000, immutable"));
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("private, max-age=31536000, immutable"));
     Ok(response)
 }
 
@@ -463,7 +502,8 @@ pub async fn import_inputs(
     request: Request,
 ) -> HttpResult<Response> {
     let app = app_for(&state, &caller, Scope::Write, &path).await?;
-    let content_type = request.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+    let content_type =
+        request.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
     let body = Bytes::from_request(request, &state).await.map_err(|e| {
         if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
             HttpError(ApiError::new(StatusCode::RPC_MAX_MESSAGE_SIZE_EXCEEDED, "request body is larger than the limit"))
@@ -478,7 +518,8 @@ pub async fn import_inputs(
     } else {
         detect_delimiter(None, &body)
     };
-    let rows = parse_import(&body, delimiter).map_err(|e| ApiError::new(StatusCode::CONN_BAD_REQUEST_FORMAT, e.to_string()))?;
+    let rows = parse_import(&body, delimiter)
+        .map_err(|e| ApiError::new(StatusCode::CONN_BAD_REQUEST_FORMAT, e.to_string()))?;
     let mut lines = Vec::with_capacity(rows.len());
     let mut items = Vec::with_capacity(rows.len());
     for row in rows {
@@ -487,8 +528,11 @@ pub async fn import_inputs(
                 lines.push(row.line);
                 let url = row.url.clone().unwrap_or_default();
                 let id = row.input_id.clone().filter(|s| !s.is_empty()).unwrap_or_else(|| id_for_url(&url));
-                let concepts: Vec<Concept> =
-                    row.concepts.iter().map(|c| Concept { id: c.id.clone(), value: Some(c.value), ..Default::default() }).collect();
+                let concepts: Vec<Concept> = row
+                    .concepts
+                    .iter()
+                    .map(|c| Concept { id: c.id.clone(), value: Some(c.value), ..Default::default() })
+                    .collect();
                 items.push(prepare(Input {
                     id,
                     data: Data {
@@ -501,12 +545,17 @@ pub async fn import_inputs(
             }
             Err(e) => {
                 lines.push(e.line);
-                items.push(Err((String::new(), None, ApiError::new(StatusCode::INPUT_INVALID_ARGUMENT, format!("line {}: {}", e.line, e.message)))));
+                items.push(Err((
+                    String::new(),
+                    None,
+                    ApiError::new(StatusCode::INPUT_INVALID_ARGUMENT, format!("line {}: {}", e.line, e.message)),
+                )));
             }
         }
     }
     let inputs = store_batch(&state, &app, items).await;
-    let mut response = ImportResponse { status: Status::ok(), rows: Vec::new(), imported: 0, already_present: 0, failed: 0 };
+    let mut response =
+        ImportResponse { status: Status::ok(), rows: Vec::new(), imported: 0, already_present: 0, failed: 0 };
     for (input, line) in inputs.into_iter().zip(lines) {
         let status = input.status.unwrap_or_else(Status::ok);
         match status.code {

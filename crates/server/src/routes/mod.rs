@@ -8,10 +8,10 @@ pub mod datasets;
 pub mod inputs;
 pub mod keys;
 
+use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::response::IntoResponse;
 use axum::routing::get;
-use axum::Router;
 use deeptune_core::api::Pagination;
 use deeptune_core::scope::Scope;
 use deeptune_core::{ApiError, Status, StatusCode};
@@ -73,11 +73,7 @@ pub fn api_router() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(annotations::get_annotation, annotations::delete_annotation))
         .routes(routes!(datasets::post_datasets, datasets::list_datasets))
         .routes(routes!(datasets::get_dataset, datasets::delete_dataset))
-        .routes(routes!(
-            datasets::post_dataset_inputs,
-            datasets::list_dataset_inputs,
-            datasets::delete_dataset_inputs
-        ))
+        .routes(routes!(datasets::post_dataset_inputs, datasets::list_dataset_inputs, datasets::delete_dataset_inputs))
         .routes(routes!(datasets::post_dataset_versions, datasets::list_dataset_versions))
         .routes(routes!(datasets::get_dataset_version))
         .routes(routes!(datasets::list_dataset_version_inputs))
@@ -95,7 +91,9 @@ pub fn router(state: AppState) -> Router {
     let max_body = state.config.max_body_bytes;
     api.route("/openapi.json", get(move || async move { axum::Json((*doc).clone()) }))
         .route("/health", get(|| async { axum::Json(deeptune_core::api::BaseResponse { status: Status::ok() }) }))
-        .fallback(|| async { HttpError(ApiError::new(StatusCode::CONN_DOES_NOT_EXIST, "no such endpoint")).into_response() })
+        .fallback(|| async {
+            HttpError(ApiError::new(StatusCode::CONN_DOES_NOT_EXIST, "no such endpoint")).into_response()
+        })
         .method_not_allowed_fallback(|| async {
             HttpError(ApiError::new(StatusCode::CONN_METHOD_NOT_ALLOWED, "this endpoint does not take that method"))
                 .into_response()
@@ -149,7 +147,8 @@ pub fn batch_status(items: &[&Status]) -> Status {
     } else {
         let first = failed[0].code;
         let code = if failed.iter().all(|s| s.code == first) { first } else { StatusCode::FAILURE };
-        let details = if items.len() == 1 { failed[0].details.clone() } else { format!("all {} items failed", items.len()) };
+        let details =
+            if items.len() == 1 { failed[0].details.clone() } else { format!("all {} items failed", items.len()) };
         Status::new(code, details)
     }
 }
