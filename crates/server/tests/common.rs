@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use base64::Engine;
 use deeptune_server::{Config, ConfigLayer, Server};
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 
 pub struct TestServer {
     pub base: String,

@@ -109,7 +109,13 @@ async fn inputs_are_stored_once_with_thumbnails_and_can_be_filtered_and_deleted(
     let (_, page2) = s.get("/v2/users/me/apps/a/inputs?per_page=2&page=2").await;
     assert_eq!(page1["inputs"].as_array().unwrap().len(), 2);
     assert_eq!(page2["inputs"].as_array().unwrap().len(), 1);
-    let mut seen: Vec<&str> = page1["inputs"].as_array().unwrap().iter().chain(page2["inputs"].as_array().unwrap()).map(|i| i["id"].as_str().unwrap()).collect();
+    let mut seen: Vec<&str> = page1["inputs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .chain(page2["inputs"].as_array().unwrap())
+        .map(|i| i["id"].as_str().unwrap())
+        .collect();
     seen.sort();
     assert_eq!(seen, vec!["cat1", "cat2", "plain"]);
 
@@ -210,20 +216,24 @@ async fn dataset_versions_are_immutable_snapshots_with_metrics_and_a_stratified_
         inputs.push((format!("dog{i}"), png(8, 8, 100 + i), vec![("dog", 1.0), ("cat", 0.0)]));
     }
     inputs.push(("nolabel".to_string(), png(8, 8, 200), vec![]));
-    let refs: Vec<(&str, Vec<u8>, Vec<(&str, f32)>)> = inputs.iter().map(|(id, b, c)| (id.as_str(), b.clone(), c.clone())).collect();
+    let refs: Vec<(&str, Vec<u8>, Vec<(&str, f32)>)> =
+        inputs.iter().map(|(id, b, c)| (id.as_str(), b.clone(), c.clone())).collect();
     let (status, body) = s.upload("a", refs).await;
     assert_eq!(status, 200, "{body}");
 
-    let (status, _) = s.post("/v2/users/me/apps/a/datasets", json!({"datasets": [{"id": "ds", "description": "pets"}]})).await;
+    let (status, _) =
+        s.post("/v2/users/me/apps/a/datasets", json!({"datasets": [{"id": "ds", "description": "pets"}]})).await;
     assert_eq!(status, 200);
     let ids = s.input_ids("a").await;
     let dataset_inputs: Vec<_> = ids.iter().map(|id| json!({"input": {"id": id}})).collect();
-    let (status, body) = s.post("/v2/users/me/apps/a/datasets/ds/inputs", json!({"dataset_inputs": dataset_inputs})).await;
+    let (status, body) =
+        s.post("/v2/users/me/apps/a/datasets/ds/inputs", json!({"dataset_inputs": dataset_inputs})).await;
     assert_eq!(status, 200, "{body}");
     let (_, ds) = s.get("/v2/users/me/apps/a/datasets/ds").await;
     assert_eq!(ds["dataset"]["inputs_count"], 16);
 
-    let (status, body) = s.post("/v2/users/me/apps/a/datasets/ds/versions", json!({"dataset_versions": [{"id": "v1"}]})).await;
+    let (status, body) =
+        s.post("/v2/users/me/apps/a/datasets/ds/versions", json!({"dataset_versions": [{"id": "v1"}]})).await;
     assert_eq!(status, 200, "{body}");
     let metrics = body["dataset_versions"][0]["metrics"].clone();
     assert_eq!(metrics["inputs_count"], 16);
@@ -253,7 +263,13 @@ async fn dataset_versions_are_immutable_snapshots_with_metrics_and_a_stratified_
     let (_, split_after) = s.get("/v2/users/me/apps/a/datasets/ds/versions/v1/inputs?per_page=100").await;
     assert_eq!(split_after["dataset_version_inputs"], split_before["dataset_version_inputs"]);
     // The deleted input's file stays while the version refers to it.
-    let cat1 = split_after["dataset_version_inputs"].as_array().unwrap().iter().find(|i| i["input_id"] == "cat1").unwrap().clone();
+    let cat1 = split_after["dataset_version_inputs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["input_id"] == "cat1")
+        .unwrap()
+        .clone();
     let key = cat1["content_sha256"].as_str().unwrap();
     assert!(s.blob_files().iter().any(|f| f.ends_with(key)));
 
@@ -261,7 +277,10 @@ async fn dataset_versions_are_immutable_snapshots_with_metrics_and_a_stratified_
     let (_, v2) = s.post("/v2/users/me/apps/a/datasets/ds/versions", json!({"dataset_versions": [{"id": "v2"}]})).await;
     assert_eq!(v2["dataset_versions"][0]["metrics"]["inputs_count"], 14);
     let (_, v3) = s
-        .post("/v2/users/me/apps/a/datasets/ds/versions", json!({"dataset_versions": [{"id": "v3", "split": {"train_fraction": 0.8, "seed": 42}}]}))
+        .post(
+            "/v2/users/me/apps/a/datasets/ds/versions",
+            json!({"dataset_versions": [{"id": "v3", "split": {"train_fraction": 0.8, "seed": 42}}]}),
+        )
         .await;
     assert_eq!(v3["dataset_versions"][0]["metrics"], v2["dataset_versions"][0]["metrics"]);
     let (_, list) = s.get("/v2/users/me/apps/a/datasets/ds/versions").await;
@@ -315,9 +334,8 @@ async fn openapi_document_describes_exactly_the_served_routes() {
                 .replace("{key_id}", "nosuchkey")
                 .replace('{', "")
                 .replace('}', "");
-            let (status, body) = s
-                .call(method.to_uppercase().parse().unwrap(), &concrete, (method != "get").then(|| json!({})))
-                .await;
+            let (status, body) =
+                s.call(method.to_uppercase().parse().unwrap(), &concrete, (method != "get").then(|| json!({}))).await;
             // The route exists (no "no such endpoint" fallback, no 405): the server answers with
             // its own validation or lookup result.
             assert_ne!(body["status"]["details"], "no such endpoint", "{method} {path}");
