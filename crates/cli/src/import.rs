@@ -13,8 +13,8 @@ use serde_json::{Value, json};
 use crate::client::Client;
 use crate::output::Output;
 
-const URL_BATCH: usize = 16;
-const FILE_BATCH: usize = 16;
+pub(crate) const URL_BATCH: usize = 16;
+pub(crate) const FILE_BATCH: usize = 16;
 
 #[derive(Default)]
 struct Tally {

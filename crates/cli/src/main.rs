@@ -440,24 +440,35 @@ async fn inputs(c: &Client, out: &Output, cmd: InputsCmd) -> anyhow::Result<()> 
                 return Err(anyhow!("--id needs exactly one file"));
             }
             let concepts = concept_args(&concepts)?;
-            let mut inputs = Vec::new();
+            // Catch a mistyped path before anything is uploaded.
             for file in &files {
-                let bytes = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
-                use base64::Engine;
-                inputs.push(json!({
-                    "id": id.clone().unwrap_or_default(),
-                    "data": {"image": {"base64": base64::engine::general_purpose::STANDARD.encode(bytes)}, "concepts": concepts},
-                }));
+                std::fs::metadata(file).with_context(|| format!("cannot read {}", file.display()))?;
             }
-            let (_, body) = c.post_batch(&c.app_path("/inputs")?, &json!({"inputs": inputs})).await?;
-            out.batch(&body, files.iter().map(|f| f.display().to_string()).collect())
+            // The server takes at most 128 inputs per request: send (and read) the files in batches.
+            let mut batches = Batches::default();
+            for chunk in files.chunks(import::FILE_BATCH) {
+                let mut inputs = Vec::new();
+                for file in chunk {
+                    let bytes = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
+                    use base64::Engine;
+                    inputs.push(json!({
+                        "id": id.clone().unwrap_or_default(),
+                        "data": {"image": {"base64": base64::engine::general_purpose::STANDARD.encode(bytes)}, "concepts": concepts},
+                    }));
+                }
+                batches.add(c.post_batch(&c.app_path("/inputs")?, &json!({"inputs": inputs})).await?.1, chunk.len());
+            }
+            out.batch(&batches.finish(), files.iter().map(|f| f.display().to_string()).collect())
         }
         InputsCmd::AddUrl { urls, concepts } => {
             let concepts = concept_args(&concepts)?;
-            let inputs: Vec<Value> =
-                urls.iter().map(|u| json!({"data": {"image": {"url": u}, "concepts": concepts}})).collect();
-            let (_, body) = c.post_batch(&c.app_path("/inputs")?, &json!({"inputs": inputs})).await?;
-            out.batch(&body, urls.clone())
+            let mut batches = Batches::default();
+            for chunk in urls.chunks(import::URL_BATCH) {
+                let inputs: Vec<Value> =
+                    chunk.iter().map(|u| json!({"data": {"image": {"url": u}, "concepts": concepts}})).collect();
+                batches.add(c.post_batch(&c.app_path("/inputs")?, &json!({"inputs": inputs})).await?.1, chunk.len());
+            }
+            out.batch(&batches.finish(), urls.clone())
         }
         InputsCmd::Get { id } => {
             let body = c.get(&c.app_path(&format!("/inputs/{id}"))?, &[]).await?;
@@ -469,6 +480,42 @@ async fn inputs(c: &Client, out: &Output, cmd: InputsCmd) -> anyhow::Result<()> 
         }
         InputsCmd::Import { file } => import::csv(c, out, &file).await,
         InputsCmd::ImportFolder { dir } => import::folder(c, out, &dir).await,
+    }
+}
+
+/// The responses of a batched upload, merged into one response in the server's shape.
+#[derive(Default)]
+struct Batches {
+    bodies: Vec<Value>,
+    inputs: Vec<Value>,
+}
+
+impl Batches {
+    fn add(&mut self, body: Value, n: usize) {
+        match body["inputs"].as_array() {
+            Some(items) if items.len() == n => self.inputs.extend(items.iter().cloned()),
+            // The whole request failed (no such app, bad token, ...): each of its items failed so.
+            _ => self.inputs.extend(std::iter::repeat_n(json!({"status": body["status"].clone()}), n)),
+        }
+        self.bodies.push(body);
+    }
+
+    fn finish(mut self) -> Value {
+        if self.bodies.len() == 1 {
+            // One request: its response as it came (a whole-request failure is reported as such).
+            return self.bodies.pop().unwrap_or(Value::Null);
+        }
+        let ok = |i: &Value| i["status"]["code"].as_u64() == Some(30000);
+        let failed = self.inputs.iter().filter(|i| !ok(i)).count();
+        let status = if failed == 0 {
+            json!({"code": 10000, "description": "Ok"})
+        } else if failed < self.inputs.len() {
+            json!({"code": 10010, "description": "Some items failed; see each item's status",
+                   "details": format!("{failed} of {} items failed", self.inputs.len())})
+        } else {
+            json!({"code": 10020, "description": "Failure", "details": format!("all {} items failed", self.inputs.len())})
+        };
+        json!({"status": status, "inputs": self.inputs})
     }
 }
 

@@ -641,3 +641,57 @@ fn sigterm_shuts_down_gracefully_and_data_survives() {
     let apps = again.run(&["--json", "apps", "list"]).json();
     assert_eq!(apps["apps"][0]["id"], "kept", "{apps:#}");
 }
+
+/// A valid 1×1 PNG, for tests that need many small images.
+const TINY_PNG: &[u8] = &[
+    137, 80, 78, 71, 13, 10, 26, 10, 0, 0, 0, 13, 73, 72, 68, 82, 0, 0, 0, 1, 0, 0, 0, 1, 8, 2, 0, 0, 0, 144, 119, 83,
+    222, 0, 0, 0, 12, 73, 68, 65, 84, 120, 156, 99, 248, 207, 192, 0, 0, 3, 1, 1, 0, 201, 254, 146, 239, 0, 0, 0, 0,
+    73, 69, 78, 68, 174, 66, 96, 130,
+];
+
+#[test]
+fn adding_more_files_than_one_request_takes() {
+    let server = Server::start(&[]);
+    server.run(&["apps", "create", "bulk"]).ok();
+    let folder = tempfile::tempdir().unwrap();
+    // More than the server's 128 inputs per request, and one bad file among them.
+    let mut files: Vec<String> = (0..130)
+        .map(|i| {
+            let path = folder.path().join(format!("dot{i:03}.png"));
+            std::fs::write(&path, TINY_PNG).unwrap();
+            path.to_string_lossy().into_owned()
+        })
+        .collect();
+    let bad = folder.path().join("bad.png");
+    std::fs::write(&bad, "not an image").unwrap();
+    files.insert(70, bad.to_string_lossy().into_owned());
+
+    let mut args = vec!["--app", "bulk", "inputs", "add", "--concept", "dot"];
+    args.extend(files.iter().map(String::as_str));
+    let run = server.run(&args);
+    run.fails();
+    assert_eq!(run.stdout.lines().filter(|l| l.starts_with("ok")).count(), 130, "{}", run.describe());
+    let failed: Vec<&str> = run.stdout.lines().filter(|l| l.starts_with("failed")).collect();
+    assert_eq!(failed.len(), 1, "{}", run.describe());
+    assert!(failed[0].contains("bad.png"), "{}", run.describe());
+    assert!(run.stderr.contains("1 input(s) failed"), "{}", run.describe());
+
+    let inputs = list_inputs(&server, "bulk", &["--per-page", "1000"]);
+    assert_eq!(inputs.len(), 130);
+    assert!(inputs.iter().all(|i| labels(i) == label("dot", 1.0)));
+
+    // A mistyped path stops the command before anything is uploaded.
+    let run = server.run(&["--app", "bulk", "inputs", "add", &files[0], "/no/such/file.png"]);
+    let out = run.fails();
+    assert!(out.contains("/no/such/file.png"), "{}", run.describe());
+    assert_eq!(list_inputs(&server, "bulk", &["--per-page", "1000"]).len(), 130);
+
+    // With --json the outcome is still one JSON document with every item's status.
+    let mut args = vec!["--app", "bulk", "--json", "inputs", "add"];
+    args.extend(files[60..80].iter().map(String::as_str));
+    let body = server.run(&args);
+    body.fails();
+    let body: Value = serde_json::from_str(&body.stdout).unwrap_or_else(|e| panic!("{e}: {}", body.describe()));
+    assert_eq!(body["status"]["code"], 10010, "{body:#}");
+    assert_eq!(body["inputs"].as_array().unwrap().len(), 20, "{body:#}");
+}

@@ -60,6 +60,14 @@ pub fn slug_id(text: &str) -> String {
     if out.is_empty() { "x".to_string() } else { out }
 }
 
+/// The id an import gives a row that names no input id: derived from its URL, so importing the
+/// same file twice finds the same inputs instead of adding copies.
+pub fn id_for_url(url: &str) -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(url.as_bytes());
+    format!("url-{}", hex::encode(&digest[..16]))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -87,12 +95,12 @@ mod tests {
         assert_eq!(slug_id("../.."), "x");
         assert_eq!(validate_id(&slug_id("ünïcode name.png")), Ok(()));
     }
-}
 
-/// The id an import gives a row that names no input id: derived from its URL, so importing the
-/// same file twice finds the same inputs instead of adding copies.
-pub fn id_for_url(url: &str) -> String {
-    use sha2::Digest;
-    let digest = sha2::Sha256::digest(url.as_bytes());
-    format!("url-{}", hex::encode(&digest[..16]))
+    #[test]
+    fn url_ids_are_stable_valid_and_distinct() {
+        let a = id_for_url("http://example.com/a.png");
+        assert_eq!(a, id_for_url("http://example.com/a.png"));
+        assert_ne!(a, id_for_url("http://example.com/b.png"));
+        assert_eq!(validate_id(&a), Ok(()));
+    }
 }

@@ -50,20 +50,20 @@ impl Caller {
                 format!("this token lacks the {:?} scope", scope.as_str()),
             ));
         }
-        let admin = token.has_scope(Scope::Admin) && token.scopes.contains(&Scope::Admin);
+        let admin = token.scopes.contains(&Scope::Admin);
         if user != token.user_id && !admin {
             return Err(ApiError::new(
                 StatusCode::CONN_INSUFFICIENT_SCOPES,
                 format!("this token belongs to user {:?}, not {user:?}", token.user_id),
             ));
         }
-        if let (Some(restricted), Some(app)) = (&token.app_id, app_id) {
-            if restricted != app {
-                return Err(ApiError::new(
-                    StatusCode::CONN_INSUFFICIENT_SCOPES,
-                    format!("this token is restricted to app {restricted:?}"),
-                ));
-            }
+        if let (Some(restricted), Some(app)) = (&token.app_id, app_id)
+            && restricted != app
+        {
+            return Err(ApiError::new(
+                StatusCode::CONN_INSUFFICIENT_SCOPES,
+                format!("this token is restricted to app {restricted:?}"),
+            ));
         }
         if token.app_id.is_some() && app_id.is_none() && scope != Scope::Read {
             return Err(ApiError::new(

@@ -9,6 +9,9 @@ use base64::Engine;
 use deeptune_server::{Config, ConfigLayer, Server};
 use serde_json::{Value, json};
 
+/// (input id, image bytes, labels as (concept, value)).
+pub type Upload<'a> = (&'a str, Vec<u8>, Vec<(&'a str, f32)>);
+
 pub struct TestServer {
     pub base: String,
     pub token: String,
@@ -77,7 +80,7 @@ impl TestServer {
     }
 
     /// Uploads images as base64; returns the HTTP status and body.
-    pub async fn upload(&self, app: &str, inputs: Vec<(&str, Vec<u8>, Vec<(&str, f32)>)>) -> (u16, Value) {
+    pub async fn upload(&self, app: &str, inputs: Vec<Upload<'_>>) -> (u16, Value) {
         let inputs: Vec<Value> = inputs
             .into_iter()
             .map(|(id, bytes, concepts)| {

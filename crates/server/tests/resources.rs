@@ -216,8 +216,7 @@ async fn dataset_versions_are_immutable_snapshots_with_metrics_and_a_stratified_
         inputs.push((format!("dog{i}"), png(8, 8, 100 + i), vec![("dog", 1.0), ("cat", 0.0)]));
     }
     inputs.push(("nolabel".to_string(), png(8, 8, 200), vec![]));
-    let refs: Vec<(&str, Vec<u8>, Vec<(&str, f32)>)> =
-        inputs.iter().map(|(id, b, c)| (id.as_str(), b.clone(), c.clone())).collect();
+    let refs: Vec<Upload> = inputs.iter().map(|(id, b, c)| (id.as_str(), b.clone(), c.clone())).collect();
     let (status, body) = s.upload("a", refs).await;
     assert_eq!(status, 200, "{body}");
 
@@ -332,8 +331,7 @@ async fn openapi_document_describes_exactly_the_served_routes() {
                 .replace("{user_id}", "me")
                 .replace("{app_id}", "nosuchapp")
                 .replace("{key_id}", "nosuchkey")
-                .replace('{', "")
-                .replace('}', "");
+                .replace(['{', '}'], "");
             let (status, body) =
                 s.call(method.to_uppercase().parse().unwrap(), &concrete, (method != "get").then(|| json!({}))).await;
             // The route exists (no "no such endpoint" fallback, no 405): the server answers with

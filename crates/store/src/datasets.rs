@@ -387,10 +387,11 @@ impl Store {
         limit: u32,
         offset: u64,
     ) -> Result<Vec<DatasetVersionInput>> {
-        if let Some(s) = split {
-            if s != "train" && s != "validation" {
-                return Err(ApiError::invalid(format!("split {s:?} is not train or validation")));
-            }
+        if let Some(s) = split
+            && s != "train"
+            && s != "validation"
+        {
+            return Err(ApiError::invalid(format!("split {s:?} is not train or validation")));
         }
         let version_pk = self.version_pk(app, dataset_id, version_id).await?;
         let rows: Vec<(String, String, String, String)> = sqlx::query_as(

@@ -87,10 +87,10 @@ pub(crate) fn db_error(e: impl std::fmt::Display) -> ApiError {
 
 /// Maps a unique-constraint violation to "already exists", anything else to an internal error.
 pub(crate) fn insert_error(e: sqlx::Error, kind: &str, id: &str) -> ApiError {
-    if let sqlx::Error::Database(db) = &e {
-        if db.is_unique_violation() {
-            return ApiError::duplicate(kind, id);
-        }
+    if let sqlx::Error::Database(db) = &e
+        && db.is_unique_violation()
+    {
+        return ApiError::duplicate(kind, id);
     }
     db_error(e)
 }

@@ -59,17 +59,21 @@ fn labels_of(concepts: &[Concept]) -> Result<Vec<LabelValue>, ApiError> {
     deeptune_store::labels_from_concepts(concepts)
 }
 
+/// An input refused before any I/O: its id, its URL if it had one, and why.
+type Refused = (String, Option<String>, ApiError);
+
 /// Checks a request input and turns it into a pending one.
-fn prepare(input: Input) -> Result<Pending, (String, Option<String>, ApiError)> {
+fn prepare(input: Input) -> Result<Pending, Refused> {
     let id = if input.id.is_empty() { generate_id() } else { input.id.clone() };
     let url = input.data.image.as_ref().and_then(|i| i.url.clone());
     let fail = |e: ApiError| (id.clone(), url.clone(), e);
     validate_id(&id).map_err(|e| fail(ApiError::new(StatusCode::INPUT_INVALID_ARGUMENT, format!("input id: {e}"))))?;
     let labels = labels_of(&input.data.concepts).map_err(fail)?;
-    if let Some(m) = &input.data.metadata {
-        if !m.is_object() && !m.is_null() {
-            return Err(fail(ApiError::new(StatusCode::METADATA_PARSING_ISSUE, "data.metadata must be a JSON object")));
-        }
+    if let Some(m) = &input.data.metadata
+        && !m.is_object()
+        && !m.is_null()
+    {
+        return Err(fail(ApiError::new(StatusCode::METADATA_PARSING_ISSUE, "data.metadata must be a JSON object")));
     }
     let image = input
         .data
@@ -157,11 +161,7 @@ async fn store_input(state: &AppState, app: &AppRecord, pending: Pending) -> Res
 }
 
 /// Runs a batch: each item's outcome in request order.
-async fn store_batch(
-    state: &AppState,
-    app: &AppRecord,
-    items: Vec<Result<Pending, (String, Option<String>, ApiError)>>,
-) -> Vec<Input> {
+async fn store_batch(state: &AppState, app: &AppRecord, items: Vec<Result<Pending, Refused>>) -> Vec<Input> {
     let mut seen = std::collections::HashSet::new();
     let items: Vec<_> = items
         .into_iter()

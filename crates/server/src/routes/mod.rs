@@ -122,13 +122,14 @@ pub async fn app_for(state: &AppState, caller: &Caller, scope: Scope, path: &App
 
 /// `user_app_id` in a body must agree with the path when given.
 pub fn check_user_app_id(body: &Option<deeptune_core::api::UserAppId>, path: &AppPath) -> Result<(), ApiError> {
-    if let Some(ids) = body {
-        if !ids.app_id.is_empty() && ids.app_id != path.app_id {
-            return Err(ApiError::invalid(format!(
-                "user_app_id.app_id {:?} disagrees with the path's app {:?}",
-                ids.app_id, path.app_id
-            )));
-        }
+    if let Some(ids) = body
+        && !ids.app_id.is_empty()
+        && ids.app_id != path.app_id
+    {
+        return Err(ApiError::invalid(format!(
+            "user_app_id.app_id {:?} disagrees with the path's app {:?}",
+            ids.app_id, path.app_id
+        )));
     }
     Ok(())
 }
