@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, anyhow};
 use base64::Engine;
-use deeptune_core::ids::{id_for_url, slug_id};
+use deeptune_core::ids::{id_for_url, path_id, slug_id};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{Value, json};
 
@@ -180,7 +180,7 @@ pub async fn folder(client: &Client, out: &Output, dir: &Path) -> anyhow::Result
             };
             let concepts: Vec<Value> = concept.iter().map(|c| json!({"id": slug_id(c), "value": 1})).collect();
             inputs.push(json!({
-                "id": slug_id(&relative),
+                "id": path_id(&relative),
                 "data": {"image": {"base64": base64::engine::general_purpose::STANDARD.encode(bytes)}, "concepts": concepts},
             }));
             names.push(relative);

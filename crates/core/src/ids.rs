@@ -60,6 +60,16 @@ pub fn slug_id(text: &str) -> String {
     if out.is_empty() { "x".to_string() } else { out }
 }
 
+/// The id a folder import gives a file: readable (a slug of its relative path) and unique (a
+/// short hash of the exact path, since slugs of "a b.png" and "a-b.png" coincide).
+pub fn path_id(relative_path: &str) -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(relative_path.as_bytes());
+    let mut slug = slug_id(relative_path);
+    slug.truncate(MAX_ID_LEN - 9);
+    format!("{slug}-{}", hex::encode(&digest[..4]))
+}
+
 /// The id an import gives a row that names no input id: derived from its URL, so importing the
 /// same file twice finds the same inputs instead of adding copies.
 pub fn id_for_url(url: &str) -> String {
@@ -94,6 +104,13 @@ mod tests {
         assert_eq!(slug_id("cats/IMG 001.jpg"), "cats-IMG-001-jpg");
         assert_eq!(slug_id("../.."), "x");
         assert_eq!(validate_id(&slug_id("ünïcode name.png")), Ok(()));
+    }
+
+    #[test]
+    fn path_ids_tell_apart_paths_with_the_same_slug() {
+        assert_ne!(path_id("cat/a b.png"), path_id("cat/a-b.png"));
+        assert!(path_id("cat/a b.png").starts_with("cat-a-b-png-"));
+        assert_eq!(validate_id(&path_id(&"x/".repeat(200))), Ok(()));
     }
 
     #[test]

@@ -20,6 +20,10 @@ pub fn stratified_split(items: &[(&str, &str)], train_fraction: f64, seed: u64) 
         let mut train = (n as f64 * fraction).round() as usize;
         if n == 1 && fraction > 0.0 {
             train = 1;
+        } else if n >= 2 && fraction < 1.0 {
+            // Every stratum of two or more validates at least one input, so small datasets
+            // still get a validation set.
+            train = train.min(n - 1);
         }
         for &i in members.iter().take(train) {
             is_train[i] = true;
@@ -58,6 +62,14 @@ mod tests {
         let train_dogs = refs.iter().zip(&split).filter(|((_, s), t)| *s == "dog" && **t).count();
         assert_eq!(train_cats, 20);
         assert_eq!(train_dogs, 60);
+    }
+
+    #[test]
+    fn small_strata_still_validate() {
+        let refs = [("a", "cat"), ("b", "cat"), ("c", "dog")];
+        let split = stratified_split(&refs, 0.8, 1);
+        assert_eq!(split.iter().filter(|t| !**t).count(), 1, "{split:?}");
+        assert!(split[2], "a stratum of one trains");
     }
 
     #[test]
