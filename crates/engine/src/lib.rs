@@ -1,0 +1,6 @@
+//! The training engine: model architectures with torchvision's parameter names, loading of
+//! PyTorch checkpoints into them, and (next) the data pipeline, training, evaluation and predict.
+
+pub mod models;
+pub mod nn;
+pub mod torch;

@@ -1,0 +1,210 @@
+//! Layers that behave exactly as PyTorch's, where burn's differ, with PyTorch's parameter names.
+
+use burn::module::{Module, Param, RunningState};
+use burn::nn::PaddingConfig2d;
+use burn::nn::conv::{Conv2d, Conv2dConfig};
+use burn::prelude::*;
+use burn::tensor::activation;
+
+/// `torch.nn.BatchNorm2d`: the same parameter names (`weight`, `bias`, `running_mean`,
+/// `running_var`) and the same running-variance update, which uses the unbiased batch variance
+/// (burn's own BatchNorm uses the biased one, so running statistics would drift from PyTorch's).
+#[derive(Module, Debug)]
+pub struct BatchNorm2d {
+    pub weight: Param<Tensor<1>>,
+    pub bias: Param<Tensor<1>>,
+    pub running_mean: RunningState<Tensor<1>>,
+    pub running_var: RunningState<Tensor<1>>,
+    pub training: Param<burn::module::Flag>,
+    pub momentum: f64,
+    pub eps: f64,
+}
+
+impl BatchNorm2d {
+    pub fn new(features: usize, eps: f64, momentum: f64, device: &Device) -> BatchNorm2d {
+        BatchNorm2d {
+            weight: burn::nn::Initializer::Ones.init([features], device),
+            bias: burn::nn::Initializer::Zeros.init([features], device),
+            running_mean: RunningState::new(Tensor::zeros([features], device)),
+            running_var: RunningState::new(Tensor::ones([features], device)),
+            training: Param::from_bool(true),
+            momentum,
+            eps,
+        }
+    }
+
+    /// Batch statistics (and running-statistics updates) when training on an autodiff device,
+    /// running statistics otherwise — as `model.train()` / `model.eval()` in PyTorch.
+    pub fn forward(&self, input: Tensor<4>) -> Tensor<4> {
+        let device = input.device();
+        if !(device.is_autodiff() && self.training.is_enabled()) {
+            let mean = self.running_mean.value().to_device(&device);
+            let var = self.running_var.value().to_device(&device);
+            return burn::tensor::module::batch_norm(input, self.weight.val(), self.bias.val(), mean, var, self.eps);
+        }
+        let [batch, _, height, width] = input.dims();
+        let count = (batch * height * width) as f64;
+        let result = burn::tensor::module::batch_norm_train(input, self.weight.val(), self.bias.val(), self.eps);
+        let unbiased = if count > 1.0 { count / (count - 1.0) } else { 1.0 };
+        let m = self.momentum;
+        let running_mean = self.running_mean.value_sync().to_device(&device);
+        let running_var = self.running_var.value_sync().to_device(&device);
+        self.running_mean.update(running_mean.mul_scalar(1.0 - m).add(result.mean.detach().mul_scalar(m)).detach());
+        self.running_var
+            .update(running_var.mul_scalar(1.0 - m).add(result.variance.detach().mul_scalar(m * unbiased)).detach());
+        result.output
+    }
+}
+
+/// The activations torchvision's blocks use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Activation {
+    None,
+    Relu,
+    Relu6,
+    Silu,
+}
+
+impl Activation {
+    pub fn apply<const D: usize>(self, x: Tensor<D>) -> Tensor<D> {
+        match self {
+            Activation::None => x,
+            Activation::Relu => activation::relu(x),
+            Activation::Relu6 => activation::relu6(x),
+            Activation::Silu => activation::silu(x),
+        }
+    }
+}
+
+/// Padding of a convolution: PyTorch's symmetric padding, or TensorFlow's "SAME" (asymmetric
+/// for even totals, computed from the input size), which EfficientNet-Lite's weights expect.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Padding {
+    Symmetric(usize),
+    TfSame,
+}
+
+/// A 2-D convolution as torchvision builds them (`weight`, optional `bias`).
+pub fn conv2d(
+    channels: [usize; 2],
+    kernel: usize,
+    stride: usize,
+    padding: Padding,
+    groups: usize,
+    bias: bool,
+    device: &Device,
+) -> Conv2d {
+    let padding = match padding {
+        Padding::Symmetric(p) => PaddingConfig2d::Explicit(p, p, p, p),
+        Padding::TfSame => PaddingConfig2d::Same,
+    };
+    // PyTorch's default init: kaiming_uniform(a=√5), i.e. U(±1/√fan_in) for weight and bias.
+    Conv2dConfig::new(channels, [kernel, kernel])
+        .with_stride([stride, stride])
+        .with_padding(padding)
+        .with_groups(groups)
+        .with_bias(bias)
+        .init(device)
+}
+
+/// torchvision's `Conv2dNormActivation`: a Sequential of conv (`0`), batch norm (`1`) and an
+/// activation without parameters.
+#[derive(Module, Debug)]
+pub struct ConvBnAct {
+    pub _0: Conv2d,
+    pub _1: BatchNorm2d,
+    #[module(skip)]
+    pub activation: Activation,
+}
+
+/// How to build a [`ConvBnAct`].
+#[derive(Debug, Clone, Copy)]
+pub struct ConvBnActConfig {
+    pub channels: [usize; 2],
+    pub kernel: usize,
+    pub stride: usize,
+    pub groups: usize,
+    pub padding: Padding,
+    pub activation: Activation,
+    pub bn_eps: f64,
+    pub bn_momentum: f64,
+}
+
+impl ConvBnActConfig {
+    /// torchvision's defaults: padding (k−1)/2, no bias, BatchNorm eps 1e-5 momentum 0.1.
+    pub fn new(channels: [usize; 2], kernel: usize, stride: usize, activation: Activation) -> Self {
+        ConvBnActConfig {
+            channels,
+            kernel,
+            stride,
+            groups: 1,
+            padding: Padding::Symmetric((kernel - 1) / 2),
+            activation,
+            bn_eps: 1e-5,
+            bn_momentum: 0.1,
+        }
+    }
+
+    pub fn groups(mut self, groups: usize) -> Self {
+        self.groups = groups;
+        self
+    }
+
+    pub fn init(&self, device: &Device) -> ConvBnAct {
+        ConvBnAct {
+            _0: conv2d(self.channels, self.kernel, self.stride, self.padding, self.groups, false, device),
+            _1: BatchNorm2d::new(self.channels[1], self.bn_eps, self.bn_momentum, device),
+            activation: self.activation,
+        }
+    }
+}
+
+impl ConvBnAct {
+    pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+        self.activation.apply(self._1.forward(self._0.forward(x)))
+    }
+}
+
+/// torchvision's `_make_divisible`: round channels to a multiple of `divisor`, never more than
+/// 10% below the requested value.
+pub fn make_divisible(value: f64, divisor: usize) -> usize {
+    let divisor_f = divisor as f64;
+    let mut new = ((value + divisor_f / 2.0) as usize / divisor * divisor).max(divisor);
+    if (new as f64) < 0.9 * value {
+        new += divisor;
+    }
+    new
+}
+
+/// Global average pooling to `[batch, channels]`.
+pub fn global_avg_pool(x: Tensor<4>) -> Tensor<2> {
+    let [batch, channels, _, _] = x.dims();
+    burn::tensor::module::adaptive_avg_pool2d(x, [1, 1]).reshape([batch, channels])
+}
+
+/// torchvision's `StochasticDepth(p, "row")`: in training, drops whole samples of a residual
+/// branch with probability `p` and rescales the survivors by 1/(1−p).
+pub fn stochastic_depth(x: Tensor<4>, p: f64, training: bool) -> Tensor<4> {
+    if !training || p == 0.0 {
+        return x;
+    }
+    let [batch, _, _, _] = x.dims();
+    let survival = 1.0 - p;
+    let keep = Tensor::<4>::random([batch, 1, 1, 1], burn::tensor::Distribution::Bernoulli(survival), &x.device());
+    x * keep.div_scalar(survival)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn make_divisible_matches_torchvision() {
+        assert_eq!(make_divisible(32.0 * 0.25, 8), 8);
+        assert_eq!(make_divisible(16.0 * 0.25, 8), 8);
+        assert_eq!(make_divisible(24.0 * 0.25, 8), 8);
+        assert_eq!(make_divisible(1280.0, 8), 1280);
+        assert_eq!(make_divisible(40.0 * 1.1, 8), 48);
+        assert_eq!(make_divisible(112.0 * 1.2, 8), 136);
+    }
+}
