@@ -3,4 +3,5 @@
 
 pub mod models;
 pub mod nn;
+pub mod pretrained;
 pub mod torch;

@@ -1,5 +1,5 @@
-//! EfficientNet, EfficientNet-Lite and ViT build exactly the state_dict keys and shapes of their
-//! PyTorch counterparts (torchvision's full-size models and the golden fixtures), and run.
+//! Every architecture builds exactly the state_dict keys and shapes of its PyTorch counterpart
+//! (torchvision's full-size models and the golden fixtures), so published checkpoints load, and runs.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -8,6 +8,8 @@ use burn::module::Module;
 use burn::prelude::*;
 use deeptune_engine::models::efficientnet::EfficientNetConfig;
 use deeptune_engine::models::efficientnet_lite::EfficientNetLiteConfig;
+use deeptune_engine::models::mobilenet_v2::MobileNetV2Config;
+use deeptune_engine::models::resnet::{BlockKind, ResNetConfig};
 use deeptune_engine::models::vit::VitConfig;
 use deeptune_engine::torch::{TorchModel, state_dict_shapes};
 
@@ -175,82 +177,43 @@ fn train_mode_runs_on_autodiff() {
     let _ = loss.backward();
 }
 
-/// Eval-mode and train-mode logits, the loss and every gradient of a fixture model equal PyTorch's
-/// (logits within 1e-4, gradients within 1e-3 of each tensor's magnitude).
-fn check_fixture<M: TorchModel + Module>(
-    name: &str,
-    build: impl Fn(&Device) -> M,
-    forward: impl Fn(&M, Tensor<4>) -> Tensor<2>,
-) {
-    use burn::nn::loss::CrossEntropyLossConfig;
-    use deeptune_engine::torch::{KeysAllowedToDiffer, load_state_dict, named_gradients};
-    use deeptune_weights::{HostTensor, Values};
-    let floats = |t: &HostTensor| -> Vec<f32> {
-        match &t.values {
-            Values::Float(v) => v.clone(),
-            Values::Int(v) => v.iter().map(|&x| x as f32).collect(),
-        }
-    };
-    let compare = |what: &str, ours: &[f32], theirs: &[f32], tol: f32, relative: bool| {
-        assert_eq!(ours.len(), theirs.len(), "{what}: length");
-        let diff = ours.iter().zip(theirs).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
-        let scale = theirs.iter().map(|v| v.abs()).fold(0f32, f32::max);
-        // Gradients: relative to the tensor's magnitude, with an absolute floor of 1e-5 for those
-        // that are zero up to rounding (a BatchNorm bias whose output feeds a train-mode BatchNorm
-        // through a 1×1 convolution has a true gradient of exactly 0).
-        let ok = if relative { diff <= tol * scale || diff <= 1e-5 } else { diff <= tol || diff <= tol * scale };
-        assert!(ok, "{name} {what}: max |diff| {diff:e} (magnitude {scale:e})");
-        println!("{name} {what}: max |diff| {diff:e}, magnitude {scale:e}");
-    };
-    let weights = deeptune_weights::load_file(&fixture(&format!("{name}/weights.safetensors"))).unwrap();
-    let io = deeptune_weights::load_file(&fixture(&format!("{name}/io.safetensors"))).unwrap();
-    let x = io.get("x").unwrap();
-    let input = |device: &Device| Tensor::<4>::from_data(TensorData::new(floats(x), x.shape.clone()), device);
-
+#[test]
+fn resnets_match_torchvision() {
     let device = Device::flex();
-    let (model, _) = load_state_dict(build(&device), &weights, &KeysAllowedToDiffer::none()).unwrap();
-    let logits = forward(&model.valid(), input(&device)).into_data().convert::<f32>().try_into_vec::<f32>().unwrap();
-    compare("eval_logits", &logits, &floats(io.get("eval_logits").unwrap()), 1e-4, false);
-
-    let device = Device::flex().autodiff();
-    let (model, _) = load_state_dict(build(&device), &weights, &KeysAllowedToDiffer::none()).unwrap();
-    let logits = forward(&model, input(&device));
-    let host = logits.clone().into_data().convert::<f32>().try_into_vec::<f32>().unwrap();
-    compare("train_logits", &host, &floats(io.get("train_logits").unwrap()), 1e-4, false);
-    let y = io.get("labels").unwrap();
-    let labels: Vec<i64> = floats(y).iter().map(|&v| v as i64).collect();
-    let labels = Tensor::<1, Int>::from_data(TensorData::new(labels, y.shape.clone()), &device);
-    let loss = CrossEntropyLossConfig::new().init(&device).forward(logits, labels);
-    let loss_value = loss.clone().into_data().convert::<f32>().try_into_vec::<f32>().unwrap();
-    compare("train_loss", &loss_value, &floats(io.get("train_loss").unwrap()), 1e-4, false);
-    let grads = named_gradients(&model, &loss.backward());
-    let mut checked = 0;
-    for key in io.keys() {
-        let Some(param) = key.strip_prefix("grad.") else { continue };
-        let ours = grads.get(param).unwrap_or_else(|| panic!("{name}: no gradient for {param}"));
-        let theirs = io.get(key).unwrap();
-        assert_eq!(ours.shape, theirs.shape, "{key}");
-        compare(key, &floats(ours), &floats(theirs), 1e-3, true);
-        checked += 1;
+    for (name, config) in [
+        ("resnet18", ResNetConfig::resnet18(1000)),
+        ("resnet34", ResNetConfig::resnet34(1000)),
+        ("resnet50", ResNetConfig::resnet50(1000)),
+        ("resnet101", ResNetConfig::resnet101(1000)),
+        ("resnet152", ResNetConfig::resnet152(1000)),
+    ] {
+        assert_same(name, &ours(&config.init(&device)), &torchvision_shapes(name));
     }
-    assert!(checked > 0);
 }
 
 #[test]
-fn efficientnet_fixture_logits_and_gradients_match_pytorch() {
-    check_fixture(
-        "efficientnet_b0_w025",
-        |d| {
-            let mut config = EfficientNetConfig::new(0.25, 1.0, 3);
-            config.dropout = 0.0;
-            config.stochastic_depth_prob = 0.0;
-            config.init(d)
-        },
-        |m, x| m.forward(x),
+fn mobilenet_v2_matches_torchvision() {
+    let model = MobileNetV2Config::new(1.0, 1000).init(&Device::flex());
+    assert_same("mobilenet_v2", &ours(&model), &torchvision_shapes("mobilenet_v2"));
+}
+
+#[test]
+fn thin_fixture_configs_match_their_checkpoints() {
+    let device = Device::flex();
+    let resnet18 =
+        ResNetConfig { block: BlockKind::Basic, layers: [2, 2, 2, 2], widths: [8, 16, 32, 64], num_classes: 3 };
+    assert_same(
+        "resnet18_thin",
+        &ours(&resnet18.init(&device)),
+        &safetensors_shapes("resnet18_thin/weights.safetensors"),
     );
-}
-
-#[test]
-fn vit_fixture_logits_and_gradients_match_pytorch() {
-    check_fixture("vit_tiny", |d| VitConfig::new(32, 8, 2, 2, 32, 64, 3).init(d), |m, x| m.forward(x));
+    let resnet50 =
+        ResNetConfig { block: BlockKind::Bottleneck, layers: [3, 4, 6, 3], widths: [8, 16, 32, 64], num_classes: 3 };
+    assert_same(
+        "resnet50_thin",
+        &ours(&resnet50.init(&device)),
+        &safetensors_shapes("resnet50_thin/weights.safetensors"),
+    );
+    let mobilenet = MobileNetV2Config::new(0.25, 3).init(&device);
+    assert_same("mobilenet_v2_w025", &ours(&mobilenet), &safetensors_shapes("mobilenet_v2_w025/weights.safetensors"));
 }
