@@ -107,7 +107,7 @@ impl<M: TorchModel> ModuleVisitor for NameCollector<M> {
 
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
         let (key, layout) = self.path.key::<M>();
-        let shape = torch_shape(&param.lazy_shape().dims::<D>().to_vec(), layout);
+        let shape = torch_shape(param.lazy_shape().dims::<D>().as_ref(), layout);
         let batch_norm_var = self.path.in_batch_norm() && key.ends_with(".running_var");
         self.out.push((key.clone(), shape));
         if batch_norm_var {

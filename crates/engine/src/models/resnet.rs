@@ -111,6 +111,8 @@ pub struct Bottleneck {
     pub downsample: Option<Downsample>,
 }
 
+// Built once per model; boxing the variants would only add indirection to every forward.
+#[allow(clippy::large_enum_variant)]
 #[derive(Module, Debug)]
 pub enum Block {
     Basic(BasicBlock),
