@@ -402,3 +402,70 @@ pub fn gradients_from_state_dict<M: TorchModel>(
     model.visit(&mut registrar);
     registrar.out
 }
+
+/// Parameters chosen by their PyTorch key and rank, as ids (for optimizer groups).
+pub fn param_ids_where<M: TorchModel>(
+    model: &M,
+    mut select: impl FnMut(&str, usize) -> bool,
+) -> Vec<burn::module::ParamId> {
+    struct Selector<'a, M, F> {
+        path: PathTracker,
+        select: &'a mut F,
+        out: Vec<burn::module::ParamId>,
+        _model: std::marker::PhantomData<M>,
+    }
+    impl<M: TorchModel, F: FnMut(&str, usize) -> bool> ModuleVisitor for Selector<'_, M, F> {
+        fn enter_module(&mut self, name: &str, container_type: &str) {
+            self.path.enter(name, container_type);
+        }
+        fn exit_module(&mut self, _name: &str, _container_type: &str) {
+            self.path.exit();
+        }
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            let (key, _) = self.path.key::<M>();
+            // Running statistics are buffers, not parameters.
+            if key.ends_with(".running_mean") || key.ends_with(".running_var") {
+                return;
+            }
+            if (self.select)(&key, D) {
+                self.out.push(param.id);
+            }
+        }
+    }
+    let mut selector = Selector::<M, _> {
+        path: PathTracker::default(),
+        select: &mut select,
+        out: Vec::new(),
+        _model: Default::default(),
+    };
+    model.visit(&mut selector);
+    selector.out
+}
+
+/// Freezes the parameters whose PyTorch key `frozen` selects: no gradients, and their
+/// BatchNorms use running statistics (as PyTorch's `requires_grad_(False)` + `eval()` on a
+/// frozen backbone).
+pub fn freeze_where<M: TorchModel>(model: M, frozen: impl Fn(&str) -> bool) -> M {
+    struct Freezer<M, F> {
+        path: PathTracker,
+        frozen: F,
+        _model: std::marker::PhantomData<M>,
+    }
+    impl<M: TorchModel, F: Fn(&str) -> bool> ModuleMapper for Freezer<M, F> {
+        fn enter_module(&mut self, name: &str, container_type: &str) {
+            self.path.enter(name, container_type);
+        }
+        fn exit_module(&mut self, _name: &str, _container_type: &str) {
+            self.path.exit();
+        }
+        fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+            let (key, _) = self.path.key::<M>();
+            if (self.frozen)(&key) { param.set_require_grad(false) } else { param }
+        }
+        fn map_flag(&mut self, flag: Param<burn::module::Flag>) -> Param<burn::module::Flag> {
+            let (key, _) = self.path.key::<M>();
+            if (self.frozen)(&key) { flag.with_value(false) } else { flag }
+        }
+    }
+    model.map(&mut Freezer::<M, _> { path: PathTracker::default(), frozen, _model: Default::default() })
+}
