@@ -249,6 +249,20 @@ fn run_case(arch: Architecture, mode: Mode, size: usize, args: &Args) -> (Vec<f6
     (times, losses)
 }
 
+/// One case's result: the reference's fields, in its order.
+#[derive(serde::Serialize)]
+struct CaseResult {
+    engine: &'static str,
+    model: String,
+    mode: &'static str,
+    size: usize,
+    batch: usize,
+    threads: usize,
+    median_step_s: f64,
+    images_per_s: f64,
+    first_losses: Vec<f64>,
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     let n = v.len();
@@ -315,21 +329,22 @@ fn main() {
             for &size in &args.sizes {
                 let (times, losses) = run_case(*arch, mode, size, &args);
                 let med = median(times);
-                let line = serde_json::json!({
-                    "engine": ENGINE,
-                    "model": name,
-                    "mode": if mode == Mode::Train { "train" } else { "infer" },
-                    "size": size,
-                    "batch": args.batch,
-                    "threads": threads,
-                    "median_step_s": round(med, 4),
-                    "images_per_s": round(args.batch as f64 / med, 2),
-                    "first_losses": losses.iter().take(5).map(|l| round(*l, 4)).collect::<Vec<_>>(),
-                });
+                let result = CaseResult {
+                    engine: ENGINE,
+                    model: name.clone(),
+                    mode: if mode == Mode::Train { "train" } else { "infer" },
+                    size,
+                    batch: args.batch,
+                    threads,
+                    median_step_s: round(med, 4),
+                    images_per_s: round(args.batch as f64 / med, 2),
+                    first_losses: losses.iter().take(5).map(|l| round(*l, 4)).collect(),
+                };
+                let line = serde_json::to_string(&result).expect("serialisable");
                 let mut lock = stdout.lock();
                 writeln!(lock, "{line}").expect("stdout");
                 lock.flush().expect("stdout");
-                results.push(line);
+                results.push(serde_json::to_value(&result).expect("serialisable"));
             }
         }
     }

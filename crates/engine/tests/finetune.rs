@@ -1,0 +1,190 @@
+//! The engine's reason to exist: fine-tune EfficientNet-Lite0 from its real ImageNet weights on a
+//! few hundred real labeled images (the committed Fashion-MNIST sample) and get a model that
+//! clearly learned — then save it as an artifact that predicts on its own.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use deeptune_engine::artifact::{self, Manifest, Predictor};
+use deeptune_engine::data::{DataSource, FlipDirection, Normalization};
+use deeptune_engine::metrics::{Predictions, evaluate};
+use deeptune_engine::models::Architecture;
+use deeptune_engine::train::{
+    CancelToken, EpochEvent, OptimizerKind, ProgressSink, TrainConfig, TrainOutcome, TrainRun, train,
+};
+
+const CLASSES: [&str; 4] = ["bag", "dress", "sneaker", "trouser"];
+
+struct Folder {
+    items: Vec<(String, PathBuf, usize)>,
+}
+
+impl DataSource for Folder {
+    fn len(&self) -> usize {
+        self.items.len()
+    }
+    fn num_classes(&self) -> usize {
+        CLASSES.len()
+    }
+    fn id(&self, index: usize) -> String {
+        self.items[index].0.clone()
+    }
+    fn labels(&self, index: usize) -> Vec<f32> {
+        let mut labels = vec![0.0; CLASSES.len()];
+        labels[self.items[index].2] = 1.0;
+        labels
+    }
+    fn bytes(&self, index: usize) -> Result<Vec<u8>, String> {
+        std::fs::read(&self.items[index].1).map_err(|e| e.to_string())
+    }
+}
+
+/// 60 training and 20 validation images per class.
+fn sample() -> (Arc<Folder>, Arc<Folder>) {
+    let root = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../samples/fashion-mnist"));
+    let (mut train, mut validation) = (Vec::new(), Vec::new());
+    for (class, name) in CLASSES.iter().enumerate() {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(root.join(name)).unwrap().map(|e| e.unwrap().path()).collect();
+        files.sort();
+        assert_eq!(files.len(), 80, "{name}");
+        for (i, file) in files.into_iter().enumerate() {
+            let id = format!("{name}/{}", file.file_name().unwrap().to_string_lossy());
+            if i < 60 { &mut train } else { &mut validation }.push((id, file, class));
+        }
+    }
+    (Arc::new(Folder { items: train }), Arc::new(Folder { items: validation }))
+}
+
+#[derive(Default)]
+struct Epochs(std::sync::Mutex<Vec<EpochEvent>>);
+
+impl ProgressSink for Epochs {
+    fn on_epoch(&self, event: &EpochEvent) {
+        self.0.lock().unwrap().push(event.clone());
+    }
+}
+
+fn lite0_weights() -> PathBuf {
+    let root = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."));
+    let dir =
+        std::env::var_os("DEEPTUNE_TEST_ASSETS").map(PathBuf::from).unwrap_or_else(|| root.join("target/test-assets"));
+    let path = dir.join("efficientnet-lite0-57934424.pth");
+    if !path.exists() {
+        let status = std::process::Command::new("bash")
+            .arg(root.join(".ci/fetch-test-assets"))
+            .env("DEEPTUNE_TEST_ASSETS", &dir)
+            .status()
+            .expect("run .ci/fetch-test-assets");
+        assert!(status.success());
+    }
+    path
+}
+
+#[test]
+fn efficientnet_lite0_fine_tunes_on_fashion_mnist() {
+    let (train_set, validation_set) = sample();
+    let config = TrainConfig {
+        architecture: Architecture::EfficientnetLite0,
+        num_classes: CLASSES.len(),
+        image_size: 96,
+        normalization: Normalization::MinusOneToOne127,
+        batch_size: 16,
+        accumulation_steps: 1,
+        num_epochs: 2,
+        optimizer: OptimizerKind::AdamW { beta1: 0.9, beta2: 0.999, epsilon: 1e-8 },
+        per_item_lrate: 6.25e-5,
+        per_item_min_lrate: 6.25e-7,
+        warmup_iters: 3,
+        warmup_ratio: 0.1,
+        weight_decay: 0.01,
+        label_smoothing: 0.0,
+        mutually_exclusive: true,
+        class_weights: None,
+        balanced_sampler: false,
+        freeze_backbone: false,
+        backbone_lr_multiplier: 1.0,
+        seed: 11,
+        flip_probability: 0.5,
+        flip_direction: FlipDirection::Horizontal,
+        rand_augment: None,
+        crop_scale: (0.6, 1.0),
+        checkpoint_every_steps: 1000,
+        keep_last_checkpoints: 1,
+        workers: 2,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let sink = Epochs::default();
+    let run = TrainRun {
+        config: config.clone(),
+        train: train_set,
+        validation: Some(validation_set.clone()),
+        checkpoints: dir.path().join("checkpoints"),
+        pretrained: Some(lite0_weights()),
+        stop_after_steps: None,
+    };
+    let TrainOutcome::Finished { model, cursor } = train(run, &sink, &CancelToken::new()).unwrap() else {
+        panic!("training did not finish")
+    };
+    let epochs = sink.0.lock().unwrap().clone();
+    assert_eq!(epochs.len(), 2);
+    let accuracy = epochs.last().unwrap().validation_accuracy.unwrap();
+    eprintln!("validation accuracy by epoch: {:?}", epochs.iter().map(|e| e.validation_accuracy).collect::<Vec<_>>());
+    // Chance is 25%.
+    assert!(accuracy >= 0.7, "validation accuracy {accuracy}");
+    assert_eq!(cursor.best_accuracy.unwrap(), epochs.iter().filter_map(|e| e.validation_accuracy).fold(0.0, f64::max));
+
+    // The artifact predicts on its own, like the model it came from.
+    let manifest = Manifest {
+        architecture: config.architecture,
+        concepts: CLASSES.iter().map(|c| c.to_string()).collect(),
+        image_size: config.image_size,
+        normalization: config.normalization,
+        mutually_exclusive: true,
+        template: "test".into(),
+        params: serde_json::to_value(&config).unwrap(),
+        dataset_hash: "sample".into(),
+        seed: config.seed,
+        engine_version: env!("CARGO_PKG_VERSION").into(),
+    };
+    artifact::save(&dir.path().join("artifact"), &model, &manifest).unwrap();
+    let predictor = Predictor::load(&dir.path().join("artifact")).unwrap();
+    let images: Vec<Vec<u8>> = (0..8).map(|i| validation_set.bytes(i * 10).unwrap()).collect();
+    let mut inputs: Vec<&[u8]> = images.iter().map(Vec::as_slice).collect();
+    inputs.insert(3, b"not an image");
+    let predictions = predictor.predict(&inputs);
+    assert!(predictions[3].is_err(), "a bad image fails alone");
+    let good: Vec<_> =
+        predictions.iter().enumerate().filter(|(i, _)| *i != 3).map(|(_, p)| p.as_ref().unwrap()).collect();
+    assert_eq!(good.len(), 8);
+    let correct = good.iter().zip(0..8).filter(|(p, i)| p[0].0 == CLASSES[validation_set.items[i * 10].2]).count();
+    assert!(correct >= 6, "{correct} of 8 correct");
+    for p in &good {
+        let total: f32 = p.iter().map(|(_, v)| v).sum();
+        assert!((total - 1.0).abs() < 1e-4 && p.windows(2).all(|w| w[0].1 >= w[1].1));
+    }
+
+    // Evaluation metrics over the validation split.
+    let (probs, labels, ids, _) = deeptune_engine::train::predict_source(
+        &model,
+        validation_set.clone(),
+        deeptune_engine::data::EvalTransform::new(config.image_size, config.normalization),
+        true,
+        16,
+        2,
+        &deeptune_engine::train::NoProgress,
+    );
+    let evaluation = evaluate(
+        &Predictions {
+            concepts: manifest.concepts.clone(),
+            input_ids: ids,
+            probabilities: probs,
+            labels,
+            label_known: None,
+            mutually_exclusive: true,
+        },
+        0.5,
+    );
+    let top1 = evaluation.summary.top1_accuracy.unwrap() as f64;
+    assert!((top1 - accuracy).abs() < 1e-6, "{top1} vs {accuracy}");
+    assert!(evaluation.summary.macro_roc_auc.unwrap() > 0.9);
+}
