@@ -39,4 +39,6 @@ pub use augment::{AugmentOp, MAX_MAGNITUDE, RandAugment};
 pub use decode::{DecodeError, MAX_PIXELS, decode_rgb, decode_rgb_with_limit};
 pub use loader::{BadSample, Batch, DataSource, Loader, LoaderConfig, sample_rng};
 pub use resize::{Region, resize_bilinear};
-pub use transform::{EvalTransform, FlipDirection, Normalization, TrainTransform, Transform, random_resized_crop};
+pub use transform::{
+    EvalTransform, FlipDirection, LongEdge, Normalization, TrainTransform, Transform, random_resized_crop,
+};

@@ -55,18 +55,37 @@ pub struct EvalTransform {
     pub size: usize,
     /// Short edge after resizing, before the crop.
     pub resize: usize,
+    pub long_edge: LongEdge,
     pub normalization: Normalization,
 }
 
+/// How the long edge's new length is rounded when the short edge is resized; the two reference
+/// pipelines differ by a pixel (451×300 → 384×256 or 385×256), which shifts every crop pixel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LongEdge {
+    /// `int(resize * long / short)`: torchvision's `Resize(int)`.
+    #[default]
+    Truncate,
+    /// `round(resize * long / short)`: the EfficientNet-Lite reference preprocessing.
+    Round,
+}
+
 impl EvalTransform {
-    /// The usual 224/256 ratio (timm's `crop_pct` 0.875): 224 → 256, 384 → 438.
+    /// The usual 224/256 ratio (timm's `crop_pct` 0.875): 224 → 256, 384 → 438; the long edge
+    /// rounded as the checkpoints of that normalisation were evaluated (torchvision's truncation
+    /// for ImageNet, rounding for EfficientNet-Lite's `(x − 127) / 128`).
     pub fn new(size: usize, normalization: Normalization) -> EvalTransform {
-        EvalTransform { size, resize: size * 256 / 224, normalization }
+        let long_edge = match normalization {
+            Normalization::ImageNet => LongEdge::Truncate,
+            Normalization::MinusOneToOne127 => LongEdge::Round,
+        };
+        EvalTransform { size, resize: size * 256 / 224, long_edge, normalization }
     }
 
     /// CHW floats, `3 × size × size`.
     pub fn apply(&self, image: &RgbImage) -> Vec<f32> {
-        let resized = resize_short_edge(image, self.resize);
+        let resized = resize_short_edge(image, self.resize, self.long_edge);
         let mut out = vec![0.0; 3 * self.size * self.size];
         center_crop_into(&resized, self.size, self.normalization, &mut out);
         out
@@ -74,11 +93,16 @@ impl EvalTransform {
 }
 
 /// torchvision's `Resize(int)` on a PIL image: the short edge becomes `short`, the long edge
-/// `int(short * long / short_before)` (truncated, as torchvision does).
-fn resize_short_edge(image: &RgbImage, short: usize) -> RgbImage {
+/// keeps the aspect ratio.
+fn resize_short_edge(image: &RgbImage, short: usize, long_edge: LongEdge) -> RgbImage {
     let (w, h) = (image.width() as usize, image.height() as usize);
     let (old_short, old_long) = if w <= h { (w, h) } else { (h, w) };
-    let long = ((short as f64 * old_long as f64 / old_short as f64) as usize).max(1);
+    let exact = short as f64 * old_long as f64 / old_short as f64;
+    let long = match long_edge {
+        LongEdge::Truncate => exact as usize,
+        LongEdge::Round => exact.round() as usize,
+    };
+    let long = long.max(1);
     let (new_w, new_h) = if w <= h { (short, long) } else { (long, short) };
     if (new_w, new_h) == (w, h) {
         return image.clone();
