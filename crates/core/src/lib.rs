@@ -6,6 +6,7 @@ pub mod error;
 pub mod ids;
 pub mod scope;
 pub mod split;
+pub mod templates;
 pub mod status;
 
 pub use error::ApiError;

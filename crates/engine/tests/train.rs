@@ -203,7 +203,16 @@ fn a_corrupt_image_is_skipped_and_reported() {
     let dir = tempfile::tempdir().unwrap();
     let sink = Collect::default();
     let outcome = run(config(5), data, dir.path(), None, &sink, &CancelToken::new());
-    assert!(matches!(outcome, TrainOutcome::Finished { .. }));
+    let TrainOutcome::Finished { cursor, .. } = outcome else { panic!("the run did not finish") };
+    // Checkpoints: the last two, plus the best by validation accuracy when it is older.
+    let mut kept: Vec<String> =
+        std::fs::read_dir(dir.path()).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+    kept.sort();
+    let last = format!("step-{:010}", cursor.global_step);
+    assert!(kept.contains(&last), "{kept:?}");
+    let best = format!("step-{:010}", cursor.best_step.unwrap());
+    assert!(kept.contains(&best), "{kept:?}");
+    assert!(kept.len() <= 3 && kept.iter().all(|k| k.starts_with("step-")), "{kept:?}");
     let bad = sink.bad.lock().unwrap();
     assert!(!bad.is_empty() && bad.iter().all(|(id, _)| id == "broken"), "{bad:?}");
     assert!(!bad[0].1.is_empty());
