@@ -3,11 +3,12 @@
 
 pub mod api;
 pub mod error;
+pub mod formats;
 pub mod ids;
 pub mod scope;
 pub mod split;
-pub mod templates;
 pub mod status;
+pub mod templates;
 
 pub use error::ApiError;
 pub use status::{Status, StatusCode};

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 use utoipa::ToSchema;
 
 /// The type and allowed values of a hyperparameter.
@@ -49,7 +49,12 @@ pub struct ParamError {
 }
 
 fn int(name: &str, default: i64, min: i64, max: i64, description: &str) -> ParamSpec {
-    ParamSpec { name: name.into(), kind: ParamKind::Int { min, max }, default: json!(default), description: description.into() }
+    ParamSpec {
+        name: name.into(),
+        kind: ParamKind::Int { min, max },
+        default: json!(default),
+        description: description.into(),
+    }
 }
 
 fn float(name: &str, default: f64, min: f64, max: f64, description: &str) -> ParamSpec {
@@ -103,13 +108,7 @@ fn params(r: &Recipe) -> Vec<ParamSpec> {
             1.0,
             "Learning rate per image: the step's rate is batch_size × per_item_lrate (Clarifai's convention).",
         ),
-        float(
-            "per_item_min_lrate",
-            r.per_item_min_lrate,
-            0.0,
-            1.0,
-            "Rate per image at the end of the cosine decay.",
-        ),
+        float("per_item_min_lrate", r.per_item_min_lrate, 0.0, 1.0, "Rate per image at the end of the cosine decay."),
         float("weight_decay", r.weight_decay, 0.0, 1.0, "Weight decay; never applied to norm layers and biases."),
         int("warmup_iters", r.warmup_iters, 0, 100_000, "Steps of linear warm-up before the cosine decay."),
         float("warmup_ratio", r.warmup_ratio, 0.0, 1.0, "The warm-up starts at this fraction of the full rate."),
@@ -133,8 +132,19 @@ fn params(r: &Recipe) -> Vec<ParamSpec> {
             r.freeze_backbone,
             "Train only a new classification head on top of the frozen pretrained network.",
         ),
-        choice("pretrained_weights", "ImageNet-1k", &["ImageNet-1k", "None"], "Start from ImageNet-1k weights, or from scratch."),
-        int("seed", -1, -1, i64::from(u32::MAX), "Seed of initialisation, shuffling and augmentation; −1 picks one at random."),
+        choice(
+            "pretrained_weights",
+            "ImageNet-1k",
+            &["ImageNet-1k", "None"],
+            "Start from ImageNet-1k weights, or from scratch.",
+        ),
+        int(
+            "seed",
+            -1,
+            -1,
+            i64::from(u32::MAX),
+            "Seed of initialisation, shuffling and augmentation; −1 picks one at random.",
+        ),
         float(
             "invalid_data_tolerance_percent",
             5.0,
@@ -161,17 +171,18 @@ pub fn visual_classifier_templates() -> Vec<Template> {
         rand_augment_magnitude: 5.0,
         freeze_backbone: false,
     };
-    let template = |id: &str, aliases: &[&str], architecture: &str, recommended: bool, description: &str, recipe: &Recipe| {
-        Template {
-            id: id.into(),
-            aliases: aliases.iter().map(|a| a.to_string()).collect(),
-            description: description.into(),
-            recommended,
-            architecture: architecture.into(),
-            pretrained_weights: vec!["ImageNet-1k".into(), "None".into()],
-            params: params(recipe),
-        }
-    };
+    let template =
+        |id: &str, aliases: &[&str], architecture: &str, recommended: bool, description: &str, recipe: &Recipe| {
+            Template {
+                id: id.into(),
+                aliases: aliases.iter().map(|a| a.to_string()).collect(),
+                description: description.into(),
+                recommended,
+                architecture: architecture.into(),
+                pretrained_weights: vec!["ImageNet-1k".into(), "None".into()],
+                params: params(recipe),
+            }
+        };
     vec![
         template(
             "EfficientNet_Lite0",
@@ -218,9 +229,30 @@ pub fn visual_classifier_templates() -> Vec<Template> {
                 freeze_backbone: false,
             },
         ),
-        template("ResNet18", &[], "resnet18", false, "ResNet-18 fine-tuned end to end: a quick, sturdy baseline.", &fine_tune),
-        template("MobileNetV2", &[], "mobilenet_v2", false, "MobileNetV2 fine-tuned end to end: small and fast.", &fine_tune),
-        template("EfficientNet_B0", &[], "efficientnet_b0", false, "EfficientNet-B0 (torchvision) fine-tuned end to end.", &fine_tune),
+        template(
+            "ResNet18",
+            &[],
+            "resnet18",
+            false,
+            "ResNet-18 fine-tuned end to end: a quick, sturdy baseline.",
+            &fine_tune,
+        ),
+        template(
+            "MobileNetV2",
+            &[],
+            "mobilenet_v2",
+            false,
+            "MobileNetV2 fine-tuned end to end: small and fast.",
+            &fine_tune,
+        ),
+        template(
+            "EfficientNet_B0",
+            &[],
+            "efficientnet_b0",
+            false,
+            "EfficientNet-B0 (torchvision) fine-tuned end to end.",
+            &fine_tune,
+        ),
         template(
             "ViT_B_16",
             &[],
@@ -239,7 +271,10 @@ pub fn find_template(id: &str) -> Option<Template> {
 
 /// Checks `given` against the template and fills in defaults. Every problem is reported, each
 /// naming its field (`train_info.params.<name>`).
-pub fn resolve_params(template: &Template, given: &serde_json::Map<String, Value>) -> Result<BTreeMap<String, Value>, Vec<ParamError>> {
+pub fn resolve_params(
+    template: &Template,
+    given: &serde_json::Map<String, Value>,
+) -> Result<BTreeMap<String, Value>, Vec<ParamError>> {
     let mut errors = Vec::new();
     let field = |name: &str| format!("train_info.params.{name}");
     for name in given.keys() {
@@ -254,14 +289,16 @@ pub fn resolve_params(template: &Template, given: &serde_json::Map<String, Value
     for spec in &template.params {
         let value = given.get(&spec.name).cloned().unwrap_or_else(|| spec.default.clone());
         let problem = match (&spec.kind, &value) {
-            (ParamKind::Int { min, max }, v) => match v.as_i64().or_else(|| v.as_f64().filter(|f| f.fract() == 0.0).map(|f| f as i64)) {
-                Some(n) if n < *min || n > *max => Some(format!("{n} is outside {min}..={max}")),
-                Some(n) => {
-                    resolved.insert(spec.name.clone(), json!(n));
-                    None
+            (ParamKind::Int { min, max }, v) => {
+                match v.as_i64().or_else(|| v.as_f64().filter(|f| f.fract() == 0.0).map(|f| f as i64)) {
+                    Some(n) if n < *min || n > *max => Some(format!("{n} is outside {min}..={max}")),
+                    Some(n) => {
+                        resolved.insert(spec.name.clone(), json!(n));
+                        None
+                    }
+                    None => Some(format!("expected a whole number, got {v}")),
                 }
-                None => Some(format!("expected a whole number, got {v}")),
-            },
+            }
             (ParamKind::Float { min, max }, v) => match v.as_f64() {
                 Some(x) if !x.is_finite() || x < *min || x > *max => Some(format!("{x} is outside {min}..={max}")),
                 Some(x) => {
@@ -337,10 +374,11 @@ mod tests {
     #[test]
     fn bad_params_are_named_with_the_reason() {
         let t = find_template("EfficientNet_Lite0").unwrap();
-        let given = json!({"batch_size": 0, "num_epochs": "ten", "optimizer": "adagrad", "bogus": 1, "per_item_lrate": 1e-4})
-            .as_object()
-            .unwrap()
-            .clone();
+        let given =
+            json!({"batch_size": 0, "num_epochs": "ten", "optimizer": "adagrad", "bogus": 1, "per_item_lrate": 1e-4})
+                .as_object()
+                .unwrap()
+                .clone();
         let errors = resolve_params(&t, &given).unwrap_err();
         let fields: Vec<&str> = errors.iter().map(|e| e.field.as_str()).collect();
         assert!(fields.contains(&"train_info.params.batch_size"), "{errors:?}");

