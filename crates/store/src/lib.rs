@@ -5,6 +5,7 @@
 mod apps;
 mod datasets;
 mod inputs;
+pub mod jobs;
 mod tokens;
 
 use std::path::Path;
