@@ -517,3 +517,125 @@ pub struct MultiKeyResponse {
     pub status: Status,
     pub keys: Vec<Key>,
 }
+
+// ---------------------------------------------------------------------------------------------
+// Models, model versions and training
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+pub struct Model {
+    #[serde(default)]
+    pub id: String,
+    #[serde(default)]
+    pub name: String,
+    /// `visual-classifier` (more types later).
+    #[serde(default)]
+    pub model_type_id: String,
+    #[serde(default)]
+    pub description: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub app_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_at: Option<String>,
+    /// The newest version (responses).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model_version: Option<Box<ModelVersion>>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+pub struct PostModelsRequest {
+    #[serde(default)]
+    pub user_app_id: Option<UserAppId>,
+    /// Clarifai's PostModels takes one `model`; a list under `models` is accepted too.
+    #[serde(default)]
+    pub model: Option<Model>,
+    #[serde(default)]
+    pub models: Vec<Model>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct SingleModelResponse {
+    pub status: Status,
+    pub model: Model,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct MultiModelResponse {
+    pub status: Status,
+    pub models: Vec<Model>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+pub struct TrainInfo {
+    /// `template`, `dataset_id`, `dataset_version_id`, and the template's hyperparameters.
+    #[serde(default)]
+    #[schema(value_type = Object)]
+    pub params: serde_json::Map<String, Value>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+pub struct OutputConfig {
+    #[serde(default)]
+    pub concepts_mutually_exclusive: bool,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+pub struct OutputInfo {
+    /// `data.concepts`: what the model learns to recognise.
+    #[serde(default)]
+    pub data: Data,
+    #[serde(default)]
+    pub output_config: OutputConfig,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+pub struct ModelVersion {
+    #[serde(default)]
+    pub id: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub model_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<Status>,
+    #[serde(default)]
+    pub train_info: TrainInfo,
+    #[serde(default)]
+    pub output_info: OutputInfo,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_at: Option<String>,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub description: String,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+pub struct PostModelVersionsRequest {
+    #[serde(default)]
+    pub user_app_id: Option<UserAppId>,
+    pub model_versions: Vec<ModelVersion>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct SingleModelVersionResponse {
+    pub status: Status,
+    pub model_version: ModelVersion,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct MultiModelVersionResponse {
+    pub status: Status,
+    pub model_versions: Vec<ModelVersion>,
+}
+
+/// One model type with its training templates (Clarifai's ListModelTypes, cleaner).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ModelType {
+    pub id: String,
+    pub title: String,
+    pub description: String,
+    pub trainable: bool,
+    pub templates: Vec<crate::templates::Template>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct MultiModelTypeResponse {
+    pub status: Status,
+    pub model_types: Vec<ModelType>,
+}

@@ -49,7 +49,15 @@ status_codes! {
     CONN_INVALID_REQUEST = 11102, 400, "Invalid request";
     CONN_METHOD_NOT_ALLOWED = 11103, 405, "Method not allowed";
 
+    MODEL_TRAINED = 21100, 200, "Model is trained and ready";
+    MODEL_TRAINING = 21101, 200, "Model is training";
+    MODEL_UNTRAINED = 21102, 200, "Model has not been trained";
+    MODEL_QUEUED_FOR_TRAINING = 21103, 200, "Model is queued for training";
+    MODEL_TRAINING_FAILED = 21106, 200, "Model training failed";
+    MODEL_TRAINING_INVALID_DATA_TOLERANCE_EXCEEDED = 21119, 200, "Training stopped: too many inputs could not be read";
     MODEL_DOES_NOT_EXIST = 21200, 404, "Model does not exist";
+    MODEL_INVALID_ARGUMENT = 21202, 400, "Invalid model argument";
+    JOB_CANCELLED = 64004, 200, "Canceled";
 
     ANNOTATION_INVALID_ARGUMENT = 24155, 400, "Invalid annotation";
 

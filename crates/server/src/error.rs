@@ -73,6 +73,11 @@ has_status!(
     SingleDatasetVersionResponse,
     MultiDatasetVersionInputResponse,
     MultiKeyResponse,
+    SingleModelResponse,
+    MultiModelResponse,
+    SingleModelVersionResponse,
+    MultiModelVersionResponse,
+    MultiModelTypeResponse,
 );
 
 impl<T: Serialize + HasStatus> IntoResponse for Reply<T> {

@@ -6,6 +6,7 @@ mod apps;
 mod datasets;
 mod inputs;
 pub mod jobs;
+mod models;
 mod tokens;
 
 use std::path::Path;
@@ -18,6 +19,7 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 
 pub use apps::AppRecord;
 pub use inputs::{LabelValue, NewInput, labels_from_concepts};
+pub use models::NewModelVersion;
 pub use tokens::TokenRecord;
 
 pub type Result<T> = std::result::Result<T, ApiError>;

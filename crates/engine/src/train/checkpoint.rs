@@ -36,6 +36,9 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> CheckpointError + '_ {
     move |source| CheckpointError::Io { path: path.display().to_string(), source }
 }
 
+/// A checkpoint's contents: model record bytes, optimizer record bytes, and the cursor.
+pub type Checkpoint = (Vec<u8>, Vec<u8>, Cursor);
+
 /// A checkpoint folder: `step-<global step>` under the run's checkpoint directory.
 pub struct CheckpointDir {
     root: PathBuf,
@@ -105,12 +108,12 @@ impl CheckpointDir {
     }
 
     /// The newest checkpoint's files: (model bytes, optimizer bytes, cursor).
-    pub fn latest(&self) -> Result<Option<(Vec<u8>, Vec<u8>, Cursor)>, CheckpointError> {
+    pub fn latest(&self) -> Result<Option<Checkpoint>, CheckpointError> {
         let Some((_, dir)) = self.list()?.pop() else { return Ok(None) };
         Self::read(&dir).map(Some)
     }
 
-    pub fn read(dir: &Path) -> Result<(Vec<u8>, Vec<u8>, Cursor), CheckpointError> {
+    pub fn read(dir: &Path) -> Result<Checkpoint, CheckpointError> {
         let model = fs::read(dir.join(MODEL_FILE)).map_err(io(dir))?;
         let optimizer = fs::read(dir.join(OPTIMIZER_FILE)).map_err(io(dir))?;
         let cursor_bytes = fs::read(dir.join(CURSOR_FILE)).map_err(io(dir))?;

@@ -153,6 +153,8 @@ pub enum TrainError {
     NoData(String),
 }
 
+// Returned once per run; boxing the model would only add a dereference.
+#[allow(clippy::large_enum_variant)]
 pub enum TrainOutcome {
     /// Training ran to the end; the model is in evaluation mode.
     Finished { model: Classifier, cursor: Cursor },
@@ -380,13 +382,16 @@ static ONE_RUN_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 pub fn train(run: TrainRun, sink: &dyn ProgressSink, cancel: &CancelToken) -> Result<TrainOutcome, TrainError> {
     let _exclusive = ONE_RUN_AT_A_TIME.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     let config = &run.config;
-    if config.batch_size == 0 || config.accumulation_steps == 0 || config.batch_size % config.accumulation_steps != 0 {
+    if config.batch_size == 0
+        || config.accumulation_steps == 0
+        || !config.batch_size.is_multiple_of(config.accumulation_steps)
+    {
         return Err(TrainError::Config(format!(
             "batch_size {} must be a positive multiple of accumulation_steps {}",
             config.batch_size, config.accumulation_steps
         )));
     }
-    if run.train.len() == 0 {
+    if run.train.is_empty() {
         return Err(TrainError::NoData("the training split is empty".into()));
     }
     let device = Device::flex().autodiff();
@@ -549,7 +554,7 @@ pub fn train(run: TrainRun, sink: &dyn ProgressSink, cancel: &CancelToken) -> Re
 
         // Validation, then the epoch-end checkpoint.
         let (validation_loss, validation_accuracy) = match &run.validation {
-            Some(source) if source.len() > 0 => {
+            Some(source) if !source.is_empty() => {
                 let (l, a) = validate(&model, source.clone(), config, sink);
                 (Some(l), Some(a))
             }

@@ -7,6 +7,7 @@ pub mod concepts;
 pub mod datasets;
 pub mod inputs;
 pub mod keys;
+pub mod models;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
@@ -77,6 +78,11 @@ pub fn api_router() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(datasets::post_dataset_versions, datasets::list_dataset_versions))
         .routes(routes!(datasets::get_dataset_version))
         .routes(routes!(datasets::list_dataset_version_inputs))
+        .routes(routes!(models::list_model_types))
+        .routes(routes!(models::post_models, models::list_models))
+        .routes(routes!(models::get_model))
+        .routes(routes!(models::post_model_versions, models::list_model_versions))
+        .routes(routes!(models::get_model_version, models::delete_model_version))
         .split_for_parts()
 }
 

@@ -1,0 +1,154 @@
+//! Models and training requests: model types with their templates, and a training request that
+//! is validated in full — each problem a 400 naming its field — before anything is queued.
+
+mod common;
+
+use common::*;
+use reqwest::Method;
+use serde_json::{Value, json};
+
+/// An app with a dataset version: 6 cats, 6 dogs, 1 lonely bird (too few to train).
+async fn app_with_version(s: &TestServer) {
+    s.create_app("a").await;
+    let mut inputs = Vec::new();
+    for i in 0..6u8 {
+        inputs.push((format!("cat{i}"), png(8, 8, i), vec![("cat", 1.0)]));
+        inputs.push((format!("dog{i}"), png(8, 8, 50 + i), vec![("dog", 1.0)]));
+    }
+    inputs.push(("bird0".to_string(), png(8, 8, 99), vec![("bird", 1.0)]));
+    let refs: Vec<Upload> = inputs.iter().map(|(id, b, c)| (id.as_str(), b.clone(), c.clone())).collect();
+    let (status, body) = s.upload("a", refs).await;
+    assert_eq!(status, 200, "{body}");
+    s.post("/v2/users/me/apps/a/datasets", json!({"datasets": [{"id": "ds"}]})).await;
+    let ids = s.input_ids("a").await;
+    let dataset_inputs: Vec<_> = ids.iter().map(|id| json!({"input": {"id": id}})).collect();
+    s.post("/v2/users/me/apps/a/datasets/ds/inputs", json!({"dataset_inputs": dataset_inputs})).await;
+    let (status, _) =
+        s.post("/v2/users/me/apps/a/datasets/ds/versions", json!({"dataset_versions": [{"id": "v1"}]})).await;
+    assert_eq!(status, 200);
+    let (status, body) = s
+        .post("/v2/users/me/apps/a/models", json!({"model": {"id": "pets", "model_type_id": "visual-classifier"}}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+}
+
+fn train_request(params: Value, concepts: &[&str], exclusive: bool) -> Value {
+    let concepts: Vec<Value> = concepts.iter().map(|c| json!({"id": c})).collect();
+    json!({"model_versions": [{
+        "train_info": {"params": params},
+        "output_info": {"data": {"concepts": concepts}, "output_config": {"concepts_mutually_exclusive": exclusive}}
+    }]})
+}
+
+#[tokio::test]
+async fn model_types_list_templates_with_their_hyperparameters() {
+    let s = TestServer::start().await;
+    s.create_app("a").await;
+    let (status, body) = s.get("/v2/users/me/apps/a/models/types").await;
+    assert_eq!(status, 200, "{body}");
+    let types = body["model_types"].as_array().unwrap();
+    assert_eq!(types[0]["id"], "visual-classifier");
+    let templates = types[0]["templates"].as_array().unwrap();
+    assert_eq!(templates[0]["recommended"], true);
+    let rsb = templates
+        .iter()
+        .find(|t| t["aliases"].as_array().unwrap().contains(&json!("MMClassification_ResNet_50_RSB_A1")))
+        .unwrap();
+    let batch = rsb["params"].as_array().unwrap().iter().find(|p| p["name"] == "batch_size").unwrap();
+    assert_eq!(
+        (batch["default"].as_i64(), batch["min"].as_i64(), batch["max"].as_i64()),
+        (Some(64), Some(1), Some(256))
+    );
+    assert!(batch["description"].as_str().unwrap().len() > 10);
+    assert!(templates.iter().any(|t| {
+        t["params"].as_array().unwrap().iter().any(|p| p["name"] == "freeze_backbone" && p["default"] == true)
+    }));
+}
+
+#[tokio::test]
+async fn a_valid_request_queues_a_version_and_bad_ones_are_named() {
+    let s = TestServer::start().await;
+    app_with_version(&s).await;
+    let versions = "/v2/users/me/apps/a/models/pets/versions";
+    let base = json!({"template": "MMClassification_ResNet_50_RSB_A1", "dataset_id": "ds", "dataset_version_id": "v1", "num_epochs": 3});
+
+    let (status, body) = s.post(versions, train_request(base.clone(), &["cat", "dog"], true)).await;
+    assert_eq!((status, code(&body)), (200, 10000), "{body}");
+    let version = &body["model_version"];
+    assert_eq!(version["status"]["code"], 21103, "queued");
+    let params = &version["train_info"]["params"];
+    assert_eq!(
+        (params["num_epochs"].as_i64(), params["batch_size"].as_i64()),
+        (Some(3), Some(64)),
+        "defaults filled: {params}"
+    );
+    assert!(params["seed"].as_i64().unwrap() >= 0, "a random seed is chosen and recorded");
+    let id = version["id"].as_str().unwrap().to_string();
+    let (_, model) = s.get("/v2/users/me/apps/a/models/pets").await;
+    assert_eq!(model["model"]["model_version"]["id"], id.as_str());
+
+    let with = |extra: Value| {
+        let mut p = base.clone();
+        for (k, v) in extra.as_object().unwrap() {
+            p[k] = v.clone();
+        }
+        p
+    };
+    let cases = vec![
+        (train_request(with(json!({"template": "NoSuchNet"})), &["cat", "dog"], true), "train_info.params.template"),
+        (train_request(with(json!({"learning_speed": 3})), &["cat", "dog"], true), "train_info.params.learning_speed"),
+        (train_request(with(json!({"batch_size": 1000})), &["cat", "dog"], true), "train_info.params.batch_size"),
+        (
+            train_request(with(json!({"flip_direction": "sideways"})), &["cat", "dog"], true),
+            "train_info.params.flip_direction",
+        ),
+        (
+            train_request(with(json!({"dataset_version_id": "v9"})), &["cat", "dog"], true),
+            "train_info.params.dataset_version_id",
+        ),
+        (train_request(with(json!({})), &["cat", "unicorn"], true), "output_info.data.concepts[1].id"),
+        (train_request(with(json!({})), &["cat", "bird"], true), "output_info.data.concepts[1].id"),
+        (train_request(with(json!({})), &[], false), "output_info.data.concepts"),
+    ];
+    let mut without_dataset = base.clone();
+    without_dataset.as_object_mut().unwrap().remove("dataset_id");
+    let mut all = cases;
+    all.push((train_request(without_dataset, &["cat"], false), "train_info.params.dataset_id"));
+    for (request, field) in all {
+        let (status, body) = s.post(versions, request.clone()).await;
+        assert_eq!((status, code(&body)), (400, 21202), "{field}: {body}");
+        assert!(body["status"]["details"].as_str().unwrap().contains(field), "{field}: {body}");
+    }
+    // Nothing was queued by the refused requests.
+    let (_, list) = s.get(versions).await;
+    assert_eq!(list["model_versions"].as_array().unwrap().len(), 1);
+
+    // Deleting the version removes it.
+    let (status, _) = s.call(Method::DELETE, &format!("{versions}/{id}"), None).await;
+    assert_eq!(status, 200);
+    let (status, _) = s.get(&format!("{versions}/{id}")).await;
+    assert_eq!(status, 404);
+}
+
+#[tokio::test]
+async fn models_are_created_once_and_need_a_trainable_type_and_scopes() {
+    let s = TestServer::start().await;
+    app_with_version(&s).await;
+    let (status, body) = s.post("/v2/users/me/apps/a/models", json!({"model": {"id": "pets"}})).await;
+    assert_eq!((status, code(&body)), (409, 40010));
+    let (status, body) =
+        s.post("/v2/users/me/apps/a/models", json!({"model": {"id": "x", "model_type_id": "text-to-speech"}})).await;
+    assert_eq!((status, code(&body)), (400, 21202), "{body}");
+    let (status, body) = s.get("/v2/users/me/apps/a/models/nope").await;
+    assert_eq!((status, code(&body)), (404, 21200));
+    // Training needs the train scope.
+    let (_, key) = s.post("/v2/users/me/keys", json!({"keys": [{"scopes": ["read", "write"]}]})).await;
+    let writer = key["keys"][0]["token"].as_str().unwrap().to_string();
+    let request = train_request(
+        json!({"template": "ResNet18", "dataset_id": "ds", "dataset_version_id": "v1"}),
+        &["cat", "dog"],
+        true,
+    );
+    let (status, _) = s.call_as(&writer, Method::POST, "/v2/users/me/apps/a/models/pets/versions", Some(request)).await;
+    assert_eq!(status, 403);
+}
