@@ -69,9 +69,65 @@ enum Command {
     /// Datasets and their immutable versions.
     #[command(subcommand)]
     Datasets(DatasetsCmd),
+    /// Models, their training templates and versions (training runs).
+    #[command(subcommand)]
+    Models(ModelsCmd),
     /// Personal access tokens (admin scope).
     #[command(subcommand)]
     Keys(KeysCmd),
+}
+
+#[derive(Subcommand)]
+enum ModelsCmd {
+    /// Model types and their training templates with every hyperparameter.
+    Templates,
+    List(PageArgs),
+    Create {
+        id: String,
+        #[arg(long, default_value = "")]
+        name: String,
+    },
+    Get {
+        id: String,
+    },
+    /// Start training a new version (validated in full before it is queued).
+    Train {
+        model: String,
+        #[arg(long)]
+        dataset: String,
+        #[arg(long = "dataset-version")]
+        dataset_version: String,
+        /// Concepts to learn (repeatable).
+        #[arg(long = "concept", required = true)]
+        concepts: Vec<String>,
+        #[arg(long, default_value = "EfficientNet_Lite0")]
+        template: String,
+        /// Each image shows exactly one of the concepts.
+        #[arg(long)]
+        exclusive: bool,
+        /// Hyperparameters as name=value (repeatable), e.g. --param num_epochs=5.
+        #[arg(long = "param")]
+        params: Vec<String>,
+    },
+    /// A model's versions, newest first.
+    Versions {
+        model: String,
+    },
+    /// One version with its status.
+    Status {
+        model: String,
+        version: String,
+    },
+    /// Cancel a queued or running version.
+    Cancel {
+        model: String,
+        version: String,
+    },
+    /// Delete a version (canceling it first).
+    DeleteVersion {
+        model: String,
+        version: String,
+    },
 }
 
 #[derive(Args)]
@@ -346,6 +402,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Inputs(cmd) => inputs(&client, &out, cmd).await,
         Command::Annotations(cmd) => annotations(&client, &out, cmd).await,
         Command::Datasets(cmd) => datasets(&client, &out, cmd).await,
+        Command::Models(cmd) => models(&client, &out, cmd).await,
         Command::Keys(cmd) => keys(&client, &out, cmd).await,
     }
 }
@@ -650,6 +707,119 @@ async fn datasets(c: &Client, out: &Output, cmd: DatasetsCmd) -> anyhow::Result<
             }
             output::print_version(&body["dataset_version"]);
             Ok(())
+        }
+    }
+}
+
+/// `name=value`, the value as JSON when it parses (numbers, booleans), else as a string.
+fn param_arg(arg: &str) -> anyhow::Result<(String, Value)> {
+    let (name, value) = arg.split_once('=').ok_or_else(|| anyhow!("{arg:?}: expected name=value"))?;
+    let value = serde_json::from_str(value).unwrap_or_else(|_| Value::String(value.to_string()));
+    Ok((name.trim().to_string(), value))
+}
+
+fn print_version(version: &Value) {
+    println!(
+        "{}  {} ({})  {}",
+        version["id"].as_str().unwrap_or(""),
+        version["status"]["description"].as_str().unwrap_or(""),
+        version["status"]["code"],
+        version["status"]["details"].as_str().unwrap_or("")
+    );
+}
+
+async fn models(c: &Client, out: &Output, cmd: ModelsCmd) -> anyhow::Result<()> {
+    match cmd {
+        ModelsCmd::Templates => {
+            let body = c.get(&c.app_path("/models/types")?, &[]).await?;
+            if out.json {
+                return out.print_json(&body);
+            }
+            for t in body["model_types"][0]["templates"].as_array().into_iter().flatten() {
+                let star = if t["recommended"] == true { " (recommended)" } else { "" };
+                println!("{}{star}: {}", t["id"].as_str().unwrap_or(""), t["description"].as_str().unwrap_or(""));
+                for p in t["params"].as_array().into_iter().flatten() {
+                    println!(
+                        "    {:<32} default {:<14} {}",
+                        p["name"].as_str().unwrap_or(""),
+                        p["default"].to_string(),
+                        p["description"].as_str().unwrap_or("")
+                    );
+                }
+            }
+            Ok(())
+        }
+        ModelsCmd::List(p) => {
+            let body = c.get(&c.app_path("/models")?, &p.query()).await?;
+            out.list(&body, "models", &["id", "model_type_id", "created_at"])
+        }
+        ModelsCmd::Create { id, name } => {
+            let body = c
+                .post(
+                    &c.app_path("/models")?,
+                    &json!({"model": {"id": id, "name": name, "model_type_id": "visual-classifier"}}),
+                )
+                .await?;
+            out.done(&body, &format!("created model {id}"))
+        }
+        ModelsCmd::Get { id } => {
+            let body = c.get(&c.app_path(&format!("/models/{id}"))?, &[]).await?;
+            out.object(&body, "model")
+        }
+        ModelsCmd::Train { model, dataset, dataset_version, concepts, template, exclusive, params } => {
+            let mut train_params = serde_json::Map::new();
+            train_params.insert("template".into(), template.into());
+            train_params.insert("dataset_id".into(), dataset.into());
+            train_params.insert("dataset_version_id".into(), dataset_version.into());
+            for arg in &params {
+                let (name, value) = param_arg(arg)?;
+                train_params.insert(name, value);
+            }
+            let concepts: Vec<Value> = concepts.iter().map(|id| json!({"id": id})).collect();
+            let body = c
+                .post(
+                    &c.app_path(&format!("/models/{model}/versions"))?,
+                    &json!({"model_versions": [{
+                        "train_info": {"params": train_params},
+                        "output_info": {"data": {"concepts": concepts}, "output_config": {"concepts_mutually_exclusive": exclusive}},
+                    }]}),
+                )
+                .await?;
+            if out.json {
+                return out.print_json(&body);
+            }
+            print_version(&body["model_version"]);
+            Ok(())
+        }
+        ModelsCmd::Versions { model } => {
+            let body = c.get(&c.app_path(&format!("/models/{model}/versions"))?, &[]).await?;
+            if out.json {
+                return out.print_json(&body);
+            }
+            for v in body["model_versions"].as_array().into_iter().flatten() {
+                print_version(v);
+            }
+            Ok(())
+        }
+        ModelsCmd::Status { model, version } => {
+            let body = c.get(&c.app_path(&format!("/models/{model}/versions/{version}"))?, &[]).await?;
+            if out.json {
+                return out.print_json(&body);
+            }
+            print_version(&body["model_version"]);
+            Ok(())
+        }
+        ModelsCmd::Cancel { model, version } => {
+            let body = c.post(&c.app_path(&format!("/models/{model}/versions/{version}/cancel"))?, &json!({})).await?;
+            if out.json {
+                return out.print_json(&body);
+            }
+            print_version(&body["model_version"]);
+            Ok(())
+        }
+        ModelsCmd::DeleteVersion { model, version } => {
+            let body = c.delete(&c.app_path(&format!("/models/{model}/versions/{version}"))?, None).await?;
+            out.done(&body, &format!("deleted version {version}"))
         }
     }
 }

@@ -695,3 +695,50 @@ fn adding_more_files_than_one_request_takes() {
     assert_eq!(body["status"]["code"], 10010, "{body:#}");
     assert_eq!(body["inputs"].as_array().unwrap().len(), 20, "{body:#}");
 }
+
+#[test]
+fn training_requests_from_the_cli_are_validated_queued_and_canceled() {
+    let server = Server::start(&[]);
+    server.run(&["apps", "create", "pets"]).ok();
+    for (photo_name, concept) in
+        [("chelsea.png", "cat"), ("astronaut.png", "cat"), ("coffee.png", "cup"), ("rocket.png", "cup")]
+    {
+        server.run(&["--app", "pets", "inputs", "add", &photo(photo_name), "--concept", concept]).ok();
+    }
+    server.run(&["--app", "pets", "datasets", "create", "ds"]).ok();
+    server.run(&["--app", "pets", "datasets", "add-inputs", "ds", "--all"]).ok();
+    server.run(&["--app", "pets", "datasets", "create-version", "ds", "--id", "v1"]).ok();
+    let out = server.run(&["--app", "pets", "models", "templates"]).ok().to_string();
+    assert!(out.contains("EfficientNet_Lite0 (recommended)") && out.contains("per_item_lrate"), "{out}");
+    server.run(&["--app", "pets", "models", "create", "pets-model"]).ok();
+
+    let train = |extra: &[&str]| {
+        let mut args = vec![
+            "--app",
+            "pets",
+            "models",
+            "train",
+            "pets-model",
+            "--dataset",
+            "ds",
+            "--dataset-version",
+            "v1",
+            "--concept",
+            "cat",
+            "--concept",
+            "cup",
+            "--exclusive",
+        ];
+        args.extend_from_slice(extra);
+        server.run(&args)
+    };
+    let err = train(&["--param", "batch_size=0"]).fails();
+    assert!(err.contains("train_info.params.batch_size"), "{err}");
+    let out = train(&["--param", "num_epochs=2", "--json"]).json();
+    assert_eq!(out["model_version"]["status"]["code"], 21103, "{out}");
+    let version = out["model_version"]["id"].as_str().unwrap().to_string();
+    let status = server.run(&["--app", "pets", "models", "status", "pets-model", &version]).ok().to_string();
+    assert!(status.contains("21103"), "{status}");
+    let canceled = server.run(&["--app", "pets", "models", "cancel", "pets-model", &version]).ok().to_string();
+    assert!(canceled.contains("64004"), "{canceled}");
+}

@@ -123,6 +123,12 @@ async fn a_valid_request_queues_a_version_and_bad_ones_are_named() {
     let (_, list) = s.get(versions).await;
     assert_eq!(list["model_versions"].as_array().unwrap().len(), 1);
 
+    // Canceling a queued version ends it at once, and says so.
+    let (status, body) = s.post(&format!("{versions}/{id}/cancel"), json!({})).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["model_version"]["status"]["code"], 64004, "{body}");
+    assert!(body["model_version"]["status"]["details"].as_str().unwrap().contains("canceled"));
+
     // Deleting the version removes it.
     let (status, _) = s.call(Method::DELETE, &format!("{versions}/{id}"), None).await;
     assert_eq!(status, 200);

@@ -207,6 +207,32 @@ impl Store {
         Ok(rows.iter().map(version_from_row).collect())
     }
 
+    /// Sets a version's status (the worker reports progress and outcomes through it).
+    pub async fn set_model_version_status(
+        &self,
+        app: &AppRecord,
+        model_id: &str,
+        version_id: &str,
+        code: StatusCode,
+        details: &str,
+    ) -> Result<()> {
+        let done = sqlx::query(
+            "UPDATE model_versions SET status_code = ?, status_details = ? WHERE app_pk = ? AND model_id = ? AND id = ?",
+        )
+        .bind(code.code() as i64)
+        .bind(details)
+        .bind(app.pk)
+        .bind(model_id)
+        .bind(version_id)
+        .execute(&self.pool)
+        .await
+        .map_err(db_error)?;
+        if done.rows_affected() == 0 {
+            return Err(ApiError::not_found("model version", version_id));
+        }
+        Ok(())
+    }
+
     /// Deletes a version; its job is asked to cancel first (a running job stops at its next
     /// heartbeat and finds its version gone).
     pub async fn delete_model_version(&self, app: &AppRecord, model_id: &str, version_id: &str) -> Result<()> {

@@ -83,6 +83,7 @@ pub fn api_router() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(models::get_model))
         .routes(routes!(models::post_model_versions, models::list_model_versions))
         .routes(routes!(models::get_model_version, models::delete_model_version))
+        .routes(routes!(models::cancel_model_version))
         .split_for_parts()
 }
 

@@ -29,6 +29,7 @@ const MODELS: &str = "/v2/users/{user_id}/apps/{app_id}/models";
 const MODEL: &str = "/v2/users/{user_id}/apps/{app_id}/models/{model_id}";
 const VERSIONS: &str = "/v2/users/{user_id}/apps/{app_id}/models/{model_id}/versions";
 const VERSION: &str = "/v2/users/{user_id}/apps/{app_id}/models/{model_id}/versions/{version_id}";
+const CANCEL: &str = "/v2/users/{user_id}/apps/{app_id}/models/{model_id}/versions/{version_id}/cancel";
 
 #[derive(Deserialize)]
 pub struct ModelPath {
@@ -327,4 +328,34 @@ pub async fn delete_model_version(
     let app = app_for(&state, &caller, Scope::Write, &app_path(&path.user_id, &path.app_id)).await?;
     state.store.delete_model_version(&app, &path.model_id, &path.version_id).await?;
     Ok(Reply(BaseResponse { status: Status::ok() }))
+}
+
+#[utoipa::path(post, path = CANCEL, tag = "models",
+    params(("user_id" = String, Path), ("app_id" = String, Path), ("model_id" = String, Path), ("version_id" = String, Path)),
+    responses((status = 200, description = "A queued version is canceled at once (status 64004); a training one stops within a step", body = SingleModelVersionResponse),
+              (status = 404, body = BaseResponse)))]
+pub async fn cancel_model_version(
+    State(state): State<AppState>,
+    caller: Caller,
+    PathParams(path): PathParams<VersionPath>,
+) -> HttpResult<Reply<SingleModelVersionResponse>> {
+    let app = app_for(&state, &caller, Scope::Train, &app_path(&path.user_id, &path.app_id)).await?;
+    let job = state.store.model_version_job(&app, &path.model_id, &path.version_id).await?;
+    if state.store.request_job_cancel(&job).await? == deeptune_store::jobs::JobState::Canceled {
+        let version = state.store.get_model_version(&app, &path.model_id, &path.version_id).await?;
+        if version.status.as_ref().is_some_and(|s| s.code == StatusCode::MODEL_QUEUED_FOR_TRAINING) {
+            state
+                .store
+                .set_model_version_status(
+                    &app,
+                    &path.model_id,
+                    &path.version_id,
+                    StatusCode::JOB_CANCELLED,
+                    "canceled before training started",
+                )
+                .await?;
+        }
+    }
+    let model_version = state.store.get_model_version(&app, &path.model_id, &path.version_id).await?;
+    Ok(Reply(SingleModelVersionResponse { status: Status::ok(), model_version }))
 }
