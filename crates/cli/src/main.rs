@@ -52,6 +52,9 @@ struct ClientArgs {
 enum Command {
     /// Run the API server with the embedded store (SQLite + local blobs under the data directory).
     Serve(ServeArgs),
+    /// Run a training worker only, beside a `serve` on the same data directory (serve already
+    /// runs one in-process).
+    Worker(ServeArgs),
     /// Print the OpenAPI document of the API.
     Openapi,
     /// Apps: create, list, get, delete.
@@ -155,6 +158,9 @@ struct ServeArgs {
     log_format: Option<String>,
     #[arg(long)]
     user_id: Option<String>,
+    /// Serve the API only; training jobs wait for `deeptune worker` processes.
+    #[arg(long)]
+    no_worker: bool,
 }
 
 #[derive(Subcommand)]
@@ -378,6 +384,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     if let Command::Serve(args) = cli.command {
         return serve(args).await;
     }
+    if let Command::Worker(args) = cli.command {
+        let config = server_config(args)?;
+        deeptune_server::init_logging(config.log_format);
+        tracing::info!(data_dir = %config.data_dir.display(), "deeptune worker started");
+        return deeptune_server::run_worker(&config, deeptune_server::shutdown_signal()).await;
+    }
     if let Command::Openapi = cli.command {
         println!("{}", serde_json::to_string_pretty(&deeptune_server::routes::openapi())?);
         return Ok(());
@@ -396,7 +408,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     );
     let out = Output { json: cli.client.json };
     match cli.command {
-        Command::Serve(_) | Command::Openapi => unreachable!("handled above"),
+        Command::Serve(_) | Command::Worker(_) | Command::Openapi => unreachable!("handled above"),
         Command::Apps(cmd) => apps(&client, &out, cmd).await,
         Command::Concepts(cmd) => concepts(&client, &out, cmd).await,
         Command::Inputs(cmd) => inputs(&client, &out, cmd).await,
@@ -407,8 +419,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-async fn serve(args: ServeArgs) -> anyhow::Result<()> {
-    use deeptune_server::{Config, ConfigLayer, Server};
+/// TOML file < DEEPTUNE_* environment < flags, validated.
+fn server_config(args: ServeArgs) -> anyhow::Result<deeptune_server::Config> {
+    use deeptune_server::{Config, ConfigLayer};
     let file = match &args.config {
         Some(path) => ConfigLayer::from_toml_file(path)?,
         None => ConfigLayer::default(),
@@ -422,10 +435,15 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         url_allowlist: (!args.url_allowlist.is_empty()).then_some(args.url_allowlist),
         log_format: args.log_format,
         user_id: args.user_id,
+        embedded_worker: args.no_worker.then_some(false),
     };
-    let config = Config::from_layer(file.merge(env).merge(flags))?;
+    Ok(Config::from_layer(file.merge(env).merge(flags))?)
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let config = server_config(args)?;
     deeptune_server::init_logging(config.log_format);
-    let server = Server::bind(&config).await.context("cannot start the server")?;
+    let server = deeptune_server::Server::bind(&config).await.context("cannot start the server")?;
     let addr = server.local_addr();
     if let Some(token) = &server.new_admin_token {
         println!("Created the first admin token (shown once; also saved to {}):", config.admin_token_path().display());

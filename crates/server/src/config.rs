@@ -26,6 +26,8 @@ pub struct ConfigLayer {
     pub log_format: Option<String>,
     /// The user id of the first admin token.
     pub user_id: Option<String>,
+    /// Whether `serve` trains in-process (the embedded default) or leaves jobs to `deeptune worker`s.
+    pub embedded_worker: Option<bool>,
 }
 
 impl ConfigLayer {
@@ -39,6 +41,7 @@ impl ConfigLayer {
             url_allowlist: over.url_allowlist.or(self.url_allowlist),
             log_format: over.log_format.or(self.log_format),
             user_id: over.user_id.or(self.user_id),
+            embedded_worker: over.embedded_worker.or(self.embedded_worker),
         }
     }
 
@@ -68,6 +71,13 @@ impl ConfigLayer {
                 .map(|v| v.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect()),
             log_format: get("DEEPTUNE_LOG_FORMAT"),
             user_id: get("DEEPTUNE_USER_ID"),
+            embedded_worker: get("DEEPTUNE_EMBEDDED_WORKER")
+                .map(|v| match v.trim() {
+                    "1" | "true" | "yes" => Ok(true),
+                    "0" | "false" | "no" => Ok(false),
+                    other => Err(ConfigError(format!("DEEPTUNE_EMBEDDED_WORKER={other:?} is not true or false"))),
+                })
+                .transpose()?,
         })
     }
 }
@@ -92,6 +102,7 @@ pub struct Config {
     pub url_allowlist: Vec<IpNet>,
     pub log_format: LogFormat,
     pub user_id: String,
+    pub embedded_worker: bool,
 }
 
 impl Config {
@@ -140,6 +151,7 @@ impl Config {
             url_allowlist,
             log_format,
             user_id,
+            embedded_worker: layer.embedded_worker.unwrap_or(true),
         })
     }
 

@@ -21,8 +21,21 @@ use tokio::sync::RwLock;
 pub use config::{Config, ConfigError, ConfigLayer, LogFormat};
 pub use state::AppState;
 
-/// Opens the data directory: database (migrated), blob folder, first admin token.
+/// Opens the data directory: database (migrated), blob folder, first admin token; sweeps blobs
+/// that a crash left unreferenced.
 pub async fn open_state(config: &Config) -> anyhow::Result<(AppState, Option<String>)> {
+    let state = open_storage(config).await?;
+    let admin_token = bootstrap_admin_token(&state).await?;
+    let swept = state.sweep_orphan_blobs().await.map_err(|e| anyhow::anyhow!("{}", e.details))?;
+    if swept > 0 {
+        tracing::warn!(swept, "removed blobs that no metadata referred to (left by an earlier crash)");
+    }
+    Ok((state, admin_token))
+}
+
+/// Opens the database and blob folder only. A worker process uses this: the orphan sweep must
+/// run only where uploads are served (it would race with another process's uploads).
+pub async fn open_storage(config: &Config) -> anyhow::Result<AppState> {
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("cannot create data directory {}", config.data_dir.display()))?;
     let store = Store::open(&config.database_path()).await.map_err(|e| anyhow::anyhow!("{}", e.details))?;
@@ -42,12 +55,7 @@ pub async fn open_state(config: &Config) -> anyhow::Result<(AppState, Option<Str
         config: Arc::new(config.clone()),
         blob_lock: Arc::new(RwLock::new(())),
     };
-    let admin_token = bootstrap_admin_token(&state).await?;
-    let swept = state.sweep_orphan_blobs().await.map_err(|e| anyhow::anyhow!("{}", e.details))?;
-    if swept > 0 {
-        tracing::warn!(swept, "removed blobs that no metadata referred to (left by an earlier crash)");
-    }
-    Ok((state, admin_token))
+    Ok(state)
 }
 
 /// On the very first start, creates an admin token, writes it to `<data_dir>/admin-token`
@@ -104,12 +112,38 @@ impl Server {
         self.listener.local_addr().expect("bound socket has an address")
     }
 
+    /// Serves the API, with a training worker in the same process (the embedded default),
+    /// until `shutdown` resolves. A training run in progress stops at its next step and keeps
+    /// its checkpoint; the next start resumes it.
     pub async fn serve(self, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
         let router = routes::router(self.state.clone());
-        axum::serve(self.listener, router).with_graceful_shutdown(shutdown).await?;
+        let (stop_worker, worker_stopped) = tokio::sync::watch::channel(false);
+        let worker = self.state.config.embedded_worker.then(|| tokio::spawn(worker(&self.state).run(worker_stopped)));
+        let result = axum::serve(self.listener, router).with_graceful_shutdown(shutdown).await;
+        let _ = stop_worker.send(true);
+        if let Some(worker) = worker {
+            let _ = worker.await;
+        }
         self.state.store.close().await;
-        Ok(())
+        Ok(result?)
     }
+}
+
+/// A training worker over this server's store, blobs and data directory.
+pub fn worker(state: &AppState) -> deeptune_worker::Worker {
+    deeptune_worker::Worker::new(state.store.clone(), state.blobs.clone(), state.config.data_dir.clone())
+}
+
+/// Runs only a worker (`deeptune worker`): another process beside `serve`, on the same data
+/// directory, until `shutdown` resolves.
+pub async fn run_worker(config: &Config, shutdown: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
+    let state = open_storage(config).await?;
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let handle = tokio::spawn(worker(&state).run(stopped));
+    shutdown.await;
+    let _ = stop.send(true);
+    let _ = handle.await;
+    Ok(())
 }
 
 /// Resolves on Ctrl-C or SIGTERM.

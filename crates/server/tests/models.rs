@@ -67,7 +67,9 @@ async fn model_types_list_templates_with_their_hyperparameters() {
 
 #[tokio::test]
 async fn a_valid_request_queues_a_version_and_bad_ones_are_named() {
-    let s = TestServer::start().await;
+    // No worker: the version must stay queued for this test to look at it.
+    let s = TestServer::start_with(deeptune_server::ConfigLayer { embedded_worker: Some(false), ..Default::default() })
+        .await;
     app_with_version(&s).await;
     let versions = "/v2/users/me/apps/a/models/pets/versions";
     let base = json!({"template": "MMClassification_ResNet_50_RSB_A1", "dataset_id": "ds", "dataset_version_id": "v1", "num_epochs": 3});

@@ -25,6 +25,8 @@ CREATE TABLE model_versions (
     mutually_exclusive INTEGER NOT NULL,
     job_id             TEXT NOT NULL,
     description        TEXT NOT NULL DEFAULT '',
+    progress           TEXT,               -- JSON: percent_completed, time_remaining, epoch, step, loss
+    metrics            TEXT,               -- JSON: evaluation on the validation split
     created_at         TEXT NOT NULL,
     UNIQUE (app_pk, model_id, id),
     FOREIGN KEY (app_pk, model_id) REFERENCES models (app_pk, id) ON DELETE CASCADE

@@ -32,7 +32,11 @@ fn version_from_row(row: &sqlx::sqlite::SqliteRow) -> ModelVersion {
     params.insert("dataset_version_id".into(), row.get::<String, _>("dataset_version_id").into());
     let concepts: Vec<String> = serde_json::from_str(row.get::<String, _>("concepts").as_str()).unwrap_or_default();
     let code = StatusCode::from_code(row.get::<i64, _>("status_code") as u32).unwrap_or(StatusCode::MODEL_UNTRAINED);
+    let progress: Option<String> = row.get("progress");
+    let metrics: Option<String> = row.get("metrics");
     ModelVersion {
+        progress: progress.and_then(|p| serde_json::from_str(&p).ok()),
+        metrics: metrics.and_then(|m| serde_json::from_str(&m).ok()),
         id: row.get("id"),
         model_id: row.get("model_id"),
         status: Some(Status::new(code, row.get::<String, _>("status_details"))),
@@ -230,6 +234,44 @@ impl Store {
         if done.rows_affected() == 0 {
             return Err(ApiError::not_found("model version", version_id));
         }
+        Ok(())
+    }
+
+    /// Records training progress (JSON the portal and CLI show).
+    pub async fn set_model_version_progress(
+        &self,
+        app: &AppRecord,
+        model_id: &str,
+        version_id: &str,
+        progress: &serde_json::Value,
+    ) -> Result<()> {
+        sqlx::query("UPDATE model_versions SET progress = ? WHERE app_pk = ? AND model_id = ? AND id = ?")
+            .bind(progress.to_string())
+            .bind(app.pk)
+            .bind(model_id)
+            .bind(version_id)
+            .execute(&self.pool)
+            .await
+            .map_err(db_error)?;
+        Ok(())
+    }
+
+    /// Records the evaluation of a trained version.
+    pub async fn set_model_version_metrics(
+        &self,
+        app: &AppRecord,
+        model_id: &str,
+        version_id: &str,
+        metrics: &serde_json::Value,
+    ) -> Result<()> {
+        sqlx::query("UPDATE model_versions SET metrics = ? WHERE app_pk = ? AND model_id = ? AND id = ?")
+            .bind(metrics.to_string())
+            .bind(app.pk)
+            .bind(model_id)
+            .bind(version_id)
+            .execute(&self.pool)
+            .await
+            .map_err(db_error)?;
         Ok(())
     }
 

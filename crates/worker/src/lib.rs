@@ -1,0 +1,79 @@
+//! The worker: claims training jobs with a lease, trains through the engine while renewing the
+//! lease and watching for cancel requests, and finalises the model version. Every state it needs
+//! is in the store, the blob store and the data directory, so a job whose worker died is picked
+//! up by another (or the same, restarted) worker and resumes from its last checkpoint.
+
+mod pretrained;
+mod run;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use deeptune_blob::BlobStore;
+use deeptune_store::Store;
+
+pub use pretrained::{PretrainedWeightsError, pretrained_weights};
+
+/// The job kind this worker runs.
+pub const TRAIN_JOB: &str = "train";
+
+#[derive(Clone)]
+pub struct Worker {
+    pub store: Store,
+    pub blobs: Arc<dyn BlobStore>,
+    /// Where checkpoints, trained models and the weights cache live.
+    pub data_dir: PathBuf,
+    pub id: String,
+    /// How long a claim lasts without a heartbeat; a crashed worker's job is retried after it.
+    pub lease: Duration,
+    /// How long to wait between polls of an empty queue.
+    pub poll: Duration,
+}
+
+impl Worker {
+    pub fn new(store: Store, blobs: Arc<dyn BlobStore>, data_dir: PathBuf) -> Worker {
+        Worker {
+            store,
+            blobs,
+            data_dir,
+            id: format!("worker-{}-{}", std::process::id(), deeptune_core::ids::generate_id()),
+            lease: Duration::from_secs(60),
+            poll: Duration::from_millis(500),
+        }
+    }
+
+    pub fn runs_dir(&self) -> PathBuf {
+        self.data_dir.join("runs")
+    }
+
+    pub fn models_dir(&self) -> PathBuf {
+        self.data_dir.join("models")
+    }
+
+    /// Runs jobs until `shutdown` turns true. A job in progress at shutdown keeps its checkpoint
+    /// and is resumed by the next worker to claim it.
+    pub async fn run(self, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+        loop {
+            if *shutdown.borrow() {
+                return;
+            }
+            match self.store.claim_job(&self.id, &[TRAIN_JOB], self.lease).await {
+                Ok(Some(job)) => {
+                    tracing::info!(job = %job.id, attempt = job.attempts, "claimed a training job");
+                    self.clone().train(job, shutdown.clone()).await;
+                }
+                Ok(None) => {
+                    tokio::select! {
+                        _ = tokio::time::sleep(self.poll) => {}
+                        _ = shutdown.changed() => {}
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot claim jobs");
+                    tokio::time::sleep(self.poll * 4).await;
+                }
+            }
+        }
+    }
+}
