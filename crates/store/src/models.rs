@@ -245,15 +245,7 @@ impl Store {
         version_id: &str,
         progress: &serde_json::Value,
     ) -> Result<()> {
-        sqlx::query("UPDATE model_versions SET progress = ? WHERE app_pk = ? AND model_id = ? AND id = ?")
-            .bind(progress.to_string())
-            .bind(app.pk)
-            .bind(model_id)
-            .bind(version_id)
-            .execute(&self.pool)
-            .await
-            .map_err(db_error)?;
-        Ok(())
+        self.set_model_version_json(app, model_id, version_id, "progress", progress).await
     }
 
     /// Records the evaluation of a trained version.
@@ -264,8 +256,20 @@ impl Store {
         version_id: &str,
         metrics: &serde_json::Value,
     ) -> Result<()> {
-        sqlx::query("UPDATE model_versions SET metrics = ? WHERE app_pk = ? AND model_id = ? AND id = ?")
-            .bind(metrics.to_string())
+        self.set_model_version_json(app, model_id, version_id, "metrics", metrics).await
+    }
+
+    async fn set_model_version_json(
+        &self,
+        app: &AppRecord,
+        model_id: &str,
+        version_id: &str,
+        column: &'static str,
+        value: &serde_json::Value,
+    ) -> Result<()> {
+        // `column` is one of two constants above, never user input.
+        sqlx::query(&format!("UPDATE model_versions SET {column} = ? WHERE app_pk = ? AND model_id = ? AND id = ?"))
+            .bind(value.to_string())
             .bind(app.pk)
             .bind(model_id)
             .bind(version_id)
