@@ -161,6 +161,10 @@ struct ServeArgs {
     /// Serve the API only; training jobs wait for `deeptune worker` processes.
     #[arg(long)]
     no_worker: bool,
+    /// Seconds a worker's claim on a job lasts without a heartbeat (a crashed worker's job
+    /// resumes after that long; default 60).
+    #[arg(long)]
+    worker_lease_seconds: Option<u64>,
 }
 
 #[derive(Subcommand)]
@@ -436,6 +440,7 @@ fn server_config(args: ServeArgs) -> anyhow::Result<deeptune_server::Config> {
         log_format: args.log_format,
         user_id: args.user_id,
         embedded_worker: args.no_worker.then_some(false),
+        worker_lease_seconds: args.worker_lease_seconds,
     };
     Ok(Config::from_layer(file.merge(env).merge(flags))?)
 }

@@ -193,6 +193,14 @@ impl Server {
         Server { child, url, token, stdout_lines: lines, stderr, data_dir, dir }
     }
 
+    /// Kills the server as a crash would (SIGKILL) and hands back its folder.
+    fn kill_hard(mut self) -> tempfile::TempDir {
+        let _ = self.child.0.kill();
+        let _ = self.child.0.wait();
+        let dir = tempfile::tempdir().unwrap();
+        std::mem::replace(&mut self.dir, dir)
+    }
+
     /// Runs a client command with `token` (none: no --token at all).
     fn run_as(&self, token: Option<&str>, args: &[&str]) -> Run {
         let mut cmd = deeptune(self.dir.path());
@@ -760,4 +768,103 @@ fn training_requests_from_the_cli_are_validated_queued_and_canceled() {
         assert!(started.elapsed().as_secs() < 120, "not canceled: {status}");
         std::thread::sleep(std::time::Duration::from_millis(300));
     }
+}
+
+/// A folder of 8 trousers and 8 sneakers from the committed Fashion-MNIST sample.
+fn fashion_folder(dir: &Path) -> PathBuf {
+    let root = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../samples/fashion-mnist"));
+    let out = dir.join("fashion");
+    for concept in ["trouser", "sneaker"] {
+        std::fs::create_dir_all(out.join(concept)).unwrap();
+        let mut files: Vec<PathBuf> =
+            std::fs::read_dir(root.join(concept)).unwrap().map(|e| e.unwrap().path()).collect();
+        files.sort();
+        for file in files.iter().take(8) {
+            std::fs::copy(file, out.join(concept).join(file.file_name().unwrap())).unwrap();
+        }
+    }
+    out
+}
+
+/// Imports the sample, versions it and starts a training run; returns the version id.
+fn start_training(server: &Server) -> String {
+    let folder = fashion_folder(server.dir.path());
+    server.run(&["apps", "create", "shop"]).ok();
+    server.run(&["--app", "shop", "inputs", "import-folder", folder.to_str().unwrap()]).ok();
+    server.run(&["--app", "shop", "datasets", "create", "ds"]).ok();
+    server.run(&["--app", "shop", "datasets", "add-inputs", "ds", "--all"]).ok();
+    server.run(&["--app", "shop", "datasets", "create-version", "ds", "--id", "v1"]).ok();
+    server.run(&["--app", "shop", "models", "create", "m"]).ok();
+    let params = [
+        "pretrained_weights=None",
+        "image_size=32",
+        "batch_size=4",
+        "num_epochs=12",
+        "rand_augment_magnitude=0",
+        "seed=3",
+        "warmup_iters=2",
+    ];
+    let mut args = vec![
+        "--app",
+        "shop",
+        "models",
+        "train",
+        "m",
+        "--dataset",
+        "ds",
+        "--dataset-version",
+        "v1",
+        "--concept",
+        "trouser",
+        "--concept",
+        "sneaker",
+        "--exclusive",
+        "--json",
+    ];
+    for p in &params {
+        args.extend(["--param", p]);
+    }
+    server.run(&args).json()["model_version"]["id"].as_str().unwrap().to_string()
+}
+
+fn version_status(server: &Server, version: &str) -> Value {
+    server.run(&["--app", "shop", "models", "status", "m", version, "--json"]).json()["model_version"].clone()
+}
+
+fn wait_until(server: &Server, version: &str, what: &str, done: impl Fn(&Value) -> bool) -> Value {
+    let started = Instant::now();
+    loop {
+        let v = version_status(server, version);
+        if done(&v) {
+            return v;
+        }
+        assert!(started.elapsed() < Duration::from_secs(600), "waiting for {what}: {v}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn trained_weights(server: &Server, version: &str) -> Vec<u8> {
+    let v = wait_until(server, version, "the end of training", |v| {
+        v["status"]["code"] != 21103 && v["status"]["code"] != 21101
+    });
+    assert_eq!(v["status"]["code"], 21100, "{v}");
+    std::fs::read(server.data_dir.join("models").join(version).join("weights.safetensors")).unwrap()
+}
+
+#[test]
+fn a_training_killed_mid_run_resumes_after_restart_to_the_same_weights() {
+    let lease = ["--worker-lease-seconds", "2"];
+    let reference = Server::start(&lease);
+    let version = start_training(&reference);
+    let uninterrupted = trained_weights(&reference, &version);
+    drop(reference);
+
+    let server = Server::start(&lease);
+    let version = start_training(&server);
+    let at = wait_until(&server, &version, "step 10", |v| v["progress"]["step"].as_u64().unwrap_or(0) >= 10);
+    assert_eq!(at["status"]["code"], 21101, "still training when killed: {at}");
+    let dir = server.kill_hard();
+    let restarted = Server::start_in(dir, &lease);
+    let resumed = trained_weights(&restarted, &version);
+    assert!(uninterrupted == resumed, "the resumed run ended with other weights than the uninterrupted one");
 }

@@ -28,6 +28,9 @@ pub struct ConfigLayer {
     pub user_id: Option<String>,
     /// Whether `serve` trains in-process (the embedded default) or leaves jobs to `deeptune worker`s.
     pub embedded_worker: Option<bool>,
+    /// How long a worker's claim on a job lasts without a heartbeat: after a crash, the job is
+    /// resumed this long after its worker died.
+    pub worker_lease_seconds: Option<u64>,
 }
 
 impl ConfigLayer {
@@ -42,6 +45,7 @@ impl ConfigLayer {
             log_format: over.log_format.or(self.log_format),
             user_id: over.user_id.or(self.user_id),
             embedded_worker: over.embedded_worker.or(self.embedded_worker),
+            worker_lease_seconds: over.worker_lease_seconds.or(self.worker_lease_seconds),
         }
     }
 
@@ -78,6 +82,7 @@ impl ConfigLayer {
                     other => Err(ConfigError(format!("DEEPTUNE_EMBEDDED_WORKER={other:?} is not true or false"))),
                 })
                 .transpose()?,
+            worker_lease_seconds: number("DEEPTUNE_WORKER_LEASE_SECONDS")?,
         })
     }
 }
@@ -103,6 +108,7 @@ pub struct Config {
     pub log_format: LogFormat,
     pub user_id: String,
     pub embedded_worker: bool,
+    pub worker_lease: std::time::Duration,
 }
 
 impl Config {
@@ -152,6 +158,10 @@ impl Config {
             log_format,
             user_id,
             embedded_worker: layer.embedded_worker.unwrap_or(true),
+            worker_lease: std::time::Duration::from_secs(match layer.worker_lease_seconds.unwrap_or(60) {
+                0 => return Err(ConfigError("worker_lease_seconds must be at least 1".into())),
+                n => n,
+            }),
         })
     }
 

@@ -131,7 +131,10 @@ impl Server {
 
 /// A training worker over this server's store, blobs and data directory.
 pub fn worker(state: &AppState) -> deeptune_worker::Worker {
-    deeptune_worker::Worker::new(state.store.clone(), state.blobs.clone(), state.config.data_dir.clone())
+    let mut worker =
+        deeptune_worker::Worker::new(state.store.clone(), state.blobs.clone(), state.config.data_dir.clone());
+    worker.lease = state.config.worker_lease;
+    worker
 }
 
 /// Runs only a worker (`deeptune worker`): another process beside `serve`, on the same data

@@ -119,33 +119,62 @@ fn train_config(version: &ModelVersion, architecture: Architecture, train_len: u
 struct Reporter {
     worker: Worker,
     runtime: tokio::runtime::Handle,
-    job: String,
     version_key: (AppRecord, String, String),
     cancel: CancelToken,
     last_report: Mutex<Instant>,
-    lost_lease: AtomicBool,
-    canceled_by_user: AtomicBool,
+    signals: Arc<Signals>,
     shutdown: watch::Receiver<bool>,
 }
 
 impl Reporter {
     fn check(&self) {
-        if *self.shutdown.borrow() {
+        if *self.shutdown.borrow()
+            || self.signals.lost_lease.load(Ordering::SeqCst)
+            || self.signals.canceled.load(Ordering::SeqCst)
+        {
             self.cancel.cancel();
         }
-        match self.runtime.block_on(self.worker.store.heartbeat_job(&self.job, &self.worker.id, self.worker.lease)) {
-            Ok(beat) if !beat.lease_held => {
-                self.lost_lease.store(true, Ordering::SeqCst);
-                self.cancel.cancel();
-            }
-            Ok(beat) if beat.cancel_requested => {
-                self.canceled_by_user.store(true, Ordering::SeqCst);
-                self.cancel.cancel();
-            }
-            Ok(_) => {}
-            Err(e) => tracing::warn!(error = %e, "heartbeat failed"),
-        }
     }
+}
+
+/// What the heartbeat task has learnt about the job.
+#[derive(Default)]
+struct Signals {
+    lost_lease: AtomicBool,
+    canceled: AtomicBool,
+    done: AtomicBool,
+}
+
+/// Renews the job's lease every third of it for as long as the job runs (pre-flight and
+/// evaluation included, not only training steps), and records a lost lease or a cancel request.
+fn spawn_heartbeat(
+    worker: &Worker,
+    job: &str,
+    signals: Arc<Signals>,
+    cancel: CancelToken,
+) -> tokio::task::JoinHandle<()> {
+    let (worker, job) = (worker.clone(), job.to_string());
+    tokio::spawn(async move {
+        while !signals.done.load(Ordering::SeqCst) {
+            tokio::time::sleep(worker.lease / 3).await;
+            if signals.done.load(Ordering::SeqCst) {
+                break;
+            }
+            match worker.store.heartbeat_job(&job, &worker.id, worker.lease).await {
+                Ok(beat) if !beat.lease_held => {
+                    signals.lost_lease.store(true, Ordering::SeqCst);
+                    cancel.cancel();
+                    break;
+                }
+                Ok(beat) if beat.cancel_requested => {
+                    signals.canceled.store(true, Ordering::SeqCst);
+                    cancel.cancel();
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(error = %e, "heartbeat failed"),
+            }
+        }
+    })
 }
 
 impl ProgressSink for Reporter {
@@ -211,7 +240,17 @@ impl Worker {
         let Ok(version) = self.store.get_model_version(&target.app, &target.model_id, &target.version_id).await else {
             return self.finish(&job, JobState::Canceled, json!({"reason": "the model version was deleted"})).await;
         };
-        match self.train_version(&job, &target, &version, shutdown).await {
+        let signals = Arc::new(Signals::default());
+        let cancel = CancelToken::new();
+        let heartbeat = spawn_heartbeat(&self, &job.id, signals.clone(), cancel.clone());
+        let outcome = self.train_version(&target, &version, shutdown, signals.clone(), cancel).await;
+        signals.done.store(true, Ordering::SeqCst);
+        heartbeat.abort();
+        if signals.lost_lease.load(Ordering::SeqCst) {
+            tracing::warn!(job = %job.id, "lost the job's lease; another worker carries on");
+            return;
+        }
+        match outcome {
             Ok(Some((state, code, details, result))) => {
                 self.set_status(&target, code, &details).await;
                 self.finish(&job, state, result).await;
@@ -231,10 +270,11 @@ impl Worker {
     #[allow(clippy::type_complexity)]
     async fn train_version(
         &self,
-        job: &Job,
         target: &Target,
         version: &ModelVersion,
         shutdown: watch::Receiver<bool>,
+        signals: Arc<Signals>,
+        cancel: CancelToken,
     ) -> Result<Option<(JobState, StatusCode, String, Value)>, (&'static str, String)> {
         let params = &version.train_info.params;
         let template = deeptune_core::templates::find_template(text(params, "template"))
@@ -330,16 +370,13 @@ impl Worker {
         let train_source: Arc<dyn DataSource> = Arc::new(MemorySource { items: train_items, classes });
         let validation_source: Arc<dyn DataSource> = Arc::new(MemorySource { items: validation_items, classes });
         let run_dir: PathBuf = self.runs_dir().join(&target.version_id);
-        let cancel = CancelToken::new();
         let reporter = Arc::new(Reporter {
             worker: self.clone(),
             runtime: tokio::runtime::Handle::current(),
-            job: job.id.clone(),
             version_key: (target.app.clone(), target.model_id.clone(), target.version_id.clone()),
             cancel: cancel.clone(),
             last_report: Mutex::new(Instant::now()),
-            lost_lease: AtomicBool::new(false),
-            canceled_by_user: AtomicBool::new(false),
+            signals: signals.clone(),
             shutdown,
         });
         self.set_status(target, StatusCode::MODEL_TRAINING, &format!("training on {} images", train_source.len()))
@@ -428,7 +465,7 @@ impl Worker {
                 )))
             }
             TrainOutcome::Canceled { cursor } | TrainOutcome::Stopped { cursor } => {
-                if reporter.canceled_by_user.load(Ordering::SeqCst) {
+                if signals.canceled.load(Ordering::SeqCst) {
                     let details = format!("canceled after step {}", cursor.global_step);
                     Ok(Some((
                         JobState::Canceled,
