@@ -90,30 +90,98 @@ fn torch_shape(shape: &[usize], layout: Layout) -> Vec<usize> {
     }
 }
 
-struct NameCollector<M> {
+/// Where a float tensor sits: its PyTorch key, its layout, and whether it is a BatchNorm's.
+struct Place {
+    key: String,
+    layout: Layout,
+    in_batch_norm: bool,
+}
+
+/// What a walk over a model does at each float tensor, given where it sits. The path tracking
+/// lives once, in [`Keyed`]; each walk below only says what it does at a tensor.
+trait VisitKeyed {
+    fn float<const D: usize>(&mut self, place: Place, param: &Param<Tensor<D>>);
+}
+
+/// The same for walks that change the tensors (and training flags).
+trait MapKeyed {
+    fn float<const D: usize>(&mut self, place: Place, param: Param<Tensor<D>>) -> Param<Tensor<D>>;
+    fn flag(&mut self, _place: Place, flag: Param<burn::module::Flag>) -> Param<burn::module::Flag> {
+        flag
+    }
+}
+
+/// Adapts a [`VisitKeyed`] or [`MapKeyed`] to burn's visitor and mapper traits.
+struct Keyed<M, W> {
     path: PathTracker,
-    out: Vec<(String, Vec<usize>)>,
+    walk: W,
     _model: std::marker::PhantomData<M>,
 }
 
-impl<M: TorchModel> ModuleVisitor for NameCollector<M> {
+impl<M: TorchModel, W> Keyed<M, W> {
+    fn new(walk: W) -> Self {
+        Keyed { path: PathTracker::default(), walk, _model: std::marker::PhantomData }
+    }
+
+    fn place(&self) -> Place {
+        let (key, layout) = self.path.key::<M>();
+        Place { key, layout, in_batch_norm: self.path.in_batch_norm() }
+    }
+}
+
+impl<M: TorchModel, W: VisitKeyed> ModuleVisitor for Keyed<M, W> {
     fn enter_module(&mut self, name: &str, container_type: &str) {
         self.path.enter(name, container_type);
     }
-
     fn exit_module(&mut self, _name: &str, _container_type: &str) {
         self.path.exit();
     }
-
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-        let (key, layout) = self.path.key::<M>();
-        let shape = torch_shape(param.lazy_shape().dims::<D>().as_ref(), layout);
-        let batch_norm_var = self.path.in_batch_norm() && key.ends_with(".running_var");
-        self.out.push((key.clone(), shape));
+        let place = self.place();
+        self.walk.float(place, param);
+    }
+}
+
+impl<M: TorchModel, W: MapKeyed> ModuleMapper for Keyed<M, W> {
+    fn enter_module(&mut self, name: &str, container_type: &str) {
+        self.path.enter(name, container_type);
+    }
+    fn exit_module(&mut self, _name: &str, _container_type: &str) {
+        self.path.exit();
+    }
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+        let place = self.place();
+        self.walk.float(place, param)
+    }
+    fn map_flag(&mut self, flag: Param<burn::module::Flag>) -> Param<burn::module::Flag> {
+        let place = self.place();
+        self.walk.flag(place, flag)
+    }
+}
+
+/// A tensor in PyTorch's layout, as host floats.
+fn to_host<const D: usize>(mut tensor: Tensor<D>, layout: Layout) -> HostTensor {
+    if layout == Layout::Transposed {
+        tensor = tensor.transpose();
+    }
+    let shape = tensor.dims().to_vec();
+    HostTensor::from_f32(shape, tensor.into_data().convert::<f32>().try_into_vec::<f32>().expect("float tensor"))
+}
+
+/// Lists keys and shapes (see [`state_dict_shapes`]).
+struct NameCollector(Vec<(String, Vec<usize>)>);
+
+impl VisitKeyed for NameCollector {
+    fn float<const D: usize>(&mut self, place: Place, param: &Param<Tensor<D>>) {
+        let shape = torch_shape(param.lazy_shape().dims::<D>().as_ref(), place.layout);
+        let batch_norm_var = place.in_batch_norm && place.key.ends_with(".running_var");
         if batch_norm_var {
+            self.0.push((place.key.clone(), shape));
             // PyTorch's BatchNorm also saves a step counter; it only matters when momentum is
             // None, which torchvision never uses, but its key is part of the state_dict.
-            self.out.push((format!("{}.num_batches_tracked", key.trim_end_matches(".running_var")), vec![]));
+            self.0.push((format!("{}.num_batches_tracked", place.key.trim_end_matches(".running_var")), vec![]));
+        } else {
+            self.0.push((place.key, shape));
         }
     }
 }
@@ -121,10 +189,9 @@ impl<M: TorchModel> ModuleVisitor for NameCollector<M> {
 /// Every state_dict key the model has, with PyTorch's shape, in module order. Builds nothing:
 /// parameters are not initialised to answer.
 pub fn state_dict_shapes<M: TorchModel>(model: &M) -> Vec<(String, Vec<usize>)> {
-    let mut collector =
-        NameCollector::<M> { path: PathTracker::default(), out: Vec::new(), _model: Default::default() };
-    model.visit(&mut collector);
-    collector.out
+    let mut walk = Keyed::<M, _>::new(NameCollector(Vec::new()));
+    model.visit(&mut walk);
+    walk.walk.0
 }
 
 /// Which keys of a checkpoint may differ from the model (absent, extra or of another shape):
@@ -194,28 +261,18 @@ impl LoadReport {
     }
 }
 
-struct Loader<'a, M> {
-    path: PathTracker,
+struct Loader<'a> {
     dict: &'a StateDict,
     allowed: &'a KeysAllowedToDiffer,
     used: BTreeSet<String>,
     report: LoadReport,
     error: Option<LoadError>,
-    _model: std::marker::PhantomData<M>,
 }
 
-impl<M: TorchModel> ModuleMapper for Loader<'_, M> {
-    fn enter_module(&mut self, name: &str, container_type: &str) {
-        self.path.enter(name, container_type);
-    }
-
-    fn exit_module(&mut self, _name: &str, _container_type: &str) {
-        self.path.exit();
-    }
-
-    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
-        let (key, layout) = self.path.key::<M>();
-        if self.path.in_batch_norm() && key.ends_with(".running_var") {
+impl MapKeyed for Loader<'_> {
+    fn float<const D: usize>(&mut self, place: Place, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+        let Place { key, layout, in_batch_norm } = place;
+        if in_batch_norm && key.ends_with(".running_var") {
             self.used.insert(format!("{}.num_batches_tracked", key.trim_end_matches(".running_var")));
         }
         let model_shape = param.lazy_shape().dims::<D>().to_vec();
@@ -267,16 +324,10 @@ pub fn load_state_dict<M: TorchModel>(
     dict: &StateDict,
     allowed: &KeysAllowedToDiffer,
 ) -> Result<(M, LoadReport), LoadError> {
-    let mut loader = Loader::<M> {
-        path: PathTracker::default(),
-        dict,
-        allowed,
-        used: BTreeSet::new(),
-        report: LoadReport::default(),
-        error: None,
-        _model: Default::default(),
-    };
-    let model = model.map(&mut loader);
+    let mut walk =
+        Keyed::<M, _>::new(Loader { dict, allowed, used: BTreeSet::new(), report: LoadReport::default(), error: None });
+    let model = model.map(&mut walk);
+    let loader = walk.walk;
     if let Some(error) = loader.error {
         return Err(error);
     }
@@ -298,66 +349,32 @@ pub fn load_state_dict<M: TorchModel>(
 
 /// The model's parameters and buffers as a PyTorch-named state_dict (for export and tests).
 pub fn to_state_dict<M: TorchModel>(model: &M) -> StateDict {
-    struct Exporter<M> {
-        path: PathTracker,
-        out: BTreeMap<String, HostTensor>,
-        _model: std::marker::PhantomData<M>,
-    }
-    impl<M: TorchModel> ModuleVisitor for Exporter<M> {
-        fn enter_module(&mut self, name: &str, container_type: &str) {
-            self.path.enter(name, container_type);
-        }
-        fn exit_module(&mut self, _name: &str, _container_type: &str) {
-            self.path.exit();
-        }
-        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-            let (key, layout) = self.path.key::<M>();
-            let mut tensor = param.val();
-            if layout == Layout::Transposed {
-                tensor = tensor.transpose();
-            }
-            let shape = tensor.dims().to_vec();
-            let values = tensor.into_data().convert::<f32>().try_into_vec::<f32>().expect("float tensor");
-            self.out.insert(key, HostTensor::from_f32(shape, values));
+    struct Exporter(BTreeMap<String, HostTensor>);
+    impl VisitKeyed for Exporter {
+        fn float<const D: usize>(&mut self, place: Place, param: &Param<Tensor<D>>) {
+            self.0.insert(place.key, to_host(param.val(), place.layout));
         }
     }
-    let mut exporter = Exporter::<M> { path: PathTracker::default(), out: BTreeMap::new(), _model: Default::default() };
+    let mut walk = Keyed::<M, _>::new(Exporter(BTreeMap::new()));
     // `valid()` folds running-statistics updates made during training forwards into the values
     // a visitor sees (burn keeps them per thread until synced).
-    model.valid().visit(&mut exporter);
-    StateDict::from(exporter.out)
+    model.valid().visit(&mut walk);
+    StateDict::from(walk.walk.0)
 }
 
 /// The gradient of every parameter that has one, PyTorch-named and laid out.
 pub fn named_gradients<M: TorchModel>(model: &M, grads: &burn::tensor::Gradients) -> StateDict {
-    struct GradCollector<'a, M> {
-        path: PathTracker,
-        grads: &'a burn::tensor::Gradients,
-        out: BTreeMap<String, HostTensor>,
-        _model: std::marker::PhantomData<M>,
-    }
-    impl<M: TorchModel> ModuleVisitor for GradCollector<'_, M> {
-        fn enter_module(&mut self, name: &str, container_type: &str) {
-            self.path.enter(name, container_type);
-        }
-        fn exit_module(&mut self, _name: &str, _container_type: &str) {
-            self.path.exit();
-        }
-        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-            let (key, layout) = self.path.key::<M>();
-            let Some(mut grad) = param.val().grad(self.grads) else { return };
-            if layout == Layout::Transposed {
-                grad = grad.transpose();
+    struct GradCollector<'a>(&'a burn::tensor::Gradients, BTreeMap<String, HostTensor>);
+    impl VisitKeyed for GradCollector<'_> {
+        fn float<const D: usize>(&mut self, place: Place, param: &Param<Tensor<D>>) {
+            if let Some(grad) = param.val().grad(self.0) {
+                self.1.insert(place.key, to_host(grad, place.layout));
             }
-            let shape = grad.dims().to_vec();
-            let values = grad.into_data().convert::<f32>().try_into_vec::<f32>().expect("float tensor");
-            self.out.insert(key, HostTensor::from_f32(shape, values));
         }
     }
-    let mut collector =
-        GradCollector::<M> { path: PathTracker::default(), grads, out: BTreeMap::new(), _model: Default::default() };
-    model.visit(&mut collector);
-    StateDict::from(collector.out)
+    let mut walk = Keyed::<M, _>::new(GradCollector(grads, BTreeMap::new()));
+    model.visit(&mut walk);
+    StateDict::from(walk.walk.1)
 }
 
 /// Gradients given as a PyTorch-named state_dict (for example PyTorch's own), ready for a burn
@@ -367,105 +384,55 @@ pub fn gradients_from_state_dict<M: TorchModel>(
     grads: &StateDict,
     device: &Device,
 ) -> burn::optim::GradientsParams {
-    struct Registrar<'a, M> {
-        path: PathTracker,
-        grads: &'a StateDict,
-        device: &'a Device,
-        out: burn::optim::GradientsParams,
-        _model: std::marker::PhantomData<M>,
-    }
-    impl<M: TorchModel> ModuleVisitor for Registrar<'_, M> {
-        fn enter_module(&mut self, name: &str, container_type: &str) {
-            self.path.enter(name, container_type);
-        }
-        fn exit_module(&mut self, _name: &str, _container_type: &str) {
-            self.path.exit();
-        }
-        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-            let (key, layout) = self.path.key::<M>();
-            let Some(Values::Float(values)) = self.grads.get(&key).map(|t| &t.values) else { return };
-            let shape = self.grads.get(&key).expect("present").shape.clone();
-            let mut tensor = Tensor::<D>::from_data(TensorData::new(values.clone(), shape), self.device);
-            if layout == Layout::Transposed {
+    struct Registrar<'a>(&'a StateDict, &'a Device, burn::optim::GradientsParams);
+    impl VisitKeyed for Registrar<'_> {
+        fn float<const D: usize>(&mut self, place: Place, param: &Param<Tensor<D>>) {
+            let Some(source) = self.0.get(&place.key) else { return };
+            let Values::Float(values) = &source.values else { return };
+            let mut tensor = Tensor::<D>::from_data(TensorData::new(values.clone(), source.shape.clone()), self.1);
+            if place.layout == Layout::Transposed {
                 tensor = tensor.transpose();
             }
-            self.out.register(param.id, tensor);
+            self.2.register(param.id, tensor);
         }
     }
-    let mut registrar = Registrar::<M> {
-        path: PathTracker::default(),
-        grads,
-        device,
-        out: burn::optim::GradientsParams::new(),
-        _model: Default::default(),
-    };
-    model.visit(&mut registrar);
-    registrar.out
+    let mut walk = Keyed::<M, _>::new(Registrar(grads, device, burn::optim::GradientsParams::new()));
+    model.visit(&mut walk);
+    walk.walk.2
 }
 
 /// Parameters chosen by their PyTorch key and rank, as ids (for optimizer groups).
 pub fn param_ids_where<M: TorchModel>(
     model: &M,
-    mut select: impl FnMut(&str, usize) -> bool,
+    select: impl FnMut(&str, usize) -> bool,
 ) -> Vec<burn::module::ParamId> {
-    struct Selector<'a, M, F> {
-        path: PathTracker,
-        select: &'a mut F,
-        out: Vec<burn::module::ParamId>,
-        _model: std::marker::PhantomData<M>,
-    }
-    impl<M: TorchModel, F: FnMut(&str, usize) -> bool> ModuleVisitor for Selector<'_, M, F> {
-        fn enter_module(&mut self, name: &str, container_type: &str) {
-            self.path.enter(name, container_type);
-        }
-        fn exit_module(&mut self, _name: &str, _container_type: &str) {
-            self.path.exit();
-        }
-        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-            let (key, _) = self.path.key::<M>();
+    struct Selector<F>(F, Vec<burn::module::ParamId>);
+    impl<F: FnMut(&str, usize) -> bool> VisitKeyed for Selector<F> {
+        fn float<const D: usize>(&mut self, place: Place, param: &Param<Tensor<D>>) {
             // Running statistics are buffers, not parameters.
-            if key.ends_with(".running_mean") || key.ends_with(".running_var") {
-                return;
-            }
-            if (self.select)(&key, D) {
-                self.out.push(param.id);
+            let buffer = place.key.ends_with(".running_mean") || place.key.ends_with(".running_var");
+            if !buffer && (self.0)(&place.key, D) {
+                self.1.push(param.id);
             }
         }
     }
-    let mut selector = Selector::<M, _> {
-        path: PathTracker::default(),
-        select: &mut select,
-        out: Vec::new(),
-        _model: Default::default(),
-    };
-    model.visit(&mut selector);
-    selector.out
+    let mut walk = Keyed::<M, _>::new(Selector(select, Vec::new()));
+    model.visit(&mut walk);
+    walk.walk.1
 }
 
 /// Freezes the parameters whose PyTorch key `frozen` selects: no gradients, and their
 /// BatchNorms use running statistics (as PyTorch's `requires_grad_(False)` + `eval()` on a
 /// frozen backbone).
 pub fn freeze_where<M: TorchModel>(model: M, frozen: impl Fn(&str) -> bool) -> M {
-    struct Freezer<M, F> {
-        path: PathTracker,
-        frozen: F,
-        _model: std::marker::PhantomData<M>,
-    }
-    impl<M: TorchModel, F: Fn(&str) -> bool> ModuleMapper for Freezer<M, F> {
-        fn enter_module(&mut self, name: &str, container_type: &str) {
-            self.path.enter(name, container_type);
+    struct Freezer<F>(F);
+    impl<F: Fn(&str) -> bool> MapKeyed for Freezer<F> {
+        fn float<const D: usize>(&mut self, place: Place, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+            if (self.0)(&place.key) { param.set_require_grad(false) } else { param }
         }
-        fn exit_module(&mut self, _name: &str, _container_type: &str) {
-            self.path.exit();
-        }
-        fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
-            let (key, _) = self.path.key::<M>();
-            if (self.frozen)(&key) { param.set_require_grad(false) } else { param }
-        }
-        fn map_flag(&mut self, flag: Param<burn::module::Flag>) -> Param<burn::module::Flag> {
-            let (key, _) = self.path.key::<M>();
-            if (self.frozen)(&key) { flag.with_value(false) } else { flag }
+        fn flag(&mut self, place: Place, flag: Param<burn::module::Flag>) -> Param<burn::module::Flag> {
+            if (self.0)(&place.key) { flag.with_value(false) } else { flag }
         }
     }
-    model.map(&mut Freezer::<M, _> { path: PathTracker::default(), frozen, _model: Default::default() })
+    model.map(&mut Keyed::<M, _>::new(Freezer(frozen)))
 }
