@@ -148,4 +148,26 @@ impl Client {
         }
         self.send(builder, false).await
     }
+
+    /// A download (not JSON): the body as text, or the server's error.
+    pub async fn download(&self, path: &str, query: &[(&str, String)]) -> anyhow::Result<String> {
+        let response = self
+            .request(reqwest::Method::GET, path)
+            .query(query)
+            .send()
+            .await
+            .with_context(|| format!("cannot reach the deeptune server at {}", self.server))?;
+        if response.status().is_success() {
+            return Ok(response.text().await?);
+        }
+        let http = response.status().as_u16();
+        let body: Value = serde_json::from_str(&response.text().await?).unwrap_or(Value::Null);
+        Err(ApiFailure {
+            http,
+            code: body["status"]["code"].as_u64().unwrap_or(0),
+            description: body["status"]["description"].as_str().unwrap_or("request failed").to_string(),
+            details: body["status"]["details"].as_str().unwrap_or("").to_string(),
+        }
+        .into())
+    }
 }

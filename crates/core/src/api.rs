@@ -611,6 +611,75 @@ pub struct ModelVersion {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Object>)]
     pub metrics: Option<Value>,
+    /// Inputs of the dataset version that pre-flight could not read or decode; they were
+    /// skipped (or, beyond invalid_data_tolerance_percent, stopped the run with 21119).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub invalid_inputs: Vec<InvalidInput>,
+    /// The time estimate made when training started, and the time it took.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub training_time: Option<TrainingTime>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct InvalidInput {
+    pub input_id: String,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct TrainingTime {
+    /// Seconds, from this machine's measured throughput, made when a worker started the run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub estimated_seconds: Option<f64>,
+    /// Seconds from the first start to the final status (resumes included).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub actual_seconds: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completed_at: Option<String>,
+}
+
+/// One line of a training log.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct LogEntry {
+    /// Increasing; pass the last one seen as `after` to read on.
+    pub seq: i64,
+    pub time: String,
+    /// info, warn or error.
+    pub level: String,
+    /// status, preflight, invalid_input, start, step, epoch, evaluation, message, done.
+    pub event: String,
+    pub message: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub data: Option<Value>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct MultiLogEntryResponse {
+    pub status: Status,
+    pub log_entries: Vec<LogEntry>,
+    /// Whether the version has reached a final status: no more lines will come.
+    pub done: bool,
+    /// The `after` to pass to read on.
+    pub next_after: i64,
+}
+
+/// Clarifai's shape: one estimate per requested version.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct TrainingTimeEstimate {
+    pub seconds: f64,
+    /// How it is made up, and the throughput it rests on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub breakdown: Option<Value>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct TrainingTimeEstimateResponse {
+    pub status: Status,
+    pub training_time_estimates: Vec<TrainingTimeEstimate>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]

@@ -9,3 +9,6 @@ pub mod nn;
 pub mod pretrained;
 pub mod torch;
 pub mod train;
+
+/// The burn version the engine is built on, for callers that need its types (devices).
+pub use burn;

@@ -78,6 +78,8 @@ has_status!(
     SingleModelVersionResponse,
     MultiModelVersionResponse,
     MultiModelTypeResponse,
+    MultiLogEntryResponse,
+    TrainingTimeEstimateResponse,
 );
 
 impl<T: Serialize + HasStatus> IntoResponse for Reply<T> {

@@ -7,6 +7,7 @@ mod datasets;
 mod inputs;
 pub mod jobs;
 mod models;
+mod throughput;
 mod tokens;
 
 use std::path::Path;
@@ -19,7 +20,8 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 
 pub use apps::AppRecord;
 pub use inputs::{LabelValue, NewInput, labels_from_concepts};
-pub use models::NewModelVersion;
+pub use models::{NewLogLine, NewModelVersion, is_final};
+pub use throughput::{Throughput, ThroughputKey};
 pub use tokens::TokenRecord;
 
 pub type Result<T> = std::result::Result<T, ApiError>;

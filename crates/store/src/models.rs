@@ -1,7 +1,9 @@
 //! Models and model versions. Creating a version queues its training job in the same
 //! transaction, so a version never exists without its job (nor a job without its version).
 
-use deeptune_core::api::{Concept, Data, Model, ModelVersion, OutputConfig, OutputInfo, TrainInfo};
+use deeptune_core::api::{
+    Concept, Data, InvalidInput, LogEntry, Model, ModelVersion, OutputConfig, OutputInfo, TrainInfo, TrainingTime,
+};
 use deeptune_core::ids::generate_id;
 use deeptune_core::{ApiError, Status, StatusCode};
 use sqlx::Row;
@@ -24,6 +26,26 @@ pub struct NewModelVersion {
     pub job_payload: serde_json::Value,
 }
 
+/// A line for a version's training log.
+#[derive(Debug, Clone, Copy)]
+pub struct NewLogLine<'a> {
+    pub level: &'a str,
+    pub event: &'a str,
+    pub message: &'a str,
+    pub data: Option<&'a serde_json::Value>,
+}
+
+/// Statuses a version does not leave.
+pub fn is_final(code: StatusCode) -> bool {
+    matches!(
+        code,
+        StatusCode::MODEL_TRAINED
+            | StatusCode::MODEL_TRAINING_FAILED
+            | StatusCode::MODEL_TRAINING_INVALID_DATA_TOLERANCE_EXCEEDED
+            | StatusCode::JOB_CANCELLED
+    )
+}
+
 fn version_from_row(row: &sqlx::sqlite::SqliteRow) -> ModelVersion {
     let mut params: serde_json::Map<String, serde_json::Value> =
         serde_json::from_str(row.get::<String, _>("params").as_str()).unwrap_or_default();
@@ -34,7 +56,26 @@ fn version_from_row(row: &sqlx::sqlite::SqliteRow) -> ModelVersion {
     let code = StatusCode::from_code(row.get::<i64, _>("status_code") as u32).unwrap_or(StatusCode::MODEL_UNTRAINED);
     let progress: Option<String> = row.get("progress");
     let metrics: Option<String> = row.get("metrics");
+    let invalid_inputs: Option<String> = row.get("invalid_inputs");
+    let started_at: Option<String> = row.get("started_at");
+    let completed_at: Option<String> = row.get("completed_at");
+    let estimated_seconds: Option<f64> = row.get("estimated_seconds");
+    let actual_seconds = match (&started_at, &completed_at) {
+        (Some(start), Some(end)) => chrono::DateTime::parse_from_rfc3339(end)
+            .ok()
+            .zip(chrono::DateTime::parse_from_rfc3339(start).ok())
+            .map(|(end, start)| (end - start).num_milliseconds() as f64 / 1000.0),
+        _ => None,
+    };
+    let training_time = (started_at.is_some() || estimated_seconds.is_some()).then(|| TrainingTime {
+        estimated_seconds,
+        actual_seconds,
+        started_at,
+        completed_at,
+    });
     ModelVersion {
+        invalid_inputs: invalid_inputs.and_then(|v| serde_json::from_str(&v).ok()).unwrap_or_default(),
+        training_time,
         progress: progress.and_then(|p| serde_json::from_str(&p).ok()),
         metrics: metrics.and_then(|m| serde_json::from_str(&m).ok()),
         id: row.get("id"),
@@ -220,11 +261,16 @@ impl Store {
         code: StatusCode,
         details: &str,
     ) -> Result<()> {
+        // A final status stamps the completion time once (a re-run finalisation keeps the first).
         let done = sqlx::query(
-            "UPDATE model_versions SET status_code = ?, status_details = ? WHERE app_pk = ? AND model_id = ? AND id = ?",
+            "UPDATE model_versions SET status_code = ?, status_details = ?,
+                 completed_at = CASE WHEN ? THEN COALESCE(completed_at, ?) ELSE NULL END
+             WHERE app_pk = ? AND model_id = ? AND id = ?",
         )
         .bind(code.code() as i64)
         .bind(details)
+        .bind(is_final(code))
+        .bind(now())
         .bind(app.pk)
         .bind(model_id)
         .bind(version_id)
@@ -235,6 +281,102 @@ impl Store {
             return Err(ApiError::not_found("model version", version_id));
         }
         Ok(())
+    }
+
+    /// Records that a worker started (or resumed) the run, with the estimate it made; the first
+    /// start and the first estimate are kept.
+    pub async fn mark_model_version_started(
+        &self,
+        app: &AppRecord,
+        model_id: &str,
+        version_id: &str,
+        estimated_seconds: Option<f64>,
+    ) -> Result<()> {
+        sqlx::query(
+            "UPDATE model_versions SET started_at = COALESCE(started_at, ?), estimated_seconds = COALESCE(estimated_seconds, ?)
+             WHERE app_pk = ? AND model_id = ? AND id = ?",
+        )
+        .bind(now())
+        .bind(estimated_seconds)
+        .bind(app.pk)
+        .bind(model_id)
+        .bind(version_id)
+        .execute(&self.pool)
+        .await
+        .map_err(db_error)?;
+        Ok(())
+    }
+
+    /// Records the inputs pre-flight could not use.
+    pub async fn set_model_version_invalid_inputs(
+        &self,
+        app: &AppRecord,
+        model_id: &str,
+        version_id: &str,
+        invalid: &[InvalidInput],
+    ) -> Result<()> {
+        let value = serde_json::to_value(invalid).expect("invalid inputs serialise");
+        self.set_model_version_json(app, model_id, version_id, "invalid_inputs", &value).await
+    }
+
+    /// Appends a line to a version's training log (nothing happens when the version is gone).
+    pub async fn append_model_version_log(
+        &self,
+        app: &AppRecord,
+        model_id: &str,
+        version_id: &str,
+        line: &NewLogLine<'_>,
+    ) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO model_version_logs (version_seq, time, level, event, message, data)
+             SELECT seq, ?, ?, ?, ?, ? FROM model_versions WHERE app_pk = ? AND model_id = ? AND id = ?",
+        )
+        .bind(now())
+        .bind(line.level)
+        .bind(line.event)
+        .bind(line.message)
+        .bind(line.data.map(|d| d.to_string()))
+        .bind(app.pk)
+        .bind(model_id)
+        .bind(version_id)
+        .execute(&self.pool)
+        .await
+        .map_err(db_error)?;
+        Ok(())
+    }
+
+    /// Log lines after `after` (a `seq`), oldest first.
+    pub async fn list_model_version_log(
+        &self,
+        app: &AppRecord,
+        model_id: &str,
+        version_id: &str,
+        after: i64,
+        limit: u32,
+    ) -> Result<Vec<LogEntry>> {
+        let rows = sqlx::query(
+            "SELECT l.* FROM model_version_logs l JOIN model_versions v ON v.seq = l.version_seq
+             WHERE v.app_pk = ? AND v.model_id = ? AND v.id = ? AND l.seq > ? ORDER BY l.seq LIMIT ?",
+        )
+        .bind(app.pk)
+        .bind(model_id)
+        .bind(version_id)
+        .bind(after)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_error)?;
+        Ok(rows
+            .iter()
+            .map(|r| LogEntry {
+                seq: r.get("seq"),
+                time: r.get("time"),
+                level: r.get("level"),
+                event: r.get("event"),
+                message: r.get("message"),
+                data: r.get::<Option<String>, _>("data").and_then(|d| serde_json::from_str(&d).ok()),
+            })
+            .collect())
     }
 
     /// Records training progress (JSON the portal and CLI show).
@@ -267,7 +409,7 @@ impl Store {
         column: &'static str,
         value: &serde_json::Value,
     ) -> Result<()> {
-        // `column` is one of two constants above, never user input.
+        // `column` is one of the constants above, never user input.
         sqlx::query(&format!("UPDATE model_versions SET {column} = ? WHERE app_pk = ? AND model_id = ? AND id = ?"))
             .bind(value.to_string())
             .bind(app.pk)

@@ -3,7 +3,8 @@
 //! is in the store, the blob store and the data directory, so a job whose worker died is picked
 //! up by another (or the same, restarted) worker and resumes from its last checkpoint.
 
-mod pretrained;
+pub mod estimate;
+pub mod pretrained;
 mod run;
 
 use std::path::PathBuf;
@@ -13,7 +14,8 @@ use std::time::Duration;
 use deeptune_blob::BlobStore;
 use deeptune_store::Store;
 
-pub use pretrained::{PretrainedWeightsError, pretrained_weights};
+pub use pretrained::{PretrainedWeightsError, ensure_pretrained, import_weights};
+pub use run::train_config;
 
 /// The job kind this worker runs.
 pub const TRAIN_JOB: &str = "train";
@@ -50,7 +52,21 @@ impl Worker {
     pub fn models_dir(&self) -> PathBuf {
         self.data_dir.join("models")
     }
+}
 
+/// Removes a model version's files from the data directory: its checkpoints and its trained
+/// model. Idempotent.
+pub fn remove_version_files(data_dir: &std::path::Path, version_id: &str) -> std::io::Result<()> {
+    for dir in [data_dir.join("runs").join(version_id), data_dir.join("models").join(version_id)] {
+        match std::fs::remove_dir_all(&dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+impl Worker {
     /// Runs jobs until `shutdown` turns true. A job in progress at shutdown keeps its checkpoint
     /// and is resumed by the next worker to claim it.
     pub async fn run(self, mut shutdown: tokio::sync::watch::Receiver<bool>) {

@@ -5,6 +5,7 @@
 //! The worker and tests drive it the same way: a [`TrainConfig`], data sources, a
 //! [`ProgressSink`], a [`CancelToken`] and a checkpoint directory.
 
+pub mod calibrate;
 pub mod checkpoint;
 pub mod schedule;
 
@@ -381,6 +382,11 @@ static ONE_RUN_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 /// Trains (or resumes) a run to its end, a cancel, or `stop_after_steps`.
 pub fn train(run: TrainRun, sink: &dyn ProgressSink, cancel: &CancelToken) -> Result<TrainOutcome, TrainError> {
     let _exclusive = ONE_RUN_AT_A_TIME.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    train_exclusive(run, sink, cancel)
+}
+
+/// [`train`], for a caller that holds `ONE_RUN_AT_A_TIME`.
+fn train_exclusive(run: TrainRun, sink: &dyn ProgressSink, cancel: &CancelToken) -> Result<TrainOutcome, TrainError> {
     let config = &run.config;
     if config.batch_size == 0
         || config.accumulation_steps == 0

@@ -84,6 +84,9 @@ pub fn api_router() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(models::post_model_versions, models::list_model_versions))
         .routes(routes!(models::get_model_version, models::delete_model_version))
         .routes(routes!(models::cancel_model_version))
+        .routes(routes!(models::estimate_training_time))
+        .routes(routes!(models::get_model_version_log))
+        .routes(routes!(models::stream_model_version_log))
         .split_for_parts()
 }
 
