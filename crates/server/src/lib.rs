@@ -134,6 +134,7 @@ pub fn worker(state: &AppState) -> deeptune_worker::Worker {
     let mut worker =
         deeptune_worker::Worker::new(state.store.clone(), state.blobs.clone(), state.config.data_dir.clone());
     worker.lease = state.config.worker_lease;
+    worker.fetch_weights = state.config.fetch_weights;
     worker
 }
 

@@ -72,7 +72,8 @@ async fn a_valid_request_queues_a_version_and_bad_ones_are_named() {
         .await;
     app_with_version(&s).await;
     let versions = "/v2/users/me/apps/a/models/pets/versions";
-    let base = json!({"template": "MMClassification_ResNet_50_RSB_A1", "dataset_id": "ds", "dataset_version_id": "v1", "num_epochs": 3});
+    let base = json!({"template": "MMClassification_ResNet_50_RSB_A1", "dataset_id": "ds", "dataset_version_id": "v1",
+                      "num_epochs": 3, "pretrained_weights": "None"});
 
     let (status, body) = s.post(versions, train_request(base.clone(), &["cat", "dog"], true)).await;
     assert_eq!((status, code(&body)), (200, 10000), "{body}");
@@ -120,6 +121,10 @@ async fn a_valid_request_queues_a_version_and_bad_ones_are_named() {
         let (status, body) = s.post(versions, request.clone()).await;
         assert_eq!((status, code(&body)), (400, 21202), "{field}: {body}");
         assert!(body["status"]["details"].as_str().unwrap().contains(field), "{field}: {body}");
+        // The time estimate validates the same way.
+        let (status, body) = s.post(&format!("{versions}/time_estimate"), request).await;
+        assert_eq!((status, code(&body)), (400, 21202), "estimate, {field}: {body}");
+        assert!(body["status"]["details"].as_str().unwrap().contains(field), "estimate, {field}: {body}");
     }
     // Nothing was queued by the refused requests.
     let (_, list) = s.get(versions).await;
@@ -159,4 +164,62 @@ async fn models_are_created_once_and_need_a_trainable_type_and_scopes() {
     );
     let (status, _) = s.call_as(&writer, Method::POST, "/v2/users/me/apps/a/models/pets/versions", Some(request)).await;
     assert_eq!(status, 403);
+}
+
+#[tokio::test]
+async fn pretrained_weights_must_be_in_the_cache_before_anything_is_queued() {
+    use deeptune_engine::burn::prelude::Device;
+    use deeptune_engine::models::Architecture;
+    let s = TestServer::start_with(deeptune_server::ConfigLayer {
+        embedded_worker: Some(false),
+        fetch_weights: Some(false),
+        ..Default::default()
+    })
+    .await;
+    app_with_version(&s).await;
+    let versions = "/v2/users/me/apps/a/models/pets/versions";
+    let request = train_request(
+        json!({"template": "ResNet18", "dataset_id": "ds", "dataset_version_id": "v1", "pretrained_weights": "ImageNet-1k"}),
+        &["cat", "dog"],
+        true,
+    );
+    let (status, body) = s.post(versions, request.clone()).await;
+    assert_eq!((status, code(&body)), (400, 21202), "{body}");
+    let details = body["status"]["details"].as_str().unwrap();
+    assert!(details.contains("train_info.params.pretrained_weights"), "{details}");
+    assert!(details.contains("deeptune weights import ResNet18 FILE"), "says how to get them: {details}");
+    assert!(details.contains("resnet18-f37072fd.pth"), "says where they are published: {details}");
+    let (_, list) = s.get(versions).await;
+    assert!(list["model_versions"].as_array().unwrap().is_empty(), "nothing queued: {list}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let device = Device::flex();
+    // A checkpoint of another architecture does not fit and is refused, naming what is wrong.
+    let wrong = dir.path().join("lite0.safetensors");
+    let lite0 = deeptune_engine::torch::to_state_dict(&Architecture::EfficientnetLite0.build(1000, &device));
+    deeptune_weights::save_safetensors(&lite0, &wrong).unwrap();
+    let refused = deeptune_worker::import_weights(&s.data_dir(), "ResNet18", &wrong, "test").unwrap_err().to_string();
+    assert!(refused.contains("does not fit ResNet18"), "{refused}");
+
+    // A ResNet-18 checkpoint is imported under its sha256, and the same request is accepted.
+    let right = dir.path().join("resnet18.safetensors");
+    let resnet = deeptune_engine::torch::to_state_dict(&Architecture::Resnet18.build(1000, &device));
+    deeptune_weights::save_safetensors(&resnet, &right).unwrap();
+    let record = deeptune_worker::import_weights(&s.data_dir(), "ResNet18", &right, "test").unwrap();
+    use sha2::Digest;
+    assert_eq!(record.sha256, hex::encode(sha2::Sha256::digest(std::fs::read(&right).unwrap())));
+    assert!(s.data_dir().join("weights").join(format!("{}.safetensors", record.sha256)).exists());
+    let (status, body) = s.post(versions, request).await;
+    assert_eq!((status, code(&body)), (200, 10000), "{body}");
+    assert_eq!(body["model_version"]["status"]["code"], 21103);
+
+    // Weights belong to their template's architecture: MobileNetV2's are still missing.
+    let mobilenet = train_request(
+        json!({"template": "MobileNetV2", "dataset_id": "ds", "dataset_version_id": "v1"}),
+        &["cat", "dog"],
+        true,
+    );
+    let (status, body) = s.post(versions, mobilenet).await;
+    assert_eq!(status, 400, "{body}");
+    assert!(body["status"]["details"].as_str().unwrap().contains("deeptune weights import MobileNetV2"), "{body}");
 }

@@ -66,6 +66,33 @@ async fn wait_for(s: &TestServer, path: &str, done: impl Fn(&Value) -> bool) -> 
     }
 }
 
+fn train_request(params: Value, concepts: &[&str]) -> Value {
+    let concepts: Vec<Value> = concepts.iter().map(|c| json!({"id": c})).collect();
+    json!({"model_versions": [{
+        "train_info": {"params": params},
+        "output_info": {"data": {"concepts": concepts}, "output_config": {"concepts_mutually_exclusive": true}}
+    }]})
+}
+
+/// Reads a server-sent-events stream to its end: (event, id, data) of each event.
+async fn read_events(s: &TestServer, path: &str) -> Vec<(String, String, String)> {
+    let response = s.http.get(s.url(path)).header("Authorization", format!("Key {}", s.token)).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert!(response.headers()["content-type"].to_str().unwrap().starts_with("text/event-stream"));
+    let text = tokio::time::timeout(Duration::from_secs(600), response.text()).await.expect("the stream ends").unwrap();
+    text.split("\n\n")
+        .filter(|block| !block.trim().is_empty() && !block.starts_with(':'))
+        .map(|block| {
+            let field = |name: &str| {
+                block.lines().find_map(|l| l.strip_prefix(name)).map(|v| v.trim().to_string()).unwrap_or_default()
+            };
+            (field("event:"), field("id:"), field("data:"))
+        })
+        .collect()
+}
+
+const CLOTHES: &str = "/v2/users/me/apps/a/models/clothes/versions";
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_version_trains_from_queued_to_trained_with_an_evaluation() {
     let s = TestServer::start().await;
@@ -76,20 +103,44 @@ async fn a_version_trains_from_queued_to_trained_with_an_evaluation() {
         "image_size": 64, "batch_size": 8, "num_epochs": 2, "warmup_iters": 1, "rand_augment_magnitude": 0,
         "per_item_lrate": 1e-4, "seed": 5,
     });
-    let (status, body) = s
-        .post(
-            "/v2/users/me/apps/a/models/clothes/versions",
-            json!({"model_versions": [{
-                "train_info": {"params": params},
-                "output_info": {"data": {"concepts": [{"id": "trouser"}, {"id": "sneaker"}]},
-                                "output_config": {"concepts_mutually_exclusive": true}}
-            }]}),
-        )
-        .await;
+    let request = train_request(params.clone(), &["trouser", "sneaker"]);
+
+    // The estimate: a calibration run measures this machine the first time, then it is reused.
+    let (status, body) = s.post(&format!("{CLOTHES}/time_estimate"), request.clone()).await;
+    assert_eq!(status, 200, "{body}");
+    let estimate = &body["training_time_estimates"][0];
+    let seconds = estimate["seconds"].as_f64().unwrap();
+    assert!(seconds > 0.0 && seconds < 3600.0, "{body}");
+    let breakdown = &estimate["breakdown"];
+    assert_eq!(breakdown["throughput_source"], "calibrated now", "{body}");
+    assert!(breakdown["train_images_per_second"].as_f64().unwrap() > 0.0);
+    assert_eq!(breakdown["train_inputs"].as_u64().unwrap() + breakdown["validation_inputs"].as_u64().unwrap(), 20);
+    let mut longer = params.clone();
+    longer["num_epochs"] = json!(20);
+    let (_, body) = s.post(&format!("{CLOTHES}/time_estimate"), train_request(longer, &["trouser", "sneaker"])).await;
+    let longer_estimate = &body["training_time_estimates"][0];
+    assert!(
+        longer_estimate["breakdown"]["throughput_source"].as_str().unwrap().starts_with("measured by calibration"),
+        "{body}"
+    );
+    let ratio = longer_estimate["breakdown"]["training_seconds"].as_f64().unwrap()
+        / breakdown["training_seconds"].as_f64().unwrap();
+    assert!((ratio - 10.0).abs() < 0.01, "ten times the epochs, ten times the training: {body}");
+    assert!(longer_estimate["seconds"].as_f64().unwrap() > seconds);
+
+    let (status, body) = s.post(CLOTHES, request).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["model_version"]["status"]["code"], 21103);
     let id = body["model_version"]["id"].as_str().unwrap().to_string();
-    let path = format!("/v2/users/me/apps/a/models/clothes/versions/{id}");
+    let path = format!("{CLOTHES}/{id}");
+    // The log streams live: opened now, it ends when the run does.
+    let stream = {
+        let (url, token, http) = (s.url(&format!("{path}/log/stream")), s.token.clone(), s.http.clone());
+        tokio::spawn(async move {
+            let response = http.get(url).header("Authorization", format!("Key {token}")).send().await.unwrap();
+            tokio::time::timeout(Duration::from_secs(600), response.text()).await.unwrap().unwrap()
+        })
+    };
     let done = wait_for(&s, &path, |b| {
         let code = b["model_version"]["status"]["code"].as_u64().unwrap_or(0);
         code != 21103 && code != 21101
@@ -103,7 +154,206 @@ async fn a_version_trains_from_queued_to_trained_with_an_evaluation() {
     let summary = &version["metrics"]["summary"];
     assert!(summary["top1_accuracy"].as_f64().unwrap() >= 0.5, "{summary}");
     assert_eq!(version["metrics"]["concepts"], json!(["trouser", "sneaker"]));
-    // The trained model is saved beside its manifest.
+    // Estimate and actual duration are recorded with the version.
+    let time = &version["training_time"];
+    assert!(time["estimated_seconds"].as_f64().unwrap() > 0.0, "{done}");
+    assert!(time["actual_seconds"].as_f64().unwrap() > 0.0, "{done}");
+    assert!(version["invalid_inputs"].is_null(), "no invalid inputs: {done}");
+    // The trained model is saved beside its manifest; the checkpoints are gone.
     let artifact = s.data_dir().join("models").join(&id);
     assert!(artifact.join("weights.safetensors").exists() && artifact.join("manifest.json").exists());
+    assert!(!s.data_dir().join("runs").join(&id).exists());
+
+    // The log: every step and epoch event, in order, ending with the final status.
+    let (status, log) = s.get(&format!("{path}/log")).await;
+    assert_eq!(status, 200, "{log}");
+    assert_eq!(log["done"], true);
+    let entries = log["log_entries"].as_array().unwrap();
+    let events: Vec<&str> = entries.iter().map(|e| e["event"].as_str().unwrap()).collect();
+    let total_steps = entries.iter().find(|e| e["event"] == "step").unwrap()["data"]["total_steps"].as_u64().unwrap();
+    assert_eq!(events.iter().filter(|e| **e == "step").count() as u64, total_steps, "{events:?}");
+    assert_eq!(events.iter().filter(|e| **e == "epoch").count(), 2, "{events:?}");
+    for expected in ["start", "preflight", "estimate", "train", "evaluation"] {
+        assert!(events.contains(&expected), "{expected} missing from {events:?}");
+    }
+    assert_eq!(*events.last().unwrap(), "status");
+    assert!(entries.last().unwrap()["message"].as_str().unwrap().contains("validation accuracy"));
+    let seqs: Vec<i64> = entries.iter().map(|e| e["seq"].as_i64().unwrap()).collect();
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]));
+    assert_eq!(log["next_after"], *seqs.last().unwrap());
+    // Reading on after the end: nothing more, at once, even when asked to wait.
+    let started = Instant::now();
+    let (_, rest) = s.get(&format!("{path}/log?after={}&wait_seconds=30", seqs.last().unwrap())).await;
+    assert_eq!((rest["log_entries"].as_array().unwrap().len(), &rest["done"]), (0, &json!(true)));
+    assert!(started.elapsed() < Duration::from_secs(10));
+    // Paging: two lines at a time from the third.
+    let (_, page) = s.get(&format!("{path}/log?after={}&limit=2", seqs[1])).await;
+    let page_seqs: Vec<i64> =
+        page["log_entries"].as_array().unwrap().iter().map(|e| e["seq"].as_i64().unwrap()).collect();
+    assert_eq!(page_seqs, seqs[2..4].to_vec());
+    assert_eq!(page["done"], false, "more lines follow a full page");
+
+    // The stream carried the same lines, then `done`.
+    let text = stream.await.unwrap();
+    let streamed: Vec<&str> = text.lines().filter_map(|l| l.strip_prefix("event:")).map(str::trim).collect();
+    assert_eq!(streamed.iter().filter(|e| **e == "log").count(), entries.len(), "{text}");
+    assert_eq!(streamed.last(), Some(&"done"), "{text}");
+    let again = read_events(&s, &format!("{path}/log/stream")).await;
+    assert_eq!(again.len(), entries.len() + 1);
+    assert_eq!(again[0].1, seqs[0].to_string(), "events carry their seq as id");
+
+    // Downloads: readable text and JSON lines, as attachments.
+    for (format, extension) in [("text", "log"), ("jsonl", "jsonl")] {
+        let response = s
+            .http
+            .get(s.url(&format!("{path}/log?format={format}")))
+            .header("Authorization", format!("Key {}", s.token))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        let disposition = response.headers()["content-disposition"].to_str().unwrap().to_string();
+        assert!(disposition.starts_with("attachment") && disposition.ends_with(&format!(".{extension}\"")));
+        let body = response.text().await.unwrap();
+        assert_eq!(body.lines().count(), entries.len());
+        if format == "text" {
+            assert!(body.contains("INFO  epoch 2 done: train loss"), "{body}");
+        } else {
+            for line in body.lines() {
+                let entry: Value = serde_json::from_str(line).unwrap();
+                assert!(entry["seq"].is_i64() && entry["event"].is_string());
+            }
+        }
+    }
+    let (status, body) = s.get(&format!("{path}/log?format=xml")).await;
+    assert_eq!((status, code(&body)), (400, 11102), "{body}");
+    let (status, _) = s.get(&format!("{CLOTHES}/nope/log")).await;
+    assert_eq!(status, 404);
+}
+
+/// Overwrites the stored bytes of the given inputs, as disk corruption would.
+fn corrupt_blobs(s: &TestServer, images: &[Vec<u8>]) {
+    use sha2::Digest;
+    for bytes in images {
+        let key = hex::encode(sha2::Sha256::digest(bytes));
+        let path = s.data_dir().join("blobs").join(&key[0..2]).join(&key[2..4]).join(&key);
+        assert!(path.exists(), "{}", path.display());
+        std::fs::write(&path, b"not an image any more").unwrap();
+    }
+}
+
+/// The first `n` sample images of a concept, as uploaded by `fashion_dataset`.
+fn sample_images(concept: &str, n: usize) -> Vec<Vec<u8>> {
+    let root = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../samples/fashion-mnist")).join(concept);
+    let mut files: Vec<PathBuf> = std::fs::read_dir(root).unwrap().map(|e| e.unwrap().path()).collect();
+    files.sort();
+    files.iter().take(n).map(|f| std::fs::read(f).unwrap()).collect()
+}
+
+async fn wait_final(s: &TestServer, id: &str) -> Value {
+    let done = wait_for(s, &format!("{CLOTHES}/{id}"), |b| {
+        let code = b["model_version"]["status"]["code"].as_u64().unwrap_or(0);
+        code != 21103 && code != 21101
+    })
+    .await;
+    done["model_version"].clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pre_flight_lists_unreadable_inputs_and_stops_beyond_the_tolerance() {
+    let s = TestServer::start().await;
+    fashion_dataset(&s).await;
+    // Two of the twenty stored images can no longer be decoded: 10%.
+    corrupt_blobs(&s, &sample_images("sneaker", 2));
+    let params = |tolerance: f64| {
+        json!({
+            "template": "EfficientNet_Lite0", "dataset_id": "ds", "dataset_version_id": "v1", "pretrained_weights": "None",
+            "image_size": 32, "batch_size": 8, "num_epochs": 1, "invalid_data_tolerance_percent": tolerance,
+        })
+    };
+    let (status, body) = s.post(CLOTHES, train_request(params(5.0), &["trouser", "sneaker"])).await;
+    assert_eq!(status, 200, "{body}");
+    let id = body["model_version"]["id"].as_str().unwrap().to_string();
+    let version = wait_final(&s, &id).await;
+    assert_eq!(version["status"]["code"], 21119, "{version}");
+    let details = version["status"]["details"].as_str().unwrap();
+    assert!(details.contains("2 of 20 inputs") && details.contains("sneaker0"), "{details}");
+    let invalid = version["invalid_inputs"].as_array().unwrap();
+    let ids: Vec<&str> = invalid.iter().map(|i| i["input_id"].as_str().unwrap()).collect();
+    assert_eq!(ids, ["sneaker0", "sneaker1"], "{version}");
+    assert!(invalid.iter().all(|i| !i["reason"].as_str().unwrap().is_empty()));
+    let (_, log) = s.get(&format!("{CLOTHES}/{id}/log")).await;
+    let warned = log["log_entries"].as_array().unwrap().iter().filter(|e| e["event"] == "invalid_input").count();
+    assert_eq!(warned, 2, "{log}");
+    assert!(!s.data_dir().join("models").join(&id).exists(), "nothing trained");
+
+    // Within the tolerance, they are skipped and listed, and the rest trains.
+    let (_, body) = s.post(CLOTHES, train_request(params(20.0), &["trouser", "sneaker"])).await;
+    let id = body["model_version"]["id"].as_str().unwrap().to_string();
+    let version = wait_final(&s, &id).await;
+    assert_eq!(version["status"]["code"], 21100, "{version}");
+    assert_eq!(version["invalid_inputs"].as_array().unwrap().len(), 2, "{version}");
+    let (_, log) = s.get(&format!("{CLOTHES}/{id}/log")).await;
+    let preflight = log["log_entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["event"] == "preflight" && e["data"].is_object())
+        .unwrap()["data"]
+        .clone();
+    assert_eq!(preflight["invalid"], 2, "{preflight}");
+    assert_eq!(preflight["train"].as_u64().unwrap() + preflight["validation"].as_u64().unwrap(), 18, "{preflight}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_a_training_version_cancels_it_and_removes_its_files() {
+    let s = TestServer::start().await;
+    fashion_dataset(&s).await;
+    let params = json!({
+        "template": "EfficientNet_Lite0", "dataset_id": "ds", "dataset_version_id": "v1", "pretrained_weights": "None",
+        "image_size": 32, "batch_size": 4, "num_epochs": 500,
+    });
+    let (_, body) = s.post(CLOTHES, train_request(params, &["trouser", "sneaker"])).await;
+    let id = body["model_version"]["id"].as_str().unwrap().to_string();
+    let run_dir = s.data_dir().join("runs").join(&id);
+    // Training, with a checkpoint on disk (one is written after every epoch).
+    let started = Instant::now();
+    while !run_dir.join("checkpoints").exists()
+        || std::fs::read_dir(run_dir.join("checkpoints")).unwrap().next().is_none()
+    {
+        assert!(started.elapsed() < Duration::from_secs(300), "no checkpoint appeared");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (status, body) = s.call(reqwest::Method::DELETE, &format!("{CLOTHES}/{id}"), None).await;
+    assert_eq!(status, 200, "{body}");
+    let (status, _) = s.get(&format!("{CLOTHES}/{id}")).await;
+    assert_eq!(status, 404);
+    // The worker stops within a step; whatever it wrote meanwhile is removed too, and nothing
+    // comes back after.
+    let started = Instant::now();
+    let mut gone_since: Option<Instant> = None;
+    loop {
+        let present = run_dir.exists() || s.data_dir().join("models").join(&id).exists();
+        match (present, gone_since) {
+            (true, _) => gone_since = None,
+            (false, None) => gone_since = Some(Instant::now()),
+            (false, Some(t)) if t.elapsed() > Duration::from_secs(3) => break,
+            _ => {}
+        }
+        assert!(started.elapsed() < Duration::from_secs(120), "the version's files stay");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The worker is free for the next run.
+    let (_, body) = s
+        .post(
+            CLOTHES,
+            train_request(
+                json!({"template": "EfficientNet_Lite0", "dataset_id": "ds", "dataset_version_id": "v1",
+                       "pretrained_weights": "None", "image_size": 32, "batch_size": 8, "num_epochs": 1}),
+                &["trouser", "sneaker"],
+            ),
+        )
+        .await;
+    let next = body["model_version"]["id"].as_str().unwrap().to_string();
+    assert_eq!(wait_final(&s, &next).await["status"]["code"], 21100);
 }

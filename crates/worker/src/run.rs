@@ -15,8 +15,8 @@ use deeptune_engine::train::{
     CancelToken, EpochEvent, NoProgress, OptimizerKind, ProgressSink, StepEvent, TrainConfig, TrainOutcome, TrainRun,
     predict_source, train,
 };
-use deeptune_store::{AppRecord, NewLogLine};
 use deeptune_store::jobs::{Job, JobState};
+use deeptune_store::{AppRecord, NewLogLine};
 use serde_json::{Value, json};
 use tokio::sync::watch;
 
@@ -338,8 +338,12 @@ impl Worker {
             version_id: target.version_id.clone(),
         };
         let attempt = if job.attempts > 1 { format!(" (attempt {})", job.attempts) } else { String::new() };
-        log.info("start", &format!("{} claimed the run{attempt}", self.id), Some(json!({"worker": self.id, "attempt": job.attempts})))
-            .await;
+        log.info(
+            "start",
+            &format!("{} claimed the run{attempt}", self.id),
+            Some(json!({"worker": self.id, "attempt": job.attempts})),
+        )
+        .await;
         let signals = Arc::new(Signals::default());
         let cancel = CancelToken::new();
         let heartbeat = spawn_heartbeat(&self, &job.id, signals.clone(), cancel.clone());
@@ -355,21 +359,35 @@ impl Worker {
         match outcome {
             Ok(Ending::Final { state, code, details, result }) => {
                 let level = if state == JobState::Succeeded { "info" } else { "warn" };
-                log.write(level, "status", &format!("{}: {details}", code.description()), Some(json!({"code": code.code()})))
-                    .await;
+                log.write(
+                    level,
+                    "status",
+                    &format!("{}: {details}", code.description()),
+                    Some(json!({"code": code.code()})),
+                )
+                .await;
                 self.set_status(&target, code, &details).await;
                 self.finish(&job, state, result).await;
                 // Checkpoints are only needed to resume; the artifact stays with the version.
                 self.remove_files(&target.version_id, false);
             }
             Ok(Ending::Interrupted) => {
-                log.info("message", "interrupted; the next worker to claim the job resumes from the last checkpoint", None)
-                    .await;
+                log.info(
+                    "message",
+                    "interrupted; the next worker to claim the job resumes from the last checkpoint",
+                    None,
+                )
+                .await;
             }
             Err((stage, reason)) => {
                 let details = format!("{stage}: {reason}");
-                log.write("error", "status", &format!("training failed in {stage}: {reason}"), Some(json!({"stage": stage, "reason": reason})))
-                    .await;
+                log.write(
+                    "error",
+                    "status",
+                    &format!("training failed in {stage}: {reason}"),
+                    Some(json!({"stage": stage, "reason": reason})),
+                )
+                .await;
                 self.set_status(&target, StatusCode::MODEL_TRAINING_FAILED, &details).await;
                 self.finish(&job, JobState::Failed, json!({"stage": stage, "reason": reason})).await;
             }
@@ -404,8 +422,12 @@ impl Worker {
                 break;
             }
         }
-        log.info("preflight", &format!("pre-flight: reading {} inputs of dataset version {dataset_version}", frozen.len()), None)
-            .await;
+        log.info(
+            "preflight",
+            &format!("pre-flight: reading {} inputs of dataset version {dataset_version}", frozen.len()),
+            None,
+        )
+        .await;
         let mut bad = Vec::new();
         let (mut train_items, mut validation_items) = (Vec::new(), Vec::new());
         for input in &frozen {
@@ -424,9 +446,10 @@ impl Worker {
                 }
             };
             let check = bytes.clone();
-            let decoded = tokio::task::spawn_blocking(move || decode_rgb(&check).map(|_| ()).map_err(|e| e.to_string()))
-                .await
-                .unwrap_or_else(|e| Err(e.to_string()));
+            let decoded =
+                tokio::task::spawn_blocking(move || decode_rgb(&check).map(|_| ()).map_err(|e| e.to_string()))
+                    .await
+                    .unwrap_or_else(|e| Err(e.to_string()));
             if let Err(reason) = decoded {
                 bad.push(InvalidInput { input_id: input.input_id.clone(), reason });
                 continue;
@@ -438,10 +461,8 @@ impl Worker {
             let message = format!("invalid input {}: {}", invalid.input_id, invalid.reason);
             log.write("warn", "invalid_input", &message, serde_json::to_value(invalid).ok()).await;
         }
-        let _ = self
-            .store
-            .set_model_version_invalid_inputs(&target.app, &target.model_id, &target.version_id, &bad)
-            .await;
+        let _ =
+            self.store.set_model_version_invalid_inputs(&target.app, &target.model_id, &target.version_id, &bad).await;
         log.info(
             "preflight",
             &format!(
@@ -507,7 +528,7 @@ impl Worker {
 
         let pretrained = if text(params, "pretrained_weights") == "ImageNet-1k" {
             Some(
-                crate::pretrained::ensure_pretrained(&self.data_dir, text(params, "template"))
+                crate::pretrained::ensure_pretrained(&self.data_dir, text(params, "template"), self.fetch_weights)
                     .await
                     .map_err(|e| ("pretrained weights", e.to_string()))?,
             )
@@ -619,14 +640,16 @@ impl Worker {
             .await
             .map_err(|e| ("saving the model", e.to_string()))?
             .map_err(|e| ("saving the model", e.to_string()))?;
-        let _ = self.store.set_model_version_metrics(&target.app, &target.model_id, &target.version_id, &evaluation).await;
+        let _ =
+            self.store.set_model_version_metrics(&target.app, &target.model_id, &target.version_id, &evaluation).await;
         let accuracy = cursor.history.last().and_then(|e| e.validation_accuracy);
         let details = match accuracy {
             Some(a) => format!("validation accuracy {:.1}%", a * 100.0),
             None => "trained (no validation split)".into(),
         };
         let progress = json!({"percent_completed": 100.0, "time_remaining": 0.0, "history": cursor.history});
-        let _ = self.store.set_model_version_progress(&target.app, &target.model_id, &target.version_id, &progress).await;
+        let _ =
+            self.store.set_model_version_progress(&target.app, &target.model_id, &target.version_id, &progress).await;
         // What this run measured makes the next estimate for the configuration exact. A resumed
         // run trained only part of the steps here, so only an uninterrupted one counts.
         if job.attempts == 1 && cursor.global_step > 0 {

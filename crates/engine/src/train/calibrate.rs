@@ -76,8 +76,8 @@ pub fn calibrate(config: &TrainConfig, timed_steps: usize) -> Result<Option<Cali
     let side = (config.image_size as u32 * 5).div_ceil(4);
     let images = config.batch_size * (timed_steps + 1);
     let source = Arc::new(NoiseImages { count: images, side, classes: config.num_classes });
-    let scratch = std::env::temp_dir()
-        .join(format!("deeptune-calibration-{}-{}", std::process::id(), rand::random::<u64>()));
+    let scratch =
+        std::env::temp_dir().join(format!("deeptune-calibration-{}-{}", std::process::id(), rand::random::<u64>()));
     let run = TrainRun {
         config: config.clone(),
         train: source.clone(),
@@ -107,10 +107,26 @@ fn measure_inference(architecture: Architecture, config: &TrainConfig, source: A
     let batch = config.batch_size.min(source.count);
     let transform = EvalTransform::new(config.image_size, config.normalization);
     let warm = Arc::new(NoiseImages { count: batch, ..*source });
-    super::predict_source(&model, warm, transform, config.mutually_exclusive, batch, config.workers, &super::NoProgress);
+    super::predict_source(
+        &model,
+        warm,
+        transform,
+        config.mutually_exclusive,
+        batch,
+        config.workers,
+        &super::NoProgress,
+    );
     let timed = Arc::new(NoiseImages { count: (2 * batch).min(source.count), ..*source });
     let started = Instant::now();
-    super::predict_source(&model, timed.clone(), transform, config.mutually_exclusive, batch, config.workers, &super::NoProgress);
+    super::predict_source(
+        &model,
+        timed.clone(),
+        transform,
+        config.mutually_exclusive,
+        batch,
+        config.workers,
+        &super::NoProgress,
+    );
     timed.count as f64 / started.elapsed().as_secs_f64().max(1e-6)
 }
 

