@@ -231,10 +231,7 @@ async fn walkthrough(
                 params,
             }
             .request()?;
-            let measuring = spinner("Estimating the training time (a few calibration steps on this machine) ...");
-            let estimate = training::estimate(c, MODEL, &request).await;
-            measuring.finish_and_clear();
-            training::print_estimate(&estimate?);
+            training::print_estimate(&training::estimate(c, MODEL, &request).await?);
             let body = c.post(&c.app_path(&format!("/models/{MODEL}/versions"))?, &request).await?;
             let id = body["model_version"]["id"].as_str().unwrap_or("").to_string();
             println!(

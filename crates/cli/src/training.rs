@@ -67,10 +67,15 @@ pub fn duration_text(seconds: f64) -> String {
     }
 }
 
-/// Asks the server for the time estimate of a training request.
+/// Asks the server for the time estimate of a training request (a spinner shows meanwhile: the
+/// first estimate of a configuration runs a short calibration).
 pub async fn estimate(c: &Client, model: &str, request: &Value) -> anyhow::Result<Value> {
-    let body = c.post(&c.app_path(&format!("/models/{model}/versions/time_estimate"))?, request).await?;
-    Ok(body["training_time_estimates"][0].clone())
+    let spinner = ProgressBar::new_spinner();
+    spinner.set_message("Estimating the training time (the first time, a few calibration steps on the server) ...");
+    spinner.enable_steady_tick(Duration::from_millis(120));
+    let body = c.post(&c.app_path(&format!("/models/{model}/versions/time_estimate"))?, request).await;
+    spinner.finish_and_clear();
+    Ok(body?["training_time_estimates"][0].clone())
 }
 
 pub fn print_estimate(estimate: &Value) {

@@ -618,6 +618,21 @@ pub struct ModelVersion {
     /// The time estimate made when training started, and the time it took.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub training_time: Option<TrainingTime>,
+    /// Why a failed run (status 21106) failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure: Option<TrainingFailure>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct TrainingFailure {
+    /// set-up, pre-flight, pretrained weights, training, evaluation or saving the model.
+    pub stage: String,
+    pub reason: String,
+    /// What to try.
+    pub hint: String,
+    /// The end of the training log, as text.
+    #[serde(default)]
+    pub last_log_lines: Vec<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]

@@ -306,6 +306,39 @@ async fn pre_flight_lists_unreadable_inputs_and_stops_beyond_the_tolerance() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_run_says_where_why_and_what_to_try() {
+    let s = TestServer::start().await;
+    fashion_dataset(&s).await;
+    // Every image is unreadable; a tolerance of 100% lets pre-flight pass them all by, which
+    // leaves nothing to train on.
+    corrupt_blobs(&s, &sample_images("trouser", 10));
+    corrupt_blobs(&s, &sample_images("sneaker", 10));
+    let params = json!({
+        "template": "EfficientNet_Lite0", "dataset_id": "ds", "dataset_version_id": "v1", "pretrained_weights": "None",
+        "image_size": 32, "invalid_data_tolerance_percent": 100,
+    });
+    let (_, body) = s.post(CLOTHES, train_request(params, &["trouser", "sneaker"])).await;
+    let id = body["model_version"]["id"].as_str().unwrap().to_string();
+    let version = wait_final(&s, &id).await;
+    assert_eq!(version["status"]["code"], 21106, "{version}");
+    let failure = &version["failure"];
+    assert_eq!(failure["stage"], "pre-flight", "{version}");
+    assert!(failure["reason"].as_str().unwrap().contains("0 usable training inputs"), "{failure}");
+    assert!(failure["hint"].as_str().unwrap().contains("invalid_inputs"), "{failure}");
+    let lines: Vec<&str> = failure["last_log_lines"].as_array().unwrap().iter().map(|l| l.as_str().unwrap()).collect();
+    assert!(lines.iter().filter(|l| l.contains("WARN  invalid input ")).count() >= 10, "{lines:?}");
+    assert!(
+        lines.iter().any(|l| l.contains("pre-flight done: 0 training and 0 validation inputs usable")),
+        "{lines:?}"
+    );
+    assert!(lines.len() == 20 && lines.last().unwrap().contains("ERROR training failed in pre-flight"), "{lines:?}");
+    assert_eq!(version["invalid_inputs"].as_array().unwrap().len(), 20);
+    let (_, log) = s.get(&format!("{CLOTHES}/{id}/log")).await;
+    let last = log["log_entries"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!((last["level"].as_str(), last["event"].as_str()), (Some("error"), Some("status")), "{last}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deleting_a_training_version_cancels_it_and_removes_its_files() {
     let s = TestServer::start().await;
     fashion_dataset(&s).await;

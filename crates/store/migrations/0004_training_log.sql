@@ -4,6 +4,7 @@ ALTER TABLE model_versions ADD COLUMN invalid_inputs TEXT;        -- JSON [{inpu
 ALTER TABLE model_versions ADD COLUMN estimated_seconds REAL;     -- the estimate made when training started
 ALTER TABLE model_versions ADD COLUMN started_at TEXT;            -- first claimed by a worker
 ALTER TABLE model_versions ADD COLUMN completed_at TEXT;          -- reached a final status
+ALTER TABLE model_versions ADD COLUMN failure TEXT;               -- JSON {stage, reason, hint, last_log_lines} of a failed run
 
 -- One row per log line. `seq` is global and increasing, so a reader resumes after the last one it saw.
 CREATE TABLE model_version_logs (

@@ -2,7 +2,8 @@
 //! transaction, so a version never exists without its job (nor a job without its version).
 
 use deeptune_core::api::{
-    Concept, Data, InvalidInput, LogEntry, Model, ModelVersion, OutputConfig, OutputInfo, TrainInfo, TrainingTime,
+    Concept, Data, InvalidInput, LogEntry, Model, ModelVersion, OutputConfig, OutputInfo, TrainInfo, TrainingFailure,
+    TrainingTime,
 };
 use deeptune_core::ids::generate_id;
 use deeptune_core::{ApiError, Status, StatusCode};
@@ -75,6 +76,7 @@ fn version_from_row(row: &sqlx::sqlite::SqliteRow) -> ModelVersion {
     });
     ModelVersion {
         invalid_inputs: invalid_inputs.and_then(|v| serde_json::from_str(&v).ok()).unwrap_or_default(),
+        failure: row.get::<Option<String>, _>("failure").and_then(|v| serde_json::from_str(&v).ok()),
         training_time,
         progress: progress.and_then(|p| serde_json::from_str(&p).ok()),
         metrics: metrics.and_then(|m| serde_json::from_str(&m).ok()),
@@ -305,6 +307,18 @@ impl Store {
         .await
         .map_err(db_error)?;
         Ok(())
+    }
+
+    /// Records why a run failed.
+    pub async fn set_model_version_failure(
+        &self,
+        app: &AppRecord,
+        model_id: &str,
+        version_id: &str,
+        failure: &TrainingFailure,
+    ) -> Result<()> {
+        let value = serde_json::to_value(failure).expect("failure serialises");
+        self.set_model_version_json(app, model_id, version_id, "failure", &value).await
     }
 
     /// Records the inputs pre-flight could not use.

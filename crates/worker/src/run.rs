@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use deeptune_core::StatusCode;
-use deeptune_core::api::{InvalidInput, ModelVersion};
+use deeptune_core::api::{InvalidInput, ModelVersion, TrainingFailure};
 use deeptune_engine::artifact::{self, Manifest};
 use deeptune_engine::data::{DataSource, EvalTransform, FlipDirection, Normalization, decode_rgb};
 use deeptune_engine::metrics::{Predictions, evaluate};
@@ -23,13 +23,17 @@ use tokio::sync::watch;
 use crate::Worker;
 use crate::estimate::SplitCounts;
 
-/// Images held in memory after pre-flight (each was decoded once there).
-struct MemorySource {
+/// The images of a split, read from the blob store whenever the loader asks (pre-flight has
+/// decoded each once): memory holds only what the loader prefetches, however large the dataset,
+/// and a worker on another machine reads the same object storage.
+struct BlobSource {
     items: Vec<Item>,
     classes: usize,
+    blobs: Arc<dyn deeptune_blob::BlobStore>,
+    runtime: tokio::runtime::Handle,
 }
 
-impl DataSource for MemorySource {
+impl DataSource for BlobSource {
     fn len(&self) -> usize {
         self.items.len()
     }
@@ -37,17 +41,24 @@ impl DataSource for MemorySource {
         self.classes
     }
     fn id(&self, index: usize) -> String {
-        self.items[index].0.clone()
+        self.items[index].input_id.clone()
     }
     fn labels(&self, index: usize) -> Vec<f32> {
-        self.items[index].2.clone()
+        self.items[index].labels.clone()
     }
     fn bytes(&self, index: usize) -> Result<Vec<u8>, String> {
-        Ok(self.items[index].1.clone())
+        // Called from the loader's own threads, never from the async runtime.
+        let key = &self.items[index].blob_key;
+        self.runtime.block_on(self.blobs.get(key)).map(|b| b.to_vec()).map_err(|e| e.to_string())
     }
 }
 
-type Item = (String, Vec<u8>, Vec<f32>);
+/// An input that passed pre-flight.
+struct Item {
+    input_id: String,
+    blob_key: String,
+    labels: Vec<f32>,
+}
 
 struct Target {
     app: AppRecord,
@@ -278,6 +289,25 @@ impl ProgressSink for Reporter {
     }
 }
 
+/// What to try when a run fails in `stage`.
+fn failure_hint(stage: &str) -> &'static str {
+    match stage {
+        "pretrained weights" => {
+            "Import the weights with `deeptune weights import TEMPLATE FILE`, or train with pretrained_weights \"None\"."
+        }
+        "pre-flight" => {
+            "Check the dataset version's inputs (invalid_inputs lists those that could not be read), or create a version with more usable images."
+        }
+        "training" => {
+            "See the log for the step that failed; a smaller batch_size or image_size needs less memory. Training again resumes from the last checkpoint."
+        }
+        "evaluation" | "saving the model" => {
+            "Check the free space and permissions of the data directory, then train again."
+        }
+        _ => "The template or its parameters cannot be used as given; train again with the template's defaults.",
+    }
+}
+
 /// How a job ended, as far as the version is concerned.
 enum Ending {
     /// A final status to record, and the job's end state and result.
@@ -381,13 +411,19 @@ impl Worker {
             }
             Err((stage, reason)) => {
                 let details = format!("{stage}: {reason}");
-                log.write(
-                    "error",
-                    "status",
-                    &format!("training failed in {stage}: {reason}"),
-                    Some(json!({"stage": stage, "reason": reason})),
-                )
-                .await;
+                let hint = failure_hint(stage);
+                let message = format!("training failed in {stage}: {reason}. {hint}");
+                log.write("error", "status", &message, Some(json!({"stage": stage, "reason": reason}))).await;
+                let failure = TrainingFailure {
+                    stage: stage.to_string(),
+                    reason: reason.clone(),
+                    hint: hint.to_string(),
+                    last_log_lines: self.last_log_lines(&target, 20).await,
+                };
+                let (app, model, version) = (&target.app, &target.model_id, &target.version_id);
+                if let Err(e) = self.store.set_model_version_failure(app, model, version, &failure).await {
+                    tracing::warn!(error = %e, "cannot record the failure");
+                }
                 self.set_status(&target, StatusCode::MODEL_TRAINING_FAILED, &details).await;
                 self.finish(&job, JobState::Failed, json!({"stage": stage, "reason": reason})).await;
             }
@@ -396,6 +432,24 @@ impl Worker {
         if version_gone().await {
             self.remove_files(&target.version_id, true);
         }
+    }
+
+    /// The end of a version's log as text lines.
+    async fn last_log_lines(&self, target: &Target, n: usize) -> Vec<String> {
+        let mut lines = Vec::new();
+        let mut after = 0;
+        // Pages through the log keeping the tail (logs are a few thousand lines at most).
+        while let Ok(page) =
+            self.store.list_model_version_log(&target.app, &target.model_id, &target.version_id, after, 1000).await
+        {
+            let Some(last) = page.last() else { break };
+            after = last.seq;
+            lines.extend(page.iter().map(|e| format!("{} {:<5} {}", e.time, e.level.to_uppercase(), e.message)));
+            if lines.len() > n {
+                lines.drain(..lines.len() - n);
+            }
+        }
+        lines
     }
 
     /// The inputs of the run's dataset version, read and decoded once: (train, validation,
@@ -439,22 +493,21 @@ impl Worker {
                 continue; // not an example of any of the chosen concepts
             }
             let bytes = match self.blobs.get(&input.content_sha256).await {
-                Ok(b) => b.to_vec(),
+                Ok(b) => b,
                 Err(e) => {
                     bad.push(InvalidInput { input_id: input.input_id.clone(), reason: e.to_string() });
                     continue;
                 }
             };
-            let check = bytes.clone();
             let decoded =
-                tokio::task::spawn_blocking(move || decode_rgb(&check).map(|_| ()).map_err(|e| e.to_string()))
+                tokio::task::spawn_blocking(move || decode_rgb(&bytes).map(|_| ()).map_err(|e| e.to_string()))
                     .await
                     .unwrap_or_else(|e| Err(e.to_string()));
             if let Err(reason) = decoded {
                 bad.push(InvalidInput { input_id: input.input_id.clone(), reason });
                 continue;
             }
-            let item = (input.input_id.clone(), bytes, labels);
+            let item = Item { input_id: input.input_id.clone(), blob_key: input.content_sha256.clone(), labels };
             if input.split == "train" { train_items.push(item) } else { validation_items.push(item) }
         }
         for invalid in &bad {
@@ -535,8 +588,14 @@ impl Worker {
         } else {
             None
         };
-        let train_source: Arc<dyn DataSource> = Arc::new(MemorySource { items: train_items, classes });
-        let validation_source: Arc<dyn DataSource> = Arc::new(MemorySource { items: validation_items, classes });
+        let source = |items| BlobSource {
+            items,
+            classes,
+            blobs: self.blobs.clone(),
+            runtime: tokio::runtime::Handle::current(),
+        };
+        let train_source: Arc<dyn DataSource> = Arc::new(source(train_items));
+        let validation_source: Arc<dyn DataSource> = Arc::new(source(validation_items));
         let run_dir: PathBuf = self.runs_dir().join(&target.version_id);
         let reporter = Arc::new(Reporter {
             worker: self.clone(),
