@@ -798,8 +798,17 @@ async fn datasets(c: &Client, out: &Output, cmd: DatasetsCmd) -> anyhow::Result<
 }
 
 fn print_version(version: &Value) {
+    let progress = &version["progress"];
+    let running = match progress["percent_completed"].as_f64() {
+        Some(percent) if version["status"]["code"] == 21101 => format!(
+            "  [{percent:.0}%, epoch {}, ETA {}]",
+            progress["epoch"],
+            training::duration_text(progress["time_remaining"].as_f64().unwrap_or(0.0))
+        ),
+        _ => String::new(),
+    };
     println!(
-        "{}  {} ({})  {}",
+        "{}  {} ({})  {}{running}",
         version["id"].as_str().unwrap_or(""),
         version["status"]["description"].as_str().unwrap_or(""),
         version["status"]["code"],
