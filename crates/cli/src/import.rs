@@ -60,7 +60,7 @@ impl Tally {
     }
 }
 
-fn progress(len: u64, out: &Output) -> ProgressBar {
+pub fn progress(len: u64, out: &Output) -> ProgressBar {
     if out.json {
         return ProgressBar::hidden();
     }
@@ -137,7 +137,7 @@ pub async fn csv(client: &Client, out: &Output, file: &Path) -> anyhow::Result<(
 /// left out of a folder import.
 const IMAGE_EXTENSIONS: &[&str] = &["jpg", "jpeg", "png", "gif", "bmp", "tif", "tiff", "webp"];
 
-fn named_like_an_image(path: &Path) -> bool {
+pub fn named_like_an_image(path: &Path) -> bool {
     path.extension()
         .and_then(|e| e.to_str())
         .is_some_and(|e| IMAGE_EXTENSIONS.iter().any(|known| known.eq_ignore_ascii_case(e)))

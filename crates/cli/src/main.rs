@@ -4,6 +4,7 @@ mod client;
 mod demo;
 mod import;
 mod output;
+mod predict;
 mod training;
 
 use std::path::PathBuf;
@@ -80,6 +81,8 @@ enum Command {
     /// Personal access tokens (admin scope).
     #[command(subcommand)]
     Keys(KeysCmd),
+    /// Predict concepts for image files, folders and URLs with a trained model.
+    Predict(predict::PredictArgs),
     /// The pretrained-weights cache of a local data directory.
     #[command(subcommand)]
     Weights(WeightsCmd),
@@ -482,6 +485,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Datasets(cmd) => datasets(&client, &out, cmd).await,
         Command::Models(cmd) => models(&client, &out, cmd).await,
         Command::Keys(cmd) => keys(&client, &out, cmd).await,
+        Command::Predict(args) => predict::run(&client, &out, args).await,
     }
 }
 

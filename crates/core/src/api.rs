@@ -681,6 +681,77 @@ pub struct MultiLogEntryResponse {
     pub next_after: i64,
 }
 
+/// Clarifai's PostModelOutputs: predict concepts for up to 128 images.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+pub struct PostModelOutputsRequest {
+    #[serde(default)]
+    pub user_app_id: Option<UserAppId>,
+    /// Each by `data.image.url`, `data.image.base64`, or the `id` of an input of the app.
+    pub inputs: Vec<Input>,
+    /// Optional: `model.output_info.output_config` narrows what is returned.
+    #[serde(default)]
+    pub model: Option<PredictModel>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+pub struct PredictModel {
+    #[serde(default)]
+    pub output_info: PredictOutputInfo,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+pub struct PredictOutputInfo {
+    #[serde(default)]
+    pub output_config: PredictConfig,
+}
+
+/// Clarifai's output_config fields for predictions.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+pub struct PredictConfig {
+    /// Only concepts with at least this probability.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_value: Option<f32>,
+    /// At most this many concepts per output, highest first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_concepts: Option<u32>,
+    /// Only these concepts (by id).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub select_concepts: Vec<Concept>,
+}
+
+/// The model (and version) that made an output.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct OutputModel {
+    pub id: String,
+    pub app_id: String,
+    pub model_version: OutputModelVersion,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct OutputModelVersion {
+    pub id: String,
+}
+
+/// One input's predictions.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Output {
+    pub id: String,
+    pub status: Status,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_at: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<OutputModel>,
+    pub input: Input,
+    /// `concepts`: every concept with its probability (`value`), highest first.
+    pub data: Data,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct MultiOutputResponse {
+    pub status: Status,
+    pub outputs: Vec<Output>,
+}
+
 /// Clarifai's shape: one estimate per requested version.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct TrainingTimeEstimate {

@@ -41,6 +41,7 @@ status_codes! {
     FAILURE = 10020, 400, "Failure";
     NOT_IMPLEMENTED = 10040, 501, "Not implemented";
 
+    CONN_THROTTLED = 11005, 503, "Busy: retry after the Retry-After header's seconds";
     CONN_INSUFFICIENT_SCOPES = 11007, 403, "API key has insufficient scopes";
     CONN_KEY_INVALID = 11008, 401, "API key is invalid";
     CONN_KEY_NOT_FOUND = 11009, 401, "API key not found";

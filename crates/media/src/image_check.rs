@@ -157,11 +157,20 @@ impl MediaError {
 const MAX_THUMBNAIL_SIDE: u32 = 65_535;
 const THUMBNAIL_QUALITY: u8 = 80;
 
-/// Validates `bytes` as an image of a supported format within `limits`, decodes it completely and
-/// returns its description plus a JPEG thumbnail whose longest side is at most `thumbnail_side`.
-///
-/// CPU-heavy (a full decode): call it from `spawn_blocking` in async code.
-pub fn process_image(bytes: &[u8], limits: &ImageLimits, thumbnail_side: u32) -> Result<ProcessedImage, MediaError> {
+/// Checks what can be known without decoding the pixels: size, format, a complete JPEG, the
+/// declared pixel count and the memory a decode would need. A decoder given bytes that pass is
+/// not asked for more than `limits` allow.
+pub fn check_image(bytes: &[u8], limits: &ImageLimits) -> Result<ImageInfo, MediaError> {
+    let (format, decoder) = open_decoder(bytes, limits)?;
+    let (width, height) = decoder.dimensions();
+    Ok(ImageInfo { format, width, height, size_bytes: bytes.len() as u64 })
+}
+
+/// The header checks of [`check_image`], returning the decoder ready to decode.
+fn open_decoder<'a>(
+    bytes: &'a [u8],
+    limits: &ImageLimits,
+) -> Result<(ImageFormat, impl ImageDecoder + 'a), MediaError> {
     if bytes.is_empty() {
         return Err(MediaError::Empty);
     }
@@ -181,7 +190,7 @@ pub fn process_image(bytes: &[u8], limits: &ImageLimits, thumbnail_side: u32) ->
     // any buffer proportional to it is allocated.
     let mut reader = ImageReader::with_format(Cursor::new(bytes), format.to_image_crate());
     reader.limits(decoder_limits(limits));
-    let mut decoder = reader.into_decoder().map_err(|e| classify_decode_error(e, format))?;
+    let decoder = reader.into_decoder().map_err(|e| classify_decode_error(e, format))?;
     let (width, height) = decoder.dimensions();
     if u64::from(width) * u64::from(height) > limits.max_pixels {
         return Err(MediaError::TooManyPixels { width, height, limit: limits.max_pixels });
@@ -197,6 +206,16 @@ pub fn process_image(bytes: &[u8], limits: &ImageLimits, thumbnail_side: u32) ->
             detail: format!("{decode_bytes} bytes for {width}×{height} pixels of {:?}", decoder.color_type()),
         });
     }
+    Ok((format, decoder))
+}
+
+/// Validates `bytes` as an image of a supported format within `limits`, decodes it completely and
+/// returns its description plus a JPEG thumbnail whose longest side is at most `thumbnail_side`.
+///
+/// CPU-heavy (a full decode): call it from `spawn_blocking` in async code.
+pub fn process_image(bytes: &[u8], limits: &ImageLimits, thumbnail_side: u32) -> Result<ProcessedImage, MediaError> {
+    let (format, mut decoder) = open_decoder(bytes, limits)?;
+    let undecodable = |reason: String| MediaError::Undecodable { format, reason };
     // A broken EXIF block shouldn't cost the user an otherwise good image.
     let orientation = decoder.orientation().unwrap_or(Orientation::NoTransforms);
 

@@ -80,6 +80,7 @@ has_status!(
     MultiModelTypeResponse,
     MultiLogEntryResponse,
     TrainingTimeEstimateResponse,
+    MultiOutputResponse,
 );
 
 impl<T: Serialize + HasStatus> IntoResponse for Reply<T> {

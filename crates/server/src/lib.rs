@@ -4,6 +4,7 @@
 pub mod auth;
 pub mod config;
 pub mod error;
+pub mod predict;
 pub mod routes;
 pub mod state;
 
@@ -54,6 +55,7 @@ pub async fn open_storage(config: &Config) -> anyhow::Result<AppState> {
         image_limits,
         config: Arc::new(config.clone()),
         blob_lock: Arc::new(RwLock::new(())),
+        models: Arc::default(),
     };
     Ok(state)
 }

@@ -21,6 +21,8 @@ pub struct AppState {
     /// Uploads hold it shared from blob write to metadata commit; blob collection holds it
     /// exclusively, so it never deletes a blob that an upload is about to reference.
     pub blob_lock: Arc<RwLock<()>>,
+    /// Trained versions loaded for predictions (a cache: any process can load any version).
+    pub models: Arc<crate::predict::ModelCache>,
 }
 
 pub const THUMBNAIL_SIDE: u32 = 256;

@@ -390,3 +390,174 @@ async fn deleting_a_training_version_cancels_it_and_removes_its_files() {
     let next = body["model_version"]["id"].as_str().unwrap().to_string();
     assert_eq!(wait_final(&s, &next).await["status"]["code"], 21100);
 }
+
+/// Trains a small version (random init, 32 px) on the 20-image sample; returns its id.
+async fn small_trained_version(s: &TestServer) -> String {
+    let params = json!({
+        "template": "EfficientNet_Lite0", "dataset_id": "ds", "dataset_version_id": "v1", "pretrained_weights": "None",
+        "image_size": 32, "batch_size": 8, "num_epochs": 2, "seed": 3,
+    });
+    let (_, body) = s.post(CLOTHES, train_request(params, &["trouser", "sneaker"])).await;
+    let id = body["model_version"]["id"].as_str().unwrap().to_string();
+    assert_eq!(wait_final(s, &id).await["status"]["code"], 21100);
+    id
+}
+
+fn image_input(bytes: &[u8]) -> Value {
+    json!({"data": {"image": {"base64": b64(bytes)}}})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn predictions_come_from_the_newest_trained_version_and_a_bad_input_fails_alone() {
+    let s = TestServer::start().await;
+    fashion_dataset(&s).await;
+    let outputs = "/v2/users/me/apps/a/models/clothes/outputs";
+    // Nothing trained yet.
+    let (status, body) = s.post(outputs, json!({"inputs": [image_input(&sample_images("trouser", 1)[0])]})).await;
+    assert_eq!((status, code(&body)), (400, 21202), "{body}");
+    assert!(body["status"]["details"].as_str().unwrap().contains("no trained version"), "{body}");
+
+    let version = small_trained_version(&s).await;
+    let trouser = sample_images("trouser", 1).remove(0);
+    let request = json!({"inputs": [
+        image_input(&trouser),
+        {"id": "sneaker3"},
+        {"id": "broken", "data": {"image": {"base64": b64(b"these bytes are not an image")}}},
+    ]});
+    let (status, body) = s.post(outputs, request.clone()).await;
+    assert_eq!((status, code(&body)), (207, 10010), "{body}");
+    let out = body["outputs"].as_array().unwrap();
+    assert_eq!(out.len(), 3);
+    for o in &out[..2] {
+        assert_eq!(o["status"]["code"], 10000, "{o}");
+        assert_eq!(o["model"]["model_version"]["id"], version.as_str());
+        let concepts = o["data"]["concepts"].as_array().unwrap();
+        let values: Vec<f64> = concepts.iter().map(|c| c["value"].as_f64().unwrap()).collect();
+        assert_eq!(concepts.len(), 2, "{o}");
+        assert!(values[0] >= values[1], "highest first: {o}");
+        assert!((values.iter().sum::<f64>() - 1.0).abs() < 1e-4, "exclusive concepts sum to 1: {o}");
+    }
+    assert_eq!(out[1]["input"]["id"], "sneaker3");
+    assert_eq!(out[2]["status"]["code"], 30101, "{}", out[2]);
+    assert!(out[2]["data"]["concepts"].as_array().is_none_or(|c| c.is_empty()));
+
+    // The same through the version's own path, and with Clarifai's output_config.
+    let by_version = format!("{CLOTHES}/{version}/outputs");
+    let (status, again) = s.post(&by_version, json!({"inputs": [image_input(&trouser)]})).await;
+    assert_eq!(status, 200, "{again}");
+    assert_eq!(again["outputs"][0]["data"]["concepts"], out[0]["data"]["concepts"], "the same prediction");
+    let (_, top1) = s
+        .post(
+            outputs,
+            json!({"inputs": [image_input(&trouser)], "model": {"output_info": {"output_config": {"max_concepts": 1}}}}),
+        )
+        .await;
+    assert_eq!(top1["outputs"][0]["data"]["concepts"].as_array().unwrap().len(), 1, "{top1}");
+    let (_, selected) = s
+        .post(
+            outputs,
+            json!({"inputs": [image_input(&trouser)],
+                   "model": {"output_info": {"output_config": {"select_concepts": [{"id": "sneaker"}]}}}}),
+        )
+        .await;
+    let only = selected["outputs"][0]["data"]["concepts"].as_array().unwrap();
+    assert_eq!((only.len(), &only[0]["id"]), (1, &json!("sneaker")), "{selected}");
+    let (status, body) = s
+        .post(
+            outputs,
+            json!({"inputs": [image_input(&trouser)],
+                   "model": {"output_info": {"output_config": {"select_concepts": [{"id": "hat"}]}}}}),
+        )
+        .await;
+    assert_eq!((status, code(&body)), (400, 21202), "{body}");
+    assert!(body["status"]["details"].as_str().unwrap().contains("select_concepts[0]"), "{body}");
+
+    // Limits: 1 to 128 inputs.
+    let too_many: Vec<Value> = (0..129).map(|_| image_input(&trouser)).collect();
+    let (status, body) = s.post(outputs, json!({"inputs": too_many})).await;
+    assert_eq!(status, 400, "{body}");
+    let (status, _) = s.post(outputs, json!({"inputs": []})).await;
+    assert_eq!(status, 400);
+    // A version that is not trained is refused by name.
+    let (_, queued) = s
+        .post(
+            CLOTHES,
+            train_request(
+                json!({"template": "EfficientNet_Lite0", "dataset_id": "ds", "dataset_version_id": "v1",
+                       "pretrained_weights": "None", "image_size": 32, "num_epochs": 500}),
+                &["trouser", "sneaker"],
+            ),
+        )
+        .await;
+    let running = queued["model_version"]["id"].as_str().unwrap();
+    let (status, body) = s.post(&format!("{CLOTHES}/{running}/outputs"), json!({"inputs": [image_input(&trouser)]})).await;
+    assert_eq!((status, code(&body)), (400, 21202), "{body}");
+    assert!(body["status"]["details"].as_str().unwrap().contains("is not trained"), "{body}");
+    // The model's newest trained version still answers while a newer one trains.
+    let (status, body) = s.post(outputs, json!({"inputs": [image_input(&trouser)]})).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["outputs"][0]["model"]["model_version"]["id"], version.as_str());
+    s.post(&format!("{CLOTHES}/{running}/cancel"), json!({})).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_predictions_are_batched_and_a_full_queue_is_503_with_retry_after() {
+    let s = TestServer::start().await;
+    fashion_dataset(&s).await;
+    small_trained_version(&s).await;
+    let outputs = "/v2/users/me/apps/a/models/clothes/outputs";
+    let images = sample_images("sneaker", 4);
+    let (_, alone) = s.post(outputs, json!({"inputs": [image_input(&images[0])]})).await;
+    let expected = alone["outputs"][0]["data"]["concepts"].clone();
+
+    // Requests that arrive together are answered as if alone.
+    let together: Vec<_> = (0..12)
+        .map(|i| {
+            let (http, url, token) = (s.http.clone(), s.url(outputs), s.token.clone());
+            let body = json!({"inputs": [image_input(&images[i % 4])]});
+            tokio::spawn(async move {
+                let r = http.post(url).header("Authorization", format!("Key {token}")).json(&body).send().await.unwrap();
+                (r.status().as_u16(), r.json::<Value>().await.unwrap())
+            })
+        })
+        .collect();
+    for (i, task) in together.into_iter().enumerate() {
+        let (status, body) = task.await.unwrap();
+        assert_eq!(status, 200, "{body}");
+        if i % 4 == 0 {
+            let got = &body["outputs"][0]["data"]["concepts"];
+            for (a, b) in got.as_array().unwrap().iter().zip(expected.as_array().unwrap()) {
+                assert_eq!(a["id"], b["id"]);
+                assert!((a["value"].as_f64().unwrap() - b["value"].as_f64().unwrap()).abs() < 1e-5, "{got} vs {expected}");
+            }
+        }
+    }
+
+    // Far more requests than the queue holds: the excess is turned away at once, not queued.
+    let big: Vec<Value> = (0..64).map(|i| image_input(&images[i % 4])).collect();
+    let flood: Vec<_> = (0..100)
+        .map(|_| {
+            let (http, url, token) = (s.http.clone(), s.url(outputs), s.token.clone());
+            let body = json!({"inputs": big.clone()});
+            tokio::spawn(async move {
+                let r = http.post(url).header("Authorization", format!("Key {token}")).json(&body).send().await.unwrap();
+                let retry = r.headers().get("retry-after").map(|v| v.to_str().unwrap().to_string());
+                (r.status().as_u16(), retry, r.json::<Value>().await.unwrap())
+            })
+        })
+        .collect();
+    let (mut ok, mut busy) = (0, 0);
+    for task in flood {
+        let (status, retry, body) = task.await.unwrap();
+        match status {
+            200 => ok += 1,
+            503 => {
+                busy += 1;
+                assert_eq!(code(&body), 11005, "{body}");
+                assert_eq!(retry.as_deref(), Some("1"));
+            }
+            other => panic!("unexpected HTTP {other}: {body}"),
+        }
+    }
+    assert!(ok >= 1 && busy >= 1, "{ok} answered, {busy} turned away");
+}

@@ -8,6 +8,7 @@ pub mod datasets;
 pub mod inputs;
 pub mod keys;
 pub mod models;
+pub mod outputs;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
@@ -87,6 +88,8 @@ pub fn api_router() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(models::estimate_training_time))
         .routes(routes!(models::get_model_version_log))
         .routes(routes!(models::stream_model_version_log))
+        .routes(routes!(outputs::post_model_outputs))
+        .routes(routes!(outputs::post_model_version_outputs))
         .split_for_parts()
 }
 

@@ -38,17 +38,17 @@ const LOG_STREAM: &str = "/v2/users/{user_id}/apps/{app_id}/models/{model_id}/ve
 
 #[derive(Deserialize)]
 pub struct ModelPath {
-    user_id: String,
-    app_id: String,
-    model_id: String,
+    pub user_id: String,
+    pub app_id: String,
+    pub model_id: String,
 }
 
 #[derive(Deserialize, Clone)]
 pub struct VersionPath {
-    user_id: String,
-    app_id: String,
-    model_id: String,
-    version_id: String,
+    pub user_id: String,
+    pub app_id: String,
+    pub model_id: String,
+    pub version_id: String,
 }
 
 fn app_path(user_id: &str, app_id: &str) -> AppPath {
@@ -240,6 +240,12 @@ async fn validate(
             }
         }
     }
+    if !request.id.is_empty() {
+        errors.push(ParamError {
+            field: "model_versions[0].id".into(),
+            reason: "model version ids are assigned by the server; leave it out".into(),
+        });
+    }
     if !errors.is_empty() {
         return Err(errors);
     }
@@ -256,7 +262,9 @@ async fn validate(
             }]);
         }
     }
-    let id = if request.id.is_empty() { generate_id() } else { request.id.clone() };
+    // Server-assigned ids are unique across apps, so a version's files (checkpoints, the trained
+    // model) can be named by its id alone.
+    let id = generate_id();
     Ok(NewModelVersion {
         id,
         template: template.id.clone(),
@@ -345,6 +353,7 @@ pub async fn delete_model_version(
     let app = app_for(&state, &caller, Scope::Write, &app_path(&path.user_id, &path.app_id)).await?;
     state.store.delete_model_version(&app, &path.model_id, &path.version_id).await?;
     // A running worker notices the cancel within a step and removes whatever it writes after this.
+    state.models.remove(&state.config.data_dir.join("models").join(&path.version_id));
     deeptune_worker::remove_version_files(&state.config.data_dir, &path.version_id)
         .map_err(|e| ApiError::internal(format!("the version is deleted but its files are not: {e}")))?;
     Ok(Reply(BaseResponse { status: Status::ok() }))
