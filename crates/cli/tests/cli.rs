@@ -870,8 +870,8 @@ fn a_training_killed_mid_run_resumes_after_restart_to_the_same_weights() {
 }
 
 #[test]
-fn the_cli_estimates_trains_with_a_progress_bar_and_shows_the_log() {
-    let server = Server::start(&[]);
+fn the_cli_estimates_trains_with_a_progress_bar_shows_the_log_and_predicts() {
+    let server = Server::start(&["--url-allowlist", "127.0.0.1/32"]);
     let folder = fashion_folder(server.dir.path());
     server.run(&["apps", "create", "shop"]).ok();
     server.run(&["--app", "shop", "inputs", "import-folder", folder.to_str().unwrap()]).ok();
@@ -917,6 +917,40 @@ fn the_cli_estimates_trains_with_a_progress_bar_and_shows_the_log() {
     let lines = std::fs::read_to_string(&file).unwrap();
     assert_eq!(lines.lines().count(), text.lines().count());
     assert!(lines.lines().all(|l| serde_json::from_str::<Value>(l).is_ok_and(|v| v["seq"].is_i64())));
+
+    // Predict: a folder (recursively), a file and a URL; one line each, top concept first.
+    let files = file_server();
+    let single = folder.join("sneaker").read_dir().unwrap().next().unwrap().unwrap().path();
+    let url = format!("{}/chelsea.png", files.base);
+    let predicted = server.run(&[
+        "--app",
+        "shop",
+        "predict",
+        "m",
+        folder.to_str().unwrap(),
+        single.to_str().unwrap(),
+        &url,
+        "--top",
+        "1",
+    ]);
+    let out = predicted.ok();
+    assert_eq!(out.lines().count(), 16 + 1 + 1, "{}", predicted.describe());
+    for line in out.lines() {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        assert_eq!(fields.len(), 3, "name, one concept, its value: {line}");
+        assert!(["trouser", "sneaker"].contains(&fields[1]), "{line}");
+        let value: f64 = fields[2].parse().unwrap();
+        assert!((0.5..=1.0).contains(&value), "the top of two exclusive concepts: {line}");
+    }
+    assert!(out.lines().last().unwrap().starts_with(&url), "{out}");
+    // A file that is not an image fails alone, and the command says so.
+    let bogus = server.dir.path().join("notes.png");
+    std::fs::write(&bogus, "not a picture").unwrap();
+    let mixed = server.run(&["--app", "shop", "predict", "m", single.to_str().unwrap(), bogus.to_str().unwrap()]);
+    let out = mixed.fails();
+    assert!(out.contains("notes.png  failed:") && out.contains("1 of 2 image(s) could not be predicted"), "{out}");
+    let json = server.run(&["--app", "shop", "--json", "predict", "m", single.to_str().unwrap()]).json();
+    assert_eq!(json["outputs"][0]["data"]["concepts"].as_array().unwrap().len(), 2, "{json}");
 }
 
 #[test]

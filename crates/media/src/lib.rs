@@ -12,5 +12,7 @@ pub mod image_check;
 pub mod import;
 
 pub use fetch::{FetchConfig, FetchError, UrlFetcher};
-pub use image_check::{ImageFormat, ImageInfo, ImageLimits, MediaError, ProcessedImage, check_image, process_image, sniff_format};
+pub use image_check::{
+    ImageFormat, ImageInfo, ImageLimits, MediaError, ProcessedImage, check_image, process_image, sniff_format,
+};
 pub use import::{Delimiter, ImportConcept, ImportError, ImportRow, RowError, detect_delimiter, parse_import};

@@ -490,7 +490,8 @@ async fn predictions_come_from_the_newest_trained_version_and_a_bad_input_fails_
         )
         .await;
     let running = queued["model_version"]["id"].as_str().unwrap();
-    let (status, body) = s.post(&format!("{CLOTHES}/{running}/outputs"), json!({"inputs": [image_input(&trouser)]})).await;
+    let (status, body) =
+        s.post(&format!("{CLOTHES}/{running}/outputs"), json!({"inputs": [image_input(&trouser)]})).await;
     assert_eq!((status, code(&body)), (400, 21202), "{body}");
     assert!(body["status"]["details"].as_str().unwrap().contains("is not trained"), "{body}");
     // The model's newest trained version still answers while a newer one trains.
@@ -516,7 +517,8 @@ async fn concurrent_predictions_are_batched_and_a_full_queue_is_503_with_retry_a
             let (http, url, token) = (s.http.clone(), s.url(outputs), s.token.clone());
             let body = json!({"inputs": [image_input(&images[i % 4])]});
             tokio::spawn(async move {
-                let r = http.post(url).header("Authorization", format!("Key {token}")).json(&body).send().await.unwrap();
+                let r =
+                    http.post(url).header("Authorization", format!("Key {token}")).json(&body).send().await.unwrap();
                 (r.status().as_u16(), r.json::<Value>().await.unwrap())
             })
         })
@@ -528,7 +530,10 @@ async fn concurrent_predictions_are_batched_and_a_full_queue_is_503_with_retry_a
             let got = &body["outputs"][0]["data"]["concepts"];
             for (a, b) in got.as_array().unwrap().iter().zip(expected.as_array().unwrap()) {
                 assert_eq!(a["id"], b["id"]);
-                assert!((a["value"].as_f64().unwrap() - b["value"].as_f64().unwrap()).abs() < 1e-5, "{got} vs {expected}");
+                assert!(
+                    (a["value"].as_f64().unwrap() - b["value"].as_f64().unwrap()).abs() < 1e-5,
+                    "{got} vs {expected}"
+                );
             }
         }
     }
@@ -540,7 +545,8 @@ async fn concurrent_predictions_are_batched_and_a_full_queue_is_503_with_retry_a
             let (http, url, token) = (s.http.clone(), s.url(outputs), s.token.clone());
             let body = json!({"inputs": big.clone()});
             tokio::spawn(async move {
-                let r = http.post(url).header("Authorization", format!("Key {token}")).json(&body).send().await.unwrap();
+                let r =
+                    http.post(url).header("Authorization", format!("Key {token}")).json(&body).send().await.unwrap();
                 let retry = r.headers().get("retry-after").map(|v| v.to_str().unwrap().to_string());
                 (r.status().as_u16(), retry, r.json::<Value>().await.unwrap())
             })

@@ -115,12 +115,16 @@ async fn input_bytes(state: &AppState, app: &AppRecord, input: &Input) -> Result
                 .decode(b64.trim())
                 .map_err(|e| invalid(&format!("data.image.base64 is not valid base64: {e}")))?,
         ),
-        (None, Some(url)) => state.fetcher.fetch(url).await.map_err(|e| ApiError::new(e.status_code(), e.to_string()))?,
+        (None, Some(url)) => {
+            state.fetcher.fetch(url).await.map_err(|e| ApiError::new(e.status_code(), e.to_string()))?
+        }
         (None, None) if !input.id.is_empty() => {
             let (blob_key, _, _) = state.store.input_blobs(app, &input.id).await?;
             state.blobs.get(&blob_key).await.map_err(|e| ApiError::internal(e.to_string()))?
         }
-        (None, None) => return Err(invalid("data.image needs a url or base64 bytes (or give the id of a stored input)")),
+        (None, None) => {
+            return Err(invalid("data.image needs a url or base64 bytes (or give the id of a stored input)"));
+        }
     };
     let limits = state.image_limits.clone();
     deeptune_media::check_image(&bytes, &limits).map_err(|e| ApiError::new(e.status_code(), e.to_string()))?;
@@ -134,7 +138,13 @@ fn shape_concepts(prediction: Vec<(String, f32)>, config: &PredictConfig, app_id
         .filter(|(id, _)| config.select_concepts.is_empty() || config.select_concepts.iter().any(|c| &c.id == id))
         .filter(|(_, value)| config.min_value.is_none_or(|min| *value >= min))
         .take(config.max_concepts.map(|n| n as usize).unwrap_or(usize::MAX))
-        .map(|(id, value)| Concept { name: id.clone(), id, value: Some(value), app_id: app_id.to_string(), ..Default::default() })
+        .map(|(id, value)| Concept {
+            name: id.clone(),
+            id,
+            value: Some(value),
+            app_id: app_id.to_string(),
+            ..Default::default()
+        })
         .collect()
 }
 
@@ -153,9 +163,11 @@ async fn predict(
         .into());
     }
     let config = request.model.map(|m| m.output_info.output_config).unwrap_or_default();
-    let model = state.models.get(state.config.data_dir.join("models").join(&version.id)).await.map_err(|e| {
-        ApiError::internal(format!("cannot load model version {}: {e}", version.id))
-    })?;
+    let model = state
+        .models
+        .get(state.config.data_dir.join("models").join(&version.id))
+        .await
+        .map_err(|e| ApiError::internal(format!("cannot load model version {}: {e}", version.id)))?;
     for (i, c) in config.select_concepts.iter().enumerate() {
         if !model.concepts.contains(&c.id) {
             return Err(ApiError::new(
@@ -205,10 +217,12 @@ async fn predict(
             let echoed = Input {
                 id: input.id.clone(),
                 data: Data {
-                    image: input.data.image.as_ref().and_then(|i| i.url.clone()).map(|url| Image {
-                        url: Some(url),
-                        ..Default::default()
-                    }),
+                    image: input
+                        .data
+                        .image
+                        .as_ref()
+                        .and_then(|i| i.url.clone())
+                        .map(|url| Image { url: Some(url), ..Default::default() }),
                     ..Default::default()
                 },
                 ..Default::default()
