@@ -101,6 +101,11 @@ pub struct Concept {
     pub created_at: Option<String>,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub app_id: String,
+    /// In predictions, with thresholds: the concept's threshold, and whether `value` reaches it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub threshold: Option<f32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub above_threshold: Option<bool>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
@@ -621,6 +626,26 @@ pub struct ModelVersion {
     /// Why a failed run (status 21106) failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub failure: Option<TrainingFailure>,
+    /// Per-concept decision thresholds chosen for this version; predictions report which
+    /// concepts pass them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub thresholds: Option<Thresholds>,
+}
+
+/// Per-concept thresholds and how they were chosen.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Thresholds {
+    /// `best_f1`, `precision` (the lowest threshold reaching `target` precision), `recall` (the
+    /// highest threshold reaching `target` recall) or `manual`.
+    pub strategy: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<f32>,
+    /// The evaluation whose precision-recall curves they come from (empty: the training run's
+    /// held-out split).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub evaluation_id: String,
+    /// Concept id → threshold.
+    pub concepts: std::collections::BTreeMap<String, f32>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
@@ -681,6 +706,127 @@ pub struct MultiLogEntryResponse {
     pub next_after: i64,
 }
 
+/// The dataset version an evaluation ran on.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct EvalDataset {
+    /// The dataset's app (default: the model's).
+    #[serde(default)]
+    pub app_id: String,
+    #[serde(default)]
+    pub user_id: String,
+    pub id: String,
+    pub version: EvalDatasetVersion,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct EvalDatasetVersion {
+    pub id: String,
+}
+
+/// An evaluation of a model version (Clarifai's EvalMetrics).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+pub struct EvalMetrics {
+    #[serde(default)]
+    pub id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<Status>,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub model_id: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub model_version_id: String,
+    /// Default: the dataset version the model version trained on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ground_truth_dataset: Option<EvalDataset>,
+    /// Which inputs of the dataset version: `validation`, `train` or `all`. Default: `validation`
+    /// for the training dataset version (its held-out split), `all` for any other.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub split: String,
+    /// Once evaluated: `summary` (top-1/top-5 accuracy, macro ROC AUC, F1, precision, recall),
+    /// `per_concept` (binary metrics, ROC and PR curves), `confusion_matrix` (counts and mean
+    /// probabilities), `per_input` (predictions for drill-down).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub metrics: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_at: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completed_at: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+pub struct PostEvaluationsRequest {
+    #[serde(default)]
+    pub user_app_id: Option<UserAppId>,
+    /// One evaluation to run (an empty list or `{}` evaluates on the held-out split).
+    #[serde(default)]
+    pub eval_metrics: Vec<EvalMetrics>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct SingleEvalMetricsResponse {
+    pub status: Status,
+    pub eval_metrics: EvalMetrics,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct MultiEvalMetricsResponse {
+    pub status: Status,
+    pub eval_metrics: Vec<EvalMetrics>,
+}
+
+/// How to choose a version's per-concept thresholds.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+pub struct PostThresholdsRequest {
+    /// `best_f1` (default), `precision`, `recall` or `manual`.
+    #[serde(default)]
+    pub strategy: String,
+    /// The precision or recall to reach (0–1), for those strategies.
+    #[serde(default)]
+    pub target: Option<f32>,
+    /// Whose precision-recall curves to use (default: the training run's held-out split).
+    #[serde(default)]
+    pub evaluation_id: String,
+    /// `manual`: concept id → threshold; other strategies: overrides for these concepts.
+    #[serde(default)]
+    pub concepts: std::collections::BTreeMap<String, f32>,
+}
+
+/// One ranked version.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct LeaderboardEntry {
+    pub rank: usize,
+    pub model_id: String,
+    pub model_version_id: String,
+    /// Empty for the training run's own evaluation of its held-out split.
+    pub evaluation_id: String,
+    /// The ranking metric's value (absent when the evaluation lacks it: ranked last).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<f32>,
+    /// The evaluation's whole summary.
+    #[schema(value_type = Object)]
+    pub summary: Value,
+    /// What made the version: template, params, training dataset version, seed, data hash,
+    /// engine version.
+    #[schema(value_type = Object)]
+    pub lineage: Value,
+}
+
+/// Versions ranked on one evaluation dataset version and split.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Leaderboard {
+    pub ground_truth_dataset: EvalDataset,
+    pub split: String,
+    pub metric: String,
+    pub entries: Vec<LeaderboardEntry>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct MultiLeaderboardResponse {
+    pub status: Status,
+    /// One board per evaluation set (only comparable numbers share a board), the largest first.
+    pub leaderboards: Vec<Leaderboard>,
+}
+
 /// Clarifai's PostModelOutputs: predict concepts for up to 128 images.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 pub struct PostModelOutputsRequest {
@@ -717,6 +863,9 @@ pub struct PredictConfig {
     /// Only these concepts (by id).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub select_concepts: Vec<Concept>,
+    /// Concept id → threshold, overriding the version's stored thresholds for this request.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub thresholds: std::collections::BTreeMap<String, f32>,
 }
 
 /// The model (and version) that made an output.

@@ -57,6 +57,11 @@ status_codes! {
     MODEL_TRAINING_FAILED = 21106, 200, "Model training failed";
     MODEL_TRAINING_INVALID_DATA_TOLERANCE_EXCEEDED = 21119, 200, "Training stopped: too many inputs could not be read";
     MODEL_DOES_NOT_EXIST = 21200, 404, "Model does not exist";
+    MODEL_EVALUATING = 21300, 200, "Model is being evaluated";
+    MODEL_EVALUATED = 21301, 200, "Model is evaluated";
+    MODEL_EVALUATION_NEED_LABELS = 21307, 400, "The evaluation needs labeled inputs of the model's concepts";
+    MODEL_EVALUATION_FAILED = 21309, 200, "Model evaluation failed";
+    MODEL_QUEUED_FOR_EVALUATION = 21310, 200, "Model is queued for evaluation";
     MODEL_INVALID_ARGUMENT = 21202, 400, "Invalid model argument";
     JOB_CANCELLED = 64004, 200, "Canceled";
 

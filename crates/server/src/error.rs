@@ -81,6 +81,9 @@ has_status!(
     MultiLogEntryResponse,
     TrainingTimeEstimateResponse,
     MultiOutputResponse,
+    SingleEvalMetricsResponse,
+    MultiEvalMetricsResponse,
+    MultiLeaderboardResponse,
 );
 
 impl<T: Serialize + HasStatus> IntoResponse for Reply<T> {

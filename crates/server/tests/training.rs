@@ -393,9 +393,13 @@ async fn deleting_a_training_version_cancels_it_and_removes_its_files() {
 
 /// Trains a small version (random init, 32 px) on the 20-image sample; returns its id.
 async fn small_trained_version(s: &TestServer) -> String {
+    small_trained_version_with(s, 2, 3).await
+}
+
+async fn small_trained_version_with(s: &TestServer, epochs: u32, seed: u32) -> String {
     let params = json!({
         "template": "EfficientNet_Lite0", "dataset_id": "ds", "dataset_version_id": "v1", "pretrained_weights": "None",
-        "image_size": 32, "batch_size": 8, "num_epochs": 2, "seed": 3,
+        "image_size": 32, "batch_size": 8, "num_epochs": epochs, "seed": seed,
     });
     let (_, body) = s.post(CLOTHES, train_request(params, &["trouser", "sneaker"])).await;
     let id = body["model_version"]["id"].as_str().unwrap().to_string();
@@ -566,4 +570,188 @@ async fn concurrent_predictions_are_batched_and_a_full_queue_is_503_with_retry_a
         }
     }
     assert!(ok >= 1 && busy >= 1, "{ok} answered, {busy} turned away");
+}
+
+async fn wait_evaluation(s: &TestServer, version: &str, evaluation: &str) -> Value {
+    let path = format!("{CLOTHES}/{version}/evaluations/{evaluation}");
+    let done = wait_for(s, &path, |b| {
+        let code = b["eval_metrics"]["status"]["code"].as_u64().unwrap_or(0);
+        code != 21310 && code != 21300
+    })
+    .await;
+    done["eval_metrics"].clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn evaluations_thresholds_and_leaderboards() {
+    let s = TestServer::start().await;
+    fashion_dataset(&s).await;
+    let v1 = small_trained_version_with(&s, 2, 3).await;
+    let v2 = small_trained_version_with(&s, 4, 9).await;
+
+    // On the version's own held-out split by default: the numbers of the training run's evaluation.
+    let (status, body) = s.post(&format!("{CLOTHES}/{v1}/evaluations"), json!({})).await;
+    assert_eq!(status, 200, "{body}");
+    let queued = &body["eval_metrics"];
+    assert_eq!(queued["status"]["code"], 21310, "{body}");
+    assert_eq!(queued["split"], "validation");
+    assert_eq!(queued["ground_truth_dataset"]["id"], "ds");
+    let evaluation = wait_evaluation(&s, &v1, queued["id"].as_str().unwrap()).await;
+    assert_eq!(evaluation["status"]["code"], 21301, "{evaluation}");
+    let metrics = &evaluation["metrics"];
+    let (_, version) = s.get(&format!("{CLOTHES}/{v1}")).await;
+    let trained = &version["model_version"]["metrics"]["summary"];
+    assert_eq!(metrics["summary"]["inputs"], trained["inputs"], "{metrics}");
+    assert_eq!(metrics["summary"]["top1_accuracy"], trained["top1_accuracy"], "same model, same inputs");
+    let per_concept = metrics["per_concept"].as_array().unwrap();
+    assert_eq!(per_concept.len(), 2);
+    assert!(per_concept.iter().all(|c| !c["pr_curve"].as_array().unwrap().is_empty() && c["roc_curve"].is_array()));
+    assert!(metrics["confusion_matrix"].is_object(), "{metrics}");
+    let per_input = metrics["per_input"].as_array().unwrap();
+    assert_eq!(per_input.len() as u64, metrics["summary"]["inputs"].as_u64().unwrap());
+    assert!(per_input.iter().all(|i| i["input_id"].is_string() && i["top_concepts"].is_array()));
+
+    // On a dataset version of another app: every input of it.
+    s.create_app("b").await;
+    let mut uploads = Vec::new();
+    for concept in ["trouser", "sneaker"] {
+        for (i, bytes) in sample_images(concept, 16).into_iter().enumerate().skip(10) {
+            uploads.push((format!("{concept}-{i}"), bytes, concept));
+        }
+    }
+    let refs: Vec<Upload> = uploads.iter().map(|(id, b, c)| (id.as_str(), b.clone(), vec![(*c, 1.0)])).collect();
+    s.upload("b", refs).await;
+    s.post("/v2/users/me/apps/b/datasets", json!({"datasets": [{"id": "test"}]})).await;
+    let ids = s.input_ids("b").await;
+    let items: Vec<_> = ids.iter().map(|id| json!({"input": {"id": id}})).collect();
+    s.post("/v2/users/me/apps/b/datasets/test/inputs", json!({"dataset_inputs": items})).await;
+    s.post("/v2/users/me/apps/b/datasets/test/versions", json!({"dataset_versions": [{"id": "t1"}]})).await;
+    let other =
+        json!({"eval_metrics": [{"ground_truth_dataset": {"app_id": "b", "id": "test", "version": {"id": "t1"}}}]});
+    let (status, body) = s.post(&format!("{CLOTHES}/{v1}/evaluations"), other.clone()).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["eval_metrics"]["split"], "all");
+    let elsewhere = wait_evaluation(&s, &v1, body["eval_metrics"]["id"].as_str().unwrap()).await;
+    assert_eq!(elsewhere["status"]["code"], 21301, "{elsewhere}");
+    assert_eq!(elsewhere["metrics"]["summary"]["inputs"], 12, "{elsewhere}");
+
+    // Requests that can't be evaluated are refused up front, each saying why.
+    let cases = [
+        (
+            json!({"eval_metrics": [{"ground_truth_dataset": {"id": "ds", "version": {"id": "v9"}}}]}),
+            21202,
+            "ground_truth_dataset",
+        ),
+        (json!({"eval_metrics": [{"split": "everything"}]}), 21202, "split"),
+        (
+            json!({"eval_metrics": [{"ground_truth_dataset": {"app_id": "nope", "id": "x", "version": {"id": "y"}}}]}),
+            11101,
+            "nope",
+        ),
+    ];
+    for (request, code_wanted, mentions) in cases {
+        let (status, body) = s.post(&format!("{CLOTHES}/{v1}/evaluations"), request).await;
+        assert!(status == 400 || status == 404, "{body}");
+        assert_eq!(code(&body), code_wanted, "{body}");
+        assert!(body["status"]["details"].as_str().unwrap().contains(mentions), "{mentions}: {body}");
+    }
+    let (_, hats) = s
+        .upload("b", vec![("hat1", png(8, 8, 1), vec![("hat", 1.0)]), ("hat2", png(8, 8, 2), vec![("hat", 1.0)])])
+        .await;
+    assert_eq!(hats["status"]["code"], 10000, "{hats}");
+    s.post("/v2/users/me/apps/b/datasets", json!({"datasets": [{"id": "hats"}]})).await;
+    s.post(
+        "/v2/users/me/apps/b/datasets/hats/inputs",
+        json!({"dataset_inputs": [{"input": {"id": "hat1"}}, {"input": {"id": "hat2"}}]}),
+    )
+    .await;
+    s.post("/v2/users/me/apps/b/datasets/hats/versions", json!({"dataset_versions": [{"id": "h1"}]})).await;
+    let (status, body) = s
+        .post(
+            &format!("{CLOTHES}/{v1}/evaluations"),
+            json!({"eval_metrics": [{"ground_truth_dataset": {"app_id": "b", "id": "hats", "version": {"id": "h1"}}}]}),
+        )
+        .await;
+    assert_eq!((status, code(&body)), (400, 21307), "{body}");
+    let (_, list) = s.get(&format!("{CLOTHES}/{v1}/evaluations")).await;
+    let listed = list["eval_metrics"].as_array().unwrap();
+    assert_eq!(listed.len(), 2, "{list}");
+    assert!(listed.iter().all(|e| e["metrics"]["summary"].is_object() && e["metrics"].get("per_input").is_none()));
+
+    // Thresholds from the PR curves; predictions then say which concepts pass.
+    let thresholds = format!("{CLOTHES}/{v1}/thresholds");
+    let (status, body) = s.post(&thresholds, json!({"strategy": "best_f1"})).await;
+    assert_eq!(status, 200, "{body}");
+    let chosen = body["model_version"]["thresholds"]["concepts"].as_object().unwrap().clone();
+    assert_eq!(chosen.len(), 2, "{body}");
+    assert!(chosen.values().all(|t| (0.0..=1.0).contains(&t.as_f64().unwrap())));
+    let trouser = sample_images("trouser", 1).remove(0);
+    let by_version = format!("{CLOTHES}/{v1}/outputs");
+    let (_, predicted) = s.post(&by_version, json!({"inputs": [image_input(&trouser)]})).await;
+    for c in predicted["outputs"][0]["data"]["concepts"].as_array().unwrap() {
+        let (value, threshold) = (c["value"].as_f64().unwrap(), c["threshold"].as_f64().unwrap());
+        assert_eq!(c["above_threshold"].as_bool().unwrap(), value >= threshold, "{c}");
+        assert!((threshold - chosen[c["id"].as_str().unwrap()].as_f64().unwrap()).abs() < 1e-6);
+    }
+    let (_, overridden) = s
+        .post(
+            &by_version,
+            json!({"inputs": [image_input(&trouser)], "model": {"output_info": {"output_config": {"thresholds": {"trouser": 0.0}}}}}),
+        )
+        .await;
+    let t = overridden["outputs"][0]["data"]["concepts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["id"] == "trouser")
+        .unwrap()
+        .clone();
+    assert_eq!((t["threshold"].as_f64(), t["above_threshold"].as_bool()), (Some(0.0), Some(true)), "{t}");
+    let (status, body) = s.post(&thresholds, json!({"strategy": "manual", "concepts": {"trouser": 0.7}})).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["model_version"]["thresholds"]["concepts"], json!({"trouser": 0.7}));
+    let (status, _) =
+        s.post(&thresholds, json!({"strategy": "precision", "target": 0.5, "evaluation_id": elsewhere["id"]})).await;
+    assert_eq!(status, 200);
+    for bad in [
+        json!({"strategy": "vibes"}),
+        json!({"strategy": "precision", "target": 1.5}),
+        json!({"strategy": "manual", "concepts": {"hat": 0.5}}),
+        json!({"strategy": "manual", "concepts": {"trouser": 2}}),
+    ] {
+        let (status, body) = s.post(&thresholds, bad.clone()).await;
+        assert_eq!((status, code(&body)), (400, 21202), "{bad}: {body}");
+    }
+
+    // Leaderboards: versions ranked per evaluation set, with their lineage.
+    let (status, body) = s.get("/v2/users/me/apps/a/models/clothes/leaderboard").await;
+    assert_eq!(status, 200, "{body}");
+    let boards = body["leaderboards"].as_array().unwrap();
+    assert_eq!(boards.len(), 2, "held-out split of ds/v1, and b's test set: {body}");
+    let held_out = &boards[0];
+    assert_eq!(
+        (held_out["ground_truth_dataset"]["id"].as_str(), held_out["split"].as_str()),
+        (Some("ds"), Some("validation"))
+    );
+    let entries = held_out["entries"].as_array().unwrap();
+    let ranked: Vec<&str> = entries.iter().map(|e| e["model_version_id"].as_str().unwrap()).collect();
+    assert_eq!(ranked.len(), 2, "one entry per version: {ranked:?}");
+    assert!(ranked.contains(&v1.as_str()) && ranked.contains(&v2.as_str()));
+    let values: Vec<f64> = entries.iter().map(|e| e["value"].as_f64().unwrap()).collect();
+    assert!(values[0] >= values[1], "{values:?}");
+    assert_eq!(entries[0]["rank"], 1);
+    let lineage = &entries.iter().find(|e| e["model_version_id"] == v2.as_str()).unwrap()["lineage"];
+    assert_eq!(lineage["template"], "EfficientNet_Lite0");
+    assert_eq!(lineage["seed"], 9);
+    assert_eq!(lineage["params"]["num_epochs"], 4);
+    assert_eq!(lineage["training_dataset"]["version"]["id"], "v1");
+    assert!(lineage["engine_version"].is_string(), "{lineage}");
+    let v1_entry = entries.iter().find(|e| e["model_version_id"] == v1.as_str()).unwrap();
+    assert_eq!(v1_entry["evaluation_id"], queued["id"], "the explicit evaluation stands for the training run's");
+    assert_eq!(boards[1]["entries"].as_array().unwrap().len(), 1);
+    let (_, filtered) = s.get("/v2/users/me/apps/a/leaderboard?metric=macro_f1&dataset_id=ds").await;
+    assert_eq!(filtered["leaderboards"].as_array().unwrap().len(), 1, "{filtered}");
+    assert_eq!(filtered["leaderboards"][0]["metric"], "macro_f1");
+    let (status, body) = s.get("/v2/users/me/apps/a/leaderboard?metric=vibes").await;
+    assert_eq!(status, 400, "{body}");
 }

@@ -36,6 +36,7 @@ fn concept_from_row(row: &sqlx::sqlite::SqliteRow, app_id: &str) -> Concept {
         value: None,
         created_at: Some(row.get("created_at")),
         app_id: app_id.to_string(),
+        ..Default::default()
     }
 }
 

@@ -214,8 +214,7 @@ impl Store {
                 id: row.get("concept_id"),
                 name: row.get("name"),
                 value: Some(row.get::<f64, _>("value") as f32),
-                created_at: None,
-                app_id: String::new(),
+                ..Default::default()
             });
         }
         Ok(out)
@@ -355,8 +354,7 @@ impl Store {
                 id: r.get("concept_id"),
                 name: r.get("name"),
                 value: Some(r.get::<f64, _>("value") as f32),
-                created_at: None,
-                app_id: String::new(),
+                ..Default::default()
             })
             .collect())
     }

@@ -4,6 +4,7 @@
 
 mod apps;
 mod datasets;
+mod evaluations;
 mod inputs;
 pub mod jobs;
 mod models;
@@ -19,6 +20,7 @@ use sqlx::SqlitePool;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 
 pub use apps::AppRecord;
+pub use evaluations::NewEvaluation;
 pub use inputs::{LabelValue, NewInput, labels_from_concepts};
 pub use models::{NewLogLine, NewModelVersion, is_final};
 pub use throughput::{Throughput, ThroughputKey};

@@ -77,6 +77,7 @@ fn version_from_row(row: &sqlx::sqlite::SqliteRow) -> ModelVersion {
     ModelVersion {
         invalid_inputs: invalid_inputs.and_then(|v| serde_json::from_str(&v).ok()).unwrap_or_default(),
         failure: row.get::<Option<String>, _>("failure").and_then(|v| serde_json::from_str(&v).ok()),
+        thresholds: row.get::<Option<String>, _>("thresholds").and_then(|v| serde_json::from_str(&v).ok()),
         training_time,
         progress: progress.and_then(|p| serde_json::from_str(&p).ok()),
         metrics: metrics.and_then(|m| serde_json::from_str(&m).ok()),

@@ -4,6 +4,7 @@
 //! up by another (or the same, restarted) worker and resumes from its last checkpoint.
 
 pub mod estimate;
+mod evaluate;
 pub mod pretrained;
 mod run;
 
@@ -17,8 +18,9 @@ use deeptune_store::Store;
 pub use pretrained::{PretrainedWeightsError, ensure_pretrained, import_weights};
 pub use run::train_config;
 
-/// The job kind this worker runs.
+/// The job kinds this worker runs.
 pub const TRAIN_JOB: &str = "train";
+pub const EVALUATE_JOB: &str = "evaluate";
 
 #[derive(Clone)]
 pub struct Worker {
@@ -77,10 +79,14 @@ impl Worker {
             if *shutdown.borrow() {
                 return;
             }
-            match self.store.claim_job(&self.id, &[TRAIN_JOB], self.lease).await {
+            match self.store.claim_job(&self.id, &[TRAIN_JOB, EVALUATE_JOB], self.lease).await {
                 Ok(Some(job)) => {
-                    tracing::info!(job = %job.id, attempt = job.attempts, "claimed a training job");
-                    self.clone().train(job, shutdown.clone()).await;
+                    tracing::info!(job = %job.id, kind = %job.kind, attempt = job.attempts, "claimed a job");
+                    if job.kind == EVALUATE_JOB {
+                        self.clone().evaluate(job).await;
+                    } else {
+                        self.clone().train(job, shutdown.clone()).await;
+                    }
                 }
                 Ok(None) => {
                     tokio::select! {

@@ -192,15 +192,15 @@ impl Reporter {
 
 /// What the heartbeat task has learnt about the job.
 #[derive(Default)]
-struct Signals {
-    lost_lease: AtomicBool,
-    canceled: AtomicBool,
-    done: AtomicBool,
+pub(crate) struct Signals {
+    pub(crate) lost_lease: AtomicBool,
+    pub(crate) canceled: AtomicBool,
+    pub(crate) done: AtomicBool,
 }
 
 /// Renews the job's lease every third of it for as long as the job runs (pre-flight and
 /// evaluation included, not only training steps), and records a lost lease or a cancel request.
-fn spawn_heartbeat(
+pub(crate) fn spawn_heartbeat(
     worker: &Worker,
     job: &str,
     signals: Arc<Signals>,

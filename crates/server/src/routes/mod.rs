@@ -5,6 +5,7 @@ pub mod annotations;
 pub mod apps;
 pub mod concepts;
 pub mod datasets;
+pub mod evaluations;
 pub mod inputs;
 pub mod keys;
 pub mod models;
@@ -90,6 +91,11 @@ pub fn api_router() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(models::stream_model_version_log))
         .routes(routes!(outputs::post_model_outputs))
         .routes(routes!(outputs::post_model_version_outputs))
+        .routes(routes!(evaluations::post_evaluations, evaluations::list_evaluations))
+        .routes(routes!(evaluations::get_evaluation))
+        .routes(routes!(evaluations::post_thresholds))
+        .routes(routes!(evaluations::model_leaderboard))
+        .routes(routes!(evaluations::app_leaderboard))
         .split_for_parts()
 }
 

@@ -1,6 +1,8 @@
 //! Predictions (Clarifai's PostModelOutputs): concepts with probabilities for up to 128 images,
 //! from the newest trained version of a model or a named one. A bad input fails alone.
 
+use std::collections::BTreeMap;
+
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
@@ -131,19 +133,30 @@ async fn input_bytes(state: &AppState, app: &AppRecord, input: &Input) -> Result
     Ok(bytes)
 }
 
-/// Applies Clarifai's output_config: select_concepts, min_value, max_concepts.
-fn shape_concepts(prediction: Vec<(String, f32)>, config: &PredictConfig, app_id: &str) -> Vec<Concept> {
+/// Applies Clarifai's output_config (select_concepts, min_value, max_concepts) and marks each
+/// concept against its threshold, where one is set.
+fn shape_concepts(
+    prediction: Vec<(String, f32)>,
+    config: &PredictConfig,
+    thresholds: &BTreeMap<String, f32>,
+    app_id: &str,
+) -> Vec<Concept> {
     prediction
         .into_iter()
         .filter(|(id, _)| config.select_concepts.is_empty() || config.select_concepts.iter().any(|c| &c.id == id))
         .filter(|(_, value)| config.min_value.is_none_or(|min| *value >= min))
         .take(config.max_concepts.map(|n| n as usize).unwrap_or(usize::MAX))
-        .map(|(id, value)| Concept {
-            name: id.clone(),
-            id,
-            value: Some(value),
-            app_id: app_id.to_string(),
-            ..Default::default()
+        .map(|(id, value)| {
+            let threshold = thresholds.get(&id).copied();
+            Concept {
+                name: id.clone(),
+                value: Some(value),
+                app_id: app_id.to_string(),
+                threshold,
+                above_threshold: threshold.map(|t| value >= t),
+                id,
+                ..Default::default()
+            }
         })
         .collect()
 }
@@ -181,6 +194,16 @@ async fn predict(
             .into());
         }
     }
+    for id in config.thresholds.keys() {
+        if !model.concepts.contains(id) {
+            return Err(ApiError::new(
+                StatusCode::MODEL_INVALID_ARGUMENT,
+                format!("model.output_info.output_config.thresholds.{id}: the model does not predict {id:?}"),
+            )
+            .into());
+        }
+    }
+    let thresholds = super::evaluations::effective_thresholds(version, &config.thresholds);
     let read: Vec<Result<Bytes, ApiError>> = futures::stream::iter(request.inputs.clone())
         .map(|input| async move { input_bytes(state, app, &input).await })
         .buffered(CONCURRENCY)
@@ -228,7 +251,7 @@ async fn predict(
                 ..Default::default()
             };
             let (status, concepts) = match outcome {
-                Ok(prediction) => (Status::ok(), shape_concepts(prediction, &config, &app.app.id)),
+                Ok(prediction) => (Status::ok(), shape_concepts(prediction, &config, &thresholds, &app.app.id)),
                 Err(e) => (e.status(), Vec::new()),
             };
             Output {
