@@ -165,6 +165,47 @@ enum ModelsCmd {
         #[arg(long, default_value = "text")]
         format: String,
     },
+    /// Evaluate a trained version: on its held-out split, or on any dataset version (also of
+    /// another app); waits for the result and prints it.
+    Evaluate {
+        model: String,
+        version: String,
+        #[arg(long)]
+        dataset: Option<String>,
+        #[arg(long = "dataset-version")]
+        dataset_version: Option<String>,
+        /// The dataset's app (default: the model's).
+        #[arg(long = "dataset-app")]
+        dataset_app: Option<String>,
+        /// validation, train or all (default: validation for the training dataset version, all otherwise).
+        #[arg(long)]
+        split: Option<String>,
+    },
+    /// Choose a version's per-concept thresholds from an evaluation's PR curves.
+    Thresholds {
+        model: String,
+        version: String,
+        /// best_f1, precision, recall or manual.
+        #[arg(long, default_value = "best_f1")]
+        strategy: String,
+        /// The precision or recall to reach.
+        #[arg(long)]
+        target: Option<f32>,
+        /// The evaluation to use (default: the training run's held-out split).
+        #[arg(long)]
+        evaluation: Option<String>,
+        /// concept=threshold (repeatable): set by hand.
+        #[arg(long = "set")]
+        set: Vec<String>,
+    },
+    /// Versions ranked by a metric, per evaluation dataset version (one model, or the whole app).
+    Leaderboard {
+        model: Option<String>,
+        /// top1_accuracy, top5_accuracy, macro_f1, macro_precision, macro_recall, macro_roc_auc,
+        /// macro_average_precision.
+        #[arg(long, default_value = "top1_accuracy")]
+        metric: String,
+    },
     /// A model's versions, newest first.
     Versions {
         model: String,
@@ -899,6 +940,91 @@ async fn models(c: &Client, out: &Output, cmd: ModelsCmd) -> anyhow::Result<()> 
             }
             None => training::print_log(c, &model, &version, follow).await,
         },
+        ModelsCmd::Evaluate { model, version, dataset, dataset_version, dataset_app, split } => {
+            let mut evaluation = json!({});
+            if let Some(dataset) = dataset {
+                let Some(dataset_version) = dataset_version else {
+                    return Err(anyhow!("--dataset needs --dataset-version"));
+                };
+                evaluation["ground_truth_dataset"] = json!({
+                    "id": dataset, "version": {"id": dataset_version}, "app_id": dataset_app.unwrap_or_default(),
+                });
+            }
+            if let Some(split) = split {
+                evaluation["split"] = json!(split);
+            }
+            let base = c.app_path(&format!("/models/{model}/versions/{version}/evaluations"))?;
+            let body = c.post(&base, &json!({"eval_metrics": [evaluation]})).await?;
+            let id = body["eval_metrics"]["id"].as_str().unwrap_or("").to_string();
+            let done = training::follow_evaluation(c, &format!("{base}/{id}"), !out.json).await?;
+            if out.json {
+                return out.print_json(&done);
+            }
+            let e = &done["eval_metrics"];
+            println!(
+                "evaluation {id}: {} ({})  {}",
+                e["status"]["description"].as_str().unwrap_or(""),
+                e["status"]["code"],
+                e["status"]["details"].as_str().unwrap_or("")
+            );
+            if e["status"]["code"] != 21301 {
+                return Err(anyhow!("the evaluation did not finish"));
+            }
+            training::print_evaluation("Evaluation", &e["metrics"]);
+            Ok(())
+        }
+        ModelsCmd::Thresholds { model, version, strategy, target, evaluation, set } => {
+            let mut concepts = serde_json::Map::new();
+            for arg in &set {
+                let (name, value) = training::param_arg(arg)?;
+                concepts.insert(name, value);
+            }
+            let request = json!({
+                "strategy": strategy, "target": target, "evaluation_id": evaluation.unwrap_or_default(), "concepts": concepts,
+            });
+            let body =
+                c.post(&c.app_path(&format!("/models/{model}/versions/{version}/thresholds"))?, &request).await?;
+            if out.json {
+                return out.print_json(&body);
+            }
+            for (concept, threshold) in
+                body["model_version"]["thresholds"]["concepts"].as_object().into_iter().flatten()
+            {
+                println!("{concept:<20} {:.4}", threshold.as_f64().unwrap_or(0.0));
+            }
+            Ok(())
+        }
+        ModelsCmd::Leaderboard { model, metric } => {
+            let path = match &model {
+                Some(m) => c.app_path(&format!("/models/{m}/leaderboard"))?,
+                None => c.app_path("/leaderboard")?,
+            };
+            let body = c.get(&path, &[("metric", metric.clone())]).await?;
+            if out.json {
+                return out.print_json(&body);
+            }
+            for board in body["leaderboards"].as_array().into_iter().flatten() {
+                let d = &board["ground_truth_dataset"];
+                println!(
+                    "On {}/{}/{} ({} split), by {metric}:",
+                    d["app_id"].as_str().unwrap_or(""),
+                    d["id"].as_str().unwrap_or(""),
+                    d["version"]["id"].as_str().unwrap_or(""),
+                    board["split"].as_str().unwrap_or("")
+                );
+                for e in board["entries"].as_array().into_iter().flatten() {
+                    println!(
+                        "  {:>3}. {:<20} {:<34} {:>8}  {}",
+                        e["rank"],
+                        e["model_id"].as_str().unwrap_or(""),
+                        e["model_version_id"].as_str().unwrap_or(""),
+                        e["value"].as_f64().map(|v| format!("{v:.4}")).unwrap_or_else(|| "-".into()),
+                        e["lineage"]["template"].as_str().unwrap_or("")
+                    );
+                }
+            }
+            Ok(())
+        }
         ModelsCmd::Versions { model } => {
             let body = c.get(&c.app_path(&format!("/models/{model}/versions"))?, &[]).await?;
             if out.json {

@@ -155,16 +155,43 @@ pub async fn print_log(c: &Client, model: &str, version: &str, follow: bool) -> 
     }
 }
 
+/// Polls an evaluation until it has finished; returns the response.
+pub async fn follow_evaluation(c: &Client, path: &str, show: bool) -> anyhow::Result<Value> {
+    let spinner = if show { ProgressBar::new_spinner() } else { ProgressBar::hidden() };
+    spinner.enable_steady_tick(Duration::from_millis(120));
+    loop {
+        let body = c.get(path, &[]).await?;
+        let status = &body["eval_metrics"]["status"];
+        spinner.set_message(format!("evaluating: {}", status["details"].as_str().unwrap_or("queued")));
+        if !matches!(status["code"].as_u64(), Some(21310 | 21300)) {
+            spinner.finish_and_clear();
+            return Ok(body);
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
 /// Prints the headline metrics of a trained version's evaluation.
 pub fn print_metrics(version: &Value) {
-    let m = &version["metrics"];
+    print_evaluation("Validation", &version["metrics"]);
+    if let Some(actual) = version["training_time"]["actual_seconds"].as_f64() {
+        let estimated = version["training_time"]["estimated_seconds"].as_f64();
+        match estimated {
+            Some(e) => println!("Training took {} (estimated {}).", duration_text(actual), duration_text(e)),
+            None => println!("Training took {}.", duration_text(actual)),
+        }
+    }
+}
+
+/// Prints an evaluation's summary and per-concept metrics.
+pub fn print_evaluation(label: &str, m: &Value) {
     let s = &m["summary"];
     if s.is_null() {
         return;
     }
     let pct = |v: &Value| v.as_f64().map(|x| format!("{:.1}%", x * 100.0)).unwrap_or_else(|| "-".into());
     println!(
-        "Validation: accuracy {}  top-5 {}  macro F1 {}  macro ROC AUC {}",
+        "{label}: accuracy {}  top-5 {}  macro F1 {}  macro ROC AUC {}",
         pct(&s["top1_accuracy"]),
         pct(&s["top5_accuracy"]),
         pct(&s["macro_f1"]),
@@ -182,13 +209,6 @@ pub fn print_metrics(version: &Value) {
                 pct(&c["f1"]),
                 c["positives"].as_u64().map(|n| n.to_string()).unwrap_or_default()
             );
-        }
-    }
-    if let Some(actual) = version["training_time"]["actual_seconds"].as_f64() {
-        let estimated = version["training_time"]["estimated_seconds"].as_f64();
-        match estimated {
-            Some(e) => println!("Training took {} (estimated {}).", duration_text(actual), duration_text(e)),
-            None => println!("Training took {}.", duration_text(actual)),
         }
     }
 }

@@ -951,6 +951,33 @@ fn the_cli_estimates_trains_with_a_progress_bar_shows_the_log_and_predicts() {
     assert!(out.contains("notes.png  failed:") && out.contains("1 of 2 image(s) could not be predicted"), "{out}");
     let json = server.run(&["--app", "shop", "--json", "predict", "m", single.to_str().unwrap()]).json();
     assert_eq!(json["outputs"][0]["data"]["concepts"].as_array().unwrap().len(), 2, "{json}");
+
+    // Evaluate (waits for the worker), thresholds, leaderboard.
+    let evaluated = server.run(&["--app", "shop", "models", "evaluate", "m", &version]);
+    let out = evaluated.ok();
+    assert!(
+        out.contains("Model is evaluated (21301)") && out.contains("Evaluation: accuracy"),
+        "{}",
+        evaluated.describe()
+    );
+    assert!(out.contains("trouser") && out.contains("sneaker"), "{out}");
+    let set = server.run(&[
+        "--app",
+        "shop",
+        "models",
+        "thresholds",
+        "m",
+        &version,
+        "--strategy",
+        "manual",
+        "--set",
+        "trouser=0.6",
+    ]);
+    assert_eq!(set.ok().trim(), "trouser              0.6000", "{}", set.describe());
+    let board = server.run(&["--app", "shop", "models", "leaderboard", "m"]);
+    let out = board.ok();
+    assert!(out.contains("On shop/ds/v1 (validation split), by top1_accuracy:"), "{}", board.describe());
+    assert!(out.contains(&format!("  1. m")) && out.contains(&version) && out.contains("EfficientNet_Lite0"), "{out}");
 }
 
 #[test]
