@@ -977,7 +977,7 @@ fn the_cli_estimates_trains_with_a_progress_bar_shows_the_log_and_predicts() {
     let board = server.run(&["--app", "shop", "models", "leaderboard", "m"]);
     let out = board.ok();
     assert!(out.contains("On shop/ds/v1 (validation split), by top1_accuracy:"), "{}", board.describe());
-    assert!(out.contains(&format!("  1. m")) && out.contains(&version) && out.contains("EfficientNet_Lite0"), "{out}");
+    assert!(out.contains("  1. m") && out.contains(&version) && out.contains("EfficientNet_Lite0"), "{out}");
 }
 
 #[test]

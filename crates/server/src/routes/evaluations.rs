@@ -402,7 +402,7 @@ async fn leaderboards(
             entry.rank = i + 1;
         }
     }
-    boards.sort_by(|a, b| b.entries.len().cmp(&a.entries.len()));
+    boards.sort_by_key(|b| std::cmp::Reverse(b.entries.len()));
     Ok(MultiLeaderboardResponse { status: Status::ok(), leaderboards: boards })
 }
 
