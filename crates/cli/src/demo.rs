@@ -229,6 +229,7 @@ async fn walkthrough(
                 template: TEMPLATE.into(),
                 exclusive: true,
                 params,
+                resume_from: None,
             }
             .request()?;
             training::print_estimate(&training::estimate(c, MODEL, &request).await?);

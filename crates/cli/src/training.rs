@@ -29,6 +29,10 @@ pub struct TrainArgs {
     /// Hyperparameters as name=value (repeatable), e.g. --param num_epochs=5.
     #[arg(long = "param")]
     pub params: Vec<String>,
+    /// Continue from this trained version of the model (its weights instead of the template's
+    /// pretrained ones; new data or more epochs, with the schedule planned over num_epochs).
+    #[arg(long = "resume-from")]
+    pub resume_from: Option<String>,
 }
 
 /// `name=value`, the value as JSON when it parses (numbers, booleans), else as a string.
@@ -50,8 +54,12 @@ impl TrainArgs {
             train_params.insert(name, value);
         }
         let concepts: Vec<Value> = self.concepts.iter().map(|id| json!({"id": id})).collect();
+        let mut train_info = json!({"params": train_params});
+        if let Some(version) = &self.resume_from {
+            train_info["resume_from_model"] = json!({"id": self.model, "model_version": {"id": version}});
+        }
         Ok(json!({"model_versions": [{
-            "train_info": {"params": train_params},
+            "train_info": train_info,
             "output_info": {"data": {"concepts": concepts}, "output_config": {"concepts_mutually_exclusive": self.exclusive}},
         }]}))
     }

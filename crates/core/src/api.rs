@@ -575,6 +575,20 @@ pub struct TrainInfo {
     #[serde(default)]
     #[schema(value_type = Object)]
     pub params: serde_json::Map<String, Value>,
+    /// Continue training from this trained version's weights (Clarifai's field) instead of the
+    /// template's pretrained weights: on new data, or for more epochs with a learning-rate
+    /// schedule planned anew over `num_epochs`. With the same concepts the classification head
+    /// carries over too; with others it starts fresh.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resume_from_model: Option<ResumeFromModel>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ResumeFromModel {
+    /// The model (default: the one being trained).
+    #[serde(default)]
+    pub id: String,
+    pub model_version: OutputModelVersion,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]

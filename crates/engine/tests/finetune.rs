@@ -107,6 +107,7 @@ fn efficientnet_lite0_fine_tunes_on_fashion_mnist() {
         validation: Some(validation_set.clone()),
         checkpoints: dir.path().join("checkpoints"),
         pretrained: Some(lite0_weights()),
+        pretrained_head: false,
         stop_after_steps: None,
     };
     let TrainOutcome::Finished { model, cursor } = train(run, &sink, &CancelToken::new()).unwrap() else {

@@ -131,6 +131,7 @@ pub fn run(
         validation: Some(Stripes::new(4, false)),
         checkpoints: dir.to_path_buf(),
         pretrained: None,
+        pretrained_head: false,
         stop_after_steps: stop_after,
     };
     train(run, sink, cancel).unwrap()

@@ -755,3 +755,77 @@ async fn evaluations_thresholds_and_leaderboards() {
     let (status, body) = s.get("/v2/users/me/apps/a/leaderboard?metric=vibes").await;
     assert_eq!(status, 400, "{body}");
 }
+
+/// The tensors of a trained version's weights file.
+fn weights_of(s: &TestServer, version: &str) -> deeptune_weights::StateDict {
+    deeptune_weights::load_file(&s.data_dir().join("models").join(version).join("weights.safetensors")).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_version_continues_from_an_earlier_ones_weights() {
+    let s = TestServer::start().await;
+    fashion_dataset(&s).await;
+    let v1 = small_trained_version(&s).await;
+    // A learning rate of 0: whatever the new run starts from, it ends with.
+    let request = |concepts: &[&str], from: &str| {
+        let mut r = train_request(
+            json!({"template": "EfficientNet_Lite0", "dataset_id": "ds", "dataset_version_id": "v1",
+                   "image_size": 32, "batch_size": 8, "num_epochs": 1, "per_item_lrate": 0.0, "per_item_min_lrate": 0.0}),
+            concepts,
+        );
+        r["model_versions"][0]["train_info"]["resume_from_model"] = json!({"model_version": {"id": from}});
+        r
+    };
+    // Same concepts: everything carries over, the head included (no ImageNet weights needed).
+    let (status, body) = s.post(CLOTHES, request(&["trouser", "sneaker"], &v1)).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["model_version"]["train_info"]["resume_from_model"]["model_version"]["id"], v1.as_str());
+    let v2 = body["model_version"]["id"].as_str().unwrap().to_string();
+    assert_eq!(wait_final(&s, &v2).await["status"]["code"], 21100);
+    let (before, after) = (weights_of(&s, &v1), weights_of(&s, &v2));
+    let mut compared = 0;
+    for key in before.keys() {
+        if key.contains("running_") || key.contains("num_batches") {
+            continue; // BatchNorm statistics move with any training pass
+        }
+        assert_eq!(before.get(key).unwrap().values, after.get(key).unwrap().values, "{key}");
+        compared += 1;
+    }
+    assert!(compared > 50 && before.get("_fc.weight").is_some());
+    let (_, log) = s.get(&format!("{CLOTHES}/{v2}/log")).await;
+    assert!(log.to_string().contains("its classification head included"), "{log}");
+
+    // Other concepts (here: another order): the backbone carries over, the head starts fresh.
+    let (_, body) = s.post(CLOTHES, request(&["sneaker", "trouser"], &v1)).await;
+    let v3 = body["model_version"]["id"].as_str().unwrap().to_string();
+    assert_eq!(wait_final(&s, &v3).await["status"]["code"], 21100);
+    let fresh = weights_of(&s, &v3);
+    assert_eq!(before.get("_conv_stem.weight").unwrap().values, fresh.get("_conv_stem.weight").unwrap().values);
+    assert_ne!(before.get("_fc.weight").unwrap().values, fresh.get("_fc.weight").unwrap().values);
+
+    // What can't be continued from is refused before queuing.
+    let (_, running) = s
+        .post(
+            CLOTHES,
+            train_request(
+                json!({"template": "EfficientNet_Lite0", "dataset_id": "ds", "dataset_version_id": "v1",
+                       "pretrained_weights": "None", "image_size": 32, "num_epochs": 500}),
+                &["trouser", "sneaker"],
+            ),
+        )
+        .await;
+    let running = running["model_version"]["id"].as_str().unwrap().to_string();
+    let mut resnet = request(&["trouser", "sneaker"], &v1);
+    resnet["model_versions"][0]["train_info"]["params"]["template"] = json!("ResNet18");
+    for (bad, why) in [
+        (request(&["trouser", "sneaker"], &running), "is not trained"),
+        (request(&["trouser", "sneaker"], "nope"), "has no version"),
+        (resnet, "efficientnet_lite0"),
+    ] {
+        let (status, body) = s.post(CLOTHES, bad).await;
+        assert_eq!((status, code(&body)), (400, 21202), "{body}");
+        let details = body["status"]["details"].as_str().unwrap();
+        assert!(details.contains("train_info.resume_from_model") && details.contains(why), "{why}: {details}");
+    }
+    s.post(&format!("{CLOTHES}/{running}/cancel"), json!({})).await;
+}

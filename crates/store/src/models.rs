@@ -84,7 +84,10 @@ fn version_from_row(row: &sqlx::sqlite::SqliteRow) -> ModelVersion {
         id: row.get("id"),
         model_id: row.get("model_id"),
         status: Some(Status::new(code, row.get::<String, _>("status_details"))),
-        train_info: TrainInfo { params },
+        train_info: TrainInfo {
+            resume_from_model: params.remove("resume_from_model").and_then(|v| serde_json::from_value(v).ok()),
+            params,
+        },
         output_info: OutputInfo {
             data: Data {
                 concepts: concepts

@@ -579,14 +579,29 @@ impl Worker {
             .await;
         log.info("estimate", &format!("estimated duration {:.0} s", estimate.seconds), Some(estimate.breakdown)).await;
 
-        let pretrained = if text(params, "pretrained_weights") == "ImageNet-1k" {
-            Some(
+        let resume_from = version.train_info.resume_from_model.as_ref().map(|r| r.model_version.id.clone());
+        let (pretrained, pretrained_head) = if let Some(source) = &resume_from {
+            // Continuing an earlier version: its trained weights; its head too when it predicts
+            // exactly these concepts.
+            let dir = self.models_dir().join(source);
+            let manifest: Option<Manifest> =
+                std::fs::read(dir.join(artifact::MANIFEST_FILE)).ok().and_then(|b| serde_json::from_slice(&b).ok());
+            let Some(manifest) = manifest else {
+                return Err(("set-up", format!("the trained model of version {source} is gone")));
+            };
+            let same_concepts = manifest.concepts == concepts;
+            let head =
+                if same_concepts { "its classification head included" } else { "with a new head for these concepts" };
+            log.info("message", &format!("continuing from version {source}, {head}"), None).await;
+            (Some(dir.join(artifact::WEIGHTS_FILE)), same_concepts)
+        } else if text(params, "pretrained_weights") == "ImageNet-1k" {
+            let path =
                 crate::pretrained::ensure_pretrained(&self.data_dir, text(params, "template"), self.fetch_weights)
                     .await
-                    .map_err(|e| ("pretrained weights", e.to_string()))?,
-            )
+                    .map_err(|e| ("pretrained weights", e.to_string()))?;
+            (Some(path), false)
         } else {
-            None
+            (None, false)
         };
         let source = |items| BlobSource {
             items,
@@ -624,6 +639,7 @@ impl Worker {
             validation: (!validation_source.is_empty()).then(|| validation_source.clone()),
             checkpoints: run_dir.join("checkpoints"),
             pretrained,
+            pretrained_head,
             stop_after_steps: None,
         };
         let sink = reporter.clone();

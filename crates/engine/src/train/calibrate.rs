@@ -84,6 +84,7 @@ pub fn calibrate(config: &TrainConfig, timed_steps: usize) -> Result<Option<Cali
         validation: None,
         checkpoints: scratch.join("checkpoints"),
         pretrained: None,
+        pretrained_head: false,
         stop_after_steps: Some(timed_steps as u64 + 1),
     };
     let times = StepTimes(Mutex::new(Vec::new()));

@@ -173,6 +173,9 @@ pub struct TrainRun {
     pub checkpoints: PathBuf,
     /// Pretrained weights for the backbone (the head is always fresh).
     pub pretrained: Option<PathBuf>,
+    /// Load the checkpoint's classification head too: continuing a trained model on the same
+    /// concepts (its head has exactly this run's outputs).
+    pub pretrained_head: bool,
     /// Stop (as a crash would) after this many optimizer steps, right after checkpointing.
     pub stop_after_steps: Option<u64>,
 }
@@ -427,7 +430,11 @@ fn train_exclusive(run: TrainRun, sink: &dyn ProgressSink, cancel: &CancelToken)
         }
         None => {
             if let Some(path) = &run.pretrained {
-                let (loaded, report) = load_backbone(model, path)?;
+                let (loaded, report) = if run.pretrained_head {
+                    crate::pretrained::load_checkpoint(model, path, &crate::torch::KeysAllowedToDiffer::none())?
+                } else {
+                    load_backbone(model, path)?
+                };
                 sink.on_message(&format!("loaded {} pretrained tensors from {}", report.loaded, path.display()));
                 model = loaded;
             }

@@ -346,6 +346,7 @@ fn lineage(state: &AppState, version: &ModelVersion) -> Value {
         "params": version.train_info.params,
         "training_dataset": {"id": param(version, "dataset_id"), "version": {"id": param(version, "dataset_version_id")}},
         "seed": version.train_info.params.get("seed"),
+        "resumed_from": version.train_info.resume_from_model,
         "data_hash": manifest["dataset_hash"],
         "engine_version": manifest["engine_version"],
         "created_at": version.created_at,

