@@ -841,6 +841,102 @@ pub struct MultiLeaderboardResponse {
     pub leaderboards: Vec<Leaderboard>,
 }
 
+/// A graph of models and operators run on each input (Clarifai's Workflow).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+pub struct Workflow {
+    #[serde(default)]
+    pub id: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub app_id: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub description: String,
+    /// In order: a node's inputs are earlier nodes.
+    #[serde(default)]
+    pub nodes: Vec<WorkflowNode>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_at: Option<String>,
+}
+
+/// A model (run on the workflow's input image) or an operator (run on an earlier node's output).
+/// A node with `node_inputs` runs only for the inputs where all of them passed: a model node
+/// passes when it ran, a `concept_filter` when one of its concepts reached its threshold.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+pub struct WorkflowNode {
+    pub id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<WorkflowModel>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub operator: Option<WorkflowOperator>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub node_inputs: Vec<NodeInput>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+pub struct WorkflowModel {
+    pub id: String,
+    /// A pinned version (default: the newest trained one at run time).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model_version: Option<OutputModelVersion>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+pub struct WorkflowOperator {
+    /// `concept_filter`: passes the concepts of its input node whose value reaches their
+    /// threshold (`value`, else the version's stored threshold, else 0.5).
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[serde(default)]
+    pub concepts: Vec<Concept>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+pub struct NodeInput {
+    pub node_id: String,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+pub struct PostWorkflowsRequest {
+    #[serde(default)]
+    pub user_app_id: Option<UserAppId>,
+    pub workflows: Vec<Workflow>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct SingleWorkflowResponse {
+    pub status: Status,
+    pub workflow: Workflow,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct MultiWorkflowResponse {
+    pub status: Status,
+    pub workflows: Vec<Workflow>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+pub struct PostWorkflowResultsRequest {
+    #[serde(default)]
+    pub user_app_id: Option<UserAppId>,
+    /// Up to 32, each by url, base64 or the id of a stored input.
+    pub inputs: Vec<Input>,
+}
+
+/// Every node's output for one input.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct WorkflowResult {
+    pub id: String,
+    pub status: Status,
+    pub input: Input,
+    pub outputs: Vec<Output>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct PostWorkflowResultsResponse {
+    pub status: Status,
+    pub workflow: Workflow,
+    pub results: Vec<WorkflowResult>,
+}
+
 /// Clarifai's PostModelOutputs: predict concepts for up to 128 images.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 pub struct PostModelOutputsRequest {
@@ -904,6 +1000,9 @@ pub struct Output {
     pub created_at: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub model: Option<OutputModel>,
+    /// In workflow results: the node that made it.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub node_id: String,
     pub input: Input,
     /// `concepts`: every concept with its probability (`value`), highest first.
     pub data: Data,

@@ -18,6 +18,7 @@ impl ApiError {
         let code = match kind {
             "input" => StatusCode::INPUT_DOES_NOT_EXIST,
             "model" => StatusCode::MODEL_DOES_NOT_EXIST,
+            "workflow" => StatusCode::WORKFLOW_DOES_NOT_EXIST,
             _ => StatusCode::CONN_DOES_NOT_EXIST,
         };
         ApiError::new(code, format!("{kind} {id:?} does not exist"))

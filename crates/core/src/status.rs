@@ -65,6 +65,11 @@ status_codes! {
     MODEL_INVALID_ARGUMENT = 21202, 400, "Invalid model argument";
     JOB_CANCELLED = 64004, 200, "Canceled";
 
+    WORKFLOW_NO_MATCHING_INPUT = 43001, 200, "Skipped: the node's inputs did not pass";
+    WORKFLOW_DOES_NOT_EXIST = 43005, 404, "Workflow does not exist";
+    WORKFLOW_INVALID_ARGUMENT = 43007, 400, "Invalid workflow";
+    WORKFLOW_INVALID_GRAPH = 43010, 400, "Invalid workflow graph";
+
     ANNOTATION_INVALID_ARGUMENT = 24155, 400, "Invalid annotation";
 
     METADATA_PARSING_ISSUE = 24901, 400, "Metadata could not be parsed";

@@ -84,6 +84,9 @@ has_status!(
     SingleEvalMetricsResponse,
     MultiEvalMetricsResponse,
     MultiLeaderboardResponse,
+    SingleWorkflowResponse,
+    MultiWorkflowResponse,
+    PostWorkflowResultsResponse,
 );
 
 impl<T: Serialize + HasStatus> IntoResponse for Reply<T> {

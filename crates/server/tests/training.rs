@@ -397,10 +397,24 @@ async fn small_trained_version(s: &TestServer) -> String {
 }
 
 async fn small_trained_version_with(s: &TestServer, epochs: u32, seed: u32) -> String {
-    let params = json!({
-        "template": "EfficientNet_Lite0", "dataset_id": "ds", "dataset_version_id": "v1", "pretrained_weights": "None",
-        "image_size": 32, "batch_size": 8, "num_epochs": epochs, "seed": seed,
+    trained_version(s, json!({"pretrained_weights": "None", "image_size": 32, "num_epochs": epochs, "seed": seed}))
+        .await
+}
+
+/// Fine-tuned from the ImageNet weights (at 64 px): a model whose outputs depend on the image.
+async fn pretrained_version(s: &TestServer, epochs: u32, seed: u32) -> String {
+    seed_weights_cache(s);
+    trained_version(s, json!({"image_size": 64, "num_epochs": epochs, "seed": seed, "per_item_lrate": 1e-4})).await
+}
+
+async fn trained_version(s: &TestServer, extra: Value) -> String {
+    let mut params = json!({
+        "template": "EfficientNet_Lite0", "dataset_id": "ds", "dataset_version_id": "v1", "batch_size": 8,
+        "rand_augment_magnitude": 0,
     });
+    for (k, v) in extra.as_object().unwrap() {
+        params[k] = v.clone();
+    }
     let (_, body) = s.post(CLOTHES, train_request(params, &["trouser", "sneaker"])).await;
     let id = body["model_version"]["id"].as_str().unwrap().to_string();
     assert_eq!(wait_final(s, &id).await["status"]["code"], 21100);
@@ -828,4 +842,118 @@ async fn a_new_version_continues_from_an_earlier_ones_weights() {
         assert!(details.contains("train_info.resume_from_model") && details.contains(why), "{why}: {details}");
     }
     s.post(&format!("{CLOTHES}/{running}/cancel"), json!({})).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workflows_chain_models_and_filters_and_report_every_node() {
+    let s = TestServer::start().await;
+    fashion_dataset(&s).await;
+    let first = pretrained_version(&s, 2, 3).await;
+    let second = pretrained_version(&s, 1, 4).await;
+    let images: Vec<Vec<u8>> = sample_images("trouser", 2).into_iter().chain(sample_images("sneaker", 2)).collect();
+    // A threshold between the lowest and highest sneaker probability, so both branches happen.
+    let (_, predicted) = s
+        .post(
+            &format!("{CLOTHES}/{first}/outputs"),
+            json!({"inputs": images.iter().map(|b| image_input(b)).collect::<Vec<_>>()}),
+        )
+        .await;
+    let sneaker: Vec<f64> = predicted["outputs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| {
+            o["data"]["concepts"].as_array().unwrap().iter().find(|c| c["id"] == "sneaker").unwrap()["value"]
+                .as_f64()
+                .unwrap()
+        })
+        .collect();
+    let (low, high) = sneaker.iter().fold((f64::MAX, f64::MIN), |(l, h), v| (l.min(*v), h.max(*v)));
+    assert!(high > low, "the images get different probabilities: {sneaker:?}");
+    let threshold = (low + high) / 2.0;
+
+    let workflow = json!({"workflows": [{"id": "shoes", "nodes": [
+        {"id": "clothes", "model": {"id": "clothes", "model_version": {"id": first}}},
+        {"id": "is-sneaker", "operator": {"type": "concept_filter", "concepts": [{"id": "sneaker", "value": threshold}]},
+         "node_inputs": [{"node_id": "clothes"}]},
+        {"id": "second-opinion", "model": {"id": "clothes", "model_version": {"id": second}},
+         "node_inputs": [{"node_id": "is-sneaker"}]},
+    ]}]});
+    let (status, body) = s.post("/v2/users/me/apps/a/workflows", workflow.clone()).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["workflow"]["nodes"].as_array().unwrap().len(), 3);
+    let (status, body) = s.post("/v2/users/me/apps/a/workflows", workflow).await;
+    assert_eq!(status, 409, "{body}");
+
+    let mut inputs: Vec<Value> = images.iter().map(|b| image_input(b)).collect();
+    inputs.push(json!({"id": "broken", "data": {"image": {"base64": b64(b"not an image")}}}));
+    let (status, body) = s.post("/v2/users/me/apps/a/workflows/shoes/results", json!({"inputs": inputs})).await;
+    assert_eq!((status, code(&body)), (207, 10010), "{body}");
+    let results = body["results"].as_array().unwrap();
+    assert_eq!(results.len(), 5);
+    let (mut passed, mut blocked) = (0, 0);
+    for (i, result) in results[..4].iter().enumerate() {
+        assert_eq!(result["status"]["code"], 10000, "{result}");
+        let outputs = result["outputs"].as_array().unwrap();
+        let nodes: Vec<&str> = outputs.iter().map(|o| o["node_id"].as_str().unwrap()).collect();
+        assert_eq!(nodes, ["clothes", "is-sneaker", "second-opinion"]);
+        assert_eq!(outputs[0]["model"]["model_version"]["id"], first.as_str());
+        assert_eq!(outputs[0]["data"]["concepts"].as_array().unwrap().len(), 2);
+        if sneaker[i] >= threshold {
+            passed += 1;
+            assert_eq!(outputs[1]["status"]["code"], 10000, "{result}");
+            let kept: Vec<&str> =
+                outputs[1]["data"]["concepts"].as_array().unwrap().iter().map(|c| c["id"].as_str().unwrap()).collect();
+            assert_eq!(kept, ["sneaker"]);
+            assert_eq!(outputs[2]["status"]["code"], 10000, "{result}");
+            assert_eq!(outputs[2]["model"]["model_version"]["id"], second.as_str());
+            assert_eq!(outputs[2]["data"]["concepts"].as_array().unwrap().len(), 2);
+        } else {
+            blocked += 1;
+            assert_eq!(outputs[1]["status"]["code"], 43001, "{result}");
+            assert_eq!(outputs[2]["status"]["code"], 43001, "{result}");
+            assert!(outputs[2]["status"]["details"].as_str().unwrap().contains("is-sneaker"), "{result}");
+        }
+    }
+    assert!(passed > 0 && blocked > 0);
+    assert_eq!(results[4]["status"]["code"], 30101, "{}", results[4]);
+
+    // Bad graphs and references are refused, each named.
+    let cases = [
+        (
+            json!([{"id": "f", "operator": {"type": "concept_filter", "concepts": [{"id": "sneaker"}]}, "node_inputs": [{"node_id": "later"}]},
+                {"id": "later", "model": {"id": "clothes"}}]),
+            43010,
+            "not an earlier node",
+        ),
+        (json!([{"id": "m", "model": {"id": "no-such-model"}}]), 43007, "no-such-model"),
+        (json!([{"id": "m", "model": {"id": "clothes", "model_version": {"id": "nope"}}}]), 43007, "no version"),
+        (
+            json!([{"id": "m", "model": {"id": "clothes"}}, {"id": "f", "operator": {"type": "vibes", "concepts": [{"id": "x"}]}, "node_inputs": [{"node_id": "m"}]}]),
+            43007,
+            "concept_filter",
+        ),
+        (
+            json!([{"id": "m", "model": {"id": "clothes"}}, {"id": "m", "model": {"id": "clothes"}}]),
+            43007,
+            "used twice",
+        ),
+        (json!([{"id": "m"}]), 43007, "either a model or an operator"),
+        (json!([]), 43007, "nodes"),
+    ];
+    for (nodes, wanted, mentions) in cases {
+        let (status, body) =
+            s.post("/v2/users/me/apps/a/workflows", json!({"workflows": [{"id": "bad", "nodes": nodes}]})).await;
+        assert_eq!((status, code(&body)), (400, wanted), "{mentions}: {body}");
+        assert!(body["status"]["details"].as_str().unwrap().contains(mentions), "{mentions}: {body}");
+    }
+    let too_many: Vec<Value> = (0..33).map(|_| image_input(&images[0])).collect();
+    let (status, _) = s.post("/v2/users/me/apps/a/workflows/shoes/results", json!({"inputs": too_many})).await;
+    assert_eq!(status, 400);
+    let (_, list) = s.get("/v2/users/me/apps/a/workflows").await;
+    assert_eq!(list["workflows"].as_array().unwrap().len(), 1);
+    let (status, _) = s.call(reqwest::Method::DELETE, "/v2/users/me/apps/a/workflows/shoes", None).await;
+    assert_eq!(status, 200);
+    let (status, body) = s.get("/v2/users/me/apps/a/workflows/shoes").await;
+    assert_eq!((status, code(&body)), (404, 43005));
 }

@@ -10,6 +10,7 @@ pub mod jobs;
 mod models;
 mod throughput;
 mod tokens;
+mod workflows;
 
 use std::path::Path;
 use std::str::FromStr;

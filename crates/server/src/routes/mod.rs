@@ -10,6 +10,7 @@ pub mod inputs;
 pub mod keys;
 pub mod models;
 pub mod outputs;
+pub mod workflows;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
@@ -96,6 +97,9 @@ pub fn api_router() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(evaluations::post_thresholds))
         .routes(routes!(evaluations::model_leaderboard))
         .routes(routes!(evaluations::app_leaderboard))
+        .routes(routes!(workflows::post_workflows, workflows::list_workflows))
+        .routes(routes!(workflows::get_workflow, workflows::delete_workflow))
+        .routes(routes!(workflows::post_workflow_results))
         .split_for_parts()
 }
 

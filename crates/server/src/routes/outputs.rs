@@ -22,7 +22,7 @@ use super::models::{ModelPath, VersionPath};
 use super::{AppPath, app_for, batch_status, check_user_app_id};
 use crate::auth::Caller;
 use crate::error::{HttpError, Json, PathParams, Reply};
-use crate::predict::PredictError;
+use crate::predict::{LoadedModel, PredictError};
 use crate::state::AppState;
 
 const MODEL_OUTPUTS: &str = "/v2/users/{user_id}/apps/{app_id}/models/{model_id}/outputs";
@@ -88,7 +88,11 @@ pub async fn post_model_version_outputs(
 }
 
 /// The newest version of a model that finished training.
-async fn newest_trained(state: &AppState, app: &AppRecord, model_id: &str) -> Result<ModelVersion, ApiError> {
+pub(crate) async fn newest_trained(
+    state: &AppState,
+    app: &AppRecord,
+    model_id: &str,
+) -> Result<ModelVersion, ApiError> {
     let mut offset = 0;
     loop {
         let page = state.store.list_model_versions(app, model_id, 100, offset).await?;
@@ -135,7 +139,7 @@ async fn input_bytes(state: &AppState, app: &AppRecord, input: &Input) -> Result
 
 /// Applies Clarifai's output_config (select_concepts, min_value, max_concepts) and marks each
 /// concept against its threshold, where one is set.
-fn shape_concepts(
+pub(crate) fn shape_concepts(
     prediction: Vec<(String, f32)>,
     config: &PredictConfig,
     thresholds: &BTreeMap<String, f32>,
@@ -176,11 +180,7 @@ async fn predict(
         .into());
     }
     let config = request.model.map(|m| m.output_info.output_config).unwrap_or_default();
-    let model = state
-        .models
-        .get(state.config.data_dir.join("models").join(&version.id))
-        .await
-        .map_err(|e| ApiError::internal(format!("cannot load model version {}: {e}", version.id)))?;
+    let model = load_version(state, version).await?;
     for (i, c) in config.select_concepts.iter().enumerate() {
         if !model.concepts.contains(&c.id) {
             return Err(ApiError::new(
@@ -204,23 +204,13 @@ async fn predict(
         }
     }
     let thresholds = super::evaluations::effective_thresholds(version, &config.thresholds);
-    let read: Vec<Result<Bytes, ApiError>> = futures::stream::iter(request.inputs.clone())
-        .map(|input| async move { input_bytes(state, app, &input).await })
-        .buffered(CONCURRENCY)
-        .collect()
-        .await;
-    let good: Vec<Bytes> = read.iter().filter_map(|r| r.as_ref().ok().cloned()).collect();
-    let mut predictions = if good.is_empty() {
-        Vec::new()
-    } else {
-        match model.predict(good).await {
-            Ok(p) => p,
-            Err(PredictError::Busy) => return Ok(busy()),
-            Err(e) => return Err(ApiError::internal(e.to_string()).into()),
-        }
-    }
-    .into_iter();
-    let created_at = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    let read = read_inputs(state, app, &request.inputs).await;
+    let mut predictions = match run_model(&model, &read).await {
+        Ok(p) => p.into_iter(),
+        Err(PredictError::Busy) => return Ok(busy()),
+        Err(e) => return Err(ApiError::internal(e.to_string()).into()),
+    };
+    let created_at = now();
     let made_by = OutputModel {
         id: model_id.to_string(),
         app_id: app.app.id.clone(),
@@ -231,25 +221,8 @@ async fn predict(
         .into_iter()
         .zip(read)
         .map(|(input, bytes)| {
-            let outcome = bytes.and_then(|_| {
-                predictions
-                    .next()
-                    .unwrap_or_else(|| Err("no prediction".into()))
-                    .map_err(|e| ApiError::new(StatusCode::INPUT_UNSUPPORTED_FORMAT, e))
-            });
-            let echoed = Input {
-                id: input.id.clone(),
-                data: Data {
-                    image: input
-                        .data
-                        .image
-                        .as_ref()
-                        .and_then(|i| i.url.clone())
-                        .map(|url| Image { url: Some(url), ..Default::default() }),
-                    ..Default::default()
-                },
-                ..Default::default()
-            };
+            let outcome = bytes.and_then(|_| predictions.next().unwrap_or_else(|| Err(no_prediction())));
+            let echoed = echo_input(&input);
             let (status, concepts) = match outcome {
                 Ok(prediction) => (Status::ok(), shape_concepts(prediction, &config, &thresholds, &app.app.id)),
                 Err(e) => (e.status(), Vec::new()),
@@ -259,6 +232,7 @@ async fn predict(
                 status,
                 created_at: Some(created_at.clone()),
                 model: Some(made_by.clone()),
+                node_id: String::new(),
                 input: echoed,
                 data: Data { concepts, ..Default::default() },
             }
@@ -269,8 +243,65 @@ async fn predict(
     Ok(Reply(MultiOutputResponse { status, outputs }).into_response())
 }
 
+pub(crate) fn now() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+fn no_prediction() -> ApiError {
+    ApiError::internal("no prediction came back for this input")
+}
+
+/// Reads every input of a request (a few at a time); each fails alone.
+pub(crate) async fn read_inputs(state: &AppState, app: &AppRecord, inputs: &[Input]) -> Vec<Result<Bytes, ApiError>> {
+    futures::stream::iter(inputs.to_vec())
+        .map(|input| async move { input_bytes(state, app, &input).await })
+        .buffered(CONCURRENCY)
+        .collect()
+        .await
+}
+
+/// Runs the model on the inputs that were read, in one queued request; a result per read input,
+/// in order (an image that fails to decode fails alone).
+pub(crate) async fn run_model(
+    model: &LoadedModel,
+    read: &[Result<Bytes, ApiError>],
+) -> Result<Vec<Result<Vec<(String, f32)>, ApiError>>, PredictError> {
+    let good: Vec<Bytes> = read.iter().filter_map(|r| r.as_ref().ok().cloned()).collect();
+    if good.is_empty() {
+        return Ok(Vec::new());
+    }
+    let out = model.predict(good).await?;
+    Ok(out.into_iter().map(|r| r.map_err(|e| ApiError::new(StatusCode::INPUT_UNSUPPORTED_FORMAT, e))).collect())
+}
+
+/// A trained version, loaded (or from the cache).
+pub(crate) async fn load_version(state: &AppState, version: &ModelVersion) -> Result<LoadedModel, ApiError> {
+    state
+        .models
+        .get(state.config.data_dir.join("models").join(&version.id))
+        .await
+        .map_err(|e| ApiError::internal(format!("cannot load model version {}: {e}", version.id)))
+}
+
+/// The request input as an output echoes it: its id, and its URL when it had one.
+pub(crate) fn echo_input(input: &Input) -> Input {
+    Input {
+        id: input.id.clone(),
+        data: Data {
+            image: input
+                .data
+                .image
+                .as_ref()
+                .and_then(|i| i.url.clone())
+                .map(|url| Image { url: Some(url), ..Default::default() }),
+            ..Default::default()
+        },
+        ..Default::default()
+    }
+}
+
 /// 503 with Retry-After: the model's queue is full.
-fn busy() -> Response {
+pub(crate) fn busy() -> Response {
     let error = ApiError::new(StatusCode::CONN_THROTTLED, PredictError::Busy.to_string());
     let mut response = HttpError(error).into_response();
     response.headers_mut().insert(axum::http::header::RETRY_AFTER, axum::http::HeaderValue::from(RETRY_AFTER_SECONDS));
