@@ -289,8 +289,8 @@ pub async fn post_workflow_results(
                     .unwrap_or_default(),
                 None => BTreeMap::new(),
             };
-            for i in 0..read.len() {
-                row.push(match &outcomes[source][i] {
+            for upstream in &outcomes[source] {
+                row.push(match upstream {
                     NodeOutcome::Passed(concepts) => {
                         let kept: Vec<(String, f32)> = concepts
                             .iter()
