@@ -6,6 +6,7 @@ mod import;
 mod output;
 mod predict;
 mod training;
+mod workflows;
 
 use std::path::PathBuf;
 
@@ -83,6 +84,9 @@ enum Command {
     Keys(KeysCmd),
     /// Predict concepts for image files, folders and URLs with a trained model.
     Predict(predict::PredictArgs),
+    /// Workflows: chains of models and concept filters.
+    #[command(subcommand)]
+    Workflows(workflows::WorkflowsCmd),
     /// The pretrained-weights cache of a local data directory.
     #[command(subcommand)]
     Weights(WeightsCmd),
@@ -527,6 +531,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Models(cmd) => models(&client, &out, cmd).await,
         Command::Keys(cmd) => keys(&client, &out, cmd).await,
         Command::Predict(args) => predict::run(&client, &out, args).await,
+        Command::Workflows(cmd) => workflows::run(&client, &out, cmd).await,
     }
 }
 

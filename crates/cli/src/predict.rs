@@ -49,7 +49,7 @@ fn folder_images(dir: &Path, out: &mut Vec<PathBuf>) -> anyhow::Result<()> {
 }
 
 /// (name shown, request input) for every source.
-fn inputs(sources: &[String]) -> anyhow::Result<Vec<(String, Value)>> {
+pub fn inputs(sources: &[String]) -> anyhow::Result<Vec<(String, Value)>> {
     let mut items = Vec::new();
     for source in sources {
         if source.starts_with("http://") || source.starts_with("https://") {

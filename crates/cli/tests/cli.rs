@@ -978,6 +978,24 @@ fn the_cli_estimates_trains_with_a_progress_bar_shows_the_log_and_predicts() {
     let out = board.ok();
     assert!(out.contains("On shop/ds/v1 (validation split), by top1_accuracy:"), "{}", board.describe());
     assert!(out.contains("  1. m") && out.contains(&version) && out.contains("EfficientNet_Lite0"), "{out}");
+
+    // A workflow from a JSON file, run on a file: every node's output.
+    let file = server.dir.path().join("workflow.json");
+    let workflow = serde_json::json!({"id": "wf", "nodes": [
+        {"id": "kind", "model": {"id": "m"}},
+        {"id": "any", "operator": {"type": "concept_filter", "concepts": [{"id": "trouser", "value": 0.0}]},
+         "node_inputs": [{"node_id": "kind"}]},
+    ]});
+    std::fs::write(&file, workflow.to_string()).unwrap();
+    server.run(&["--app", "shop", "workflows", "create", file.to_str().unwrap()]).ok();
+    let listed = server.run(&["--app", "shop", "workflows", "list"]).ok().to_string();
+    assert!(listed.contains("wf"), "{listed}");
+    let ran = server.run(&["--app", "shop", "workflows", "run", "wf", single.to_str().unwrap()]);
+    let out = ran.ok();
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 3, "{}", ran.describe());
+    assert!(lines[1].trim_start().starts_with("kind") && lines[2].trim_start().starts_with("any  "), "{out}");
+    assert!(lines[2].contains("trouser"), "a threshold of 0 lets trouser through: {out}");
 }
 
 #[test]
