@@ -937,6 +937,16 @@ pub struct PostWorkflowResultsResponse {
     pub results: Vec<WorkflowResult>,
 }
 
+/// A version's export: the file's size and sha256, the manifest to run it (input, preprocessing,
+/// outputs, concepts), the parity check against the engine, its own `status` (10020 when the
+/// exported model disagrees) and `download_url`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct SingleModelExportResponse {
+    pub status: Status,
+    #[schema(value_type = Object)]
+    pub export: Value,
+}
+
 /// Clarifai's PostModelOutputs: predict concepts for up to 128 images.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 pub struct PostModelOutputsRequest {

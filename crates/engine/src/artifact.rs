@@ -79,23 +79,38 @@ pub struct Predictor {
     device: Device,
 }
 
+/// The model and manifest of an artifact folder, in evaluation mode.
+pub fn load(dir: &Path) -> Result<(Classifier, Manifest), ArtifactError> {
+    let manifest_path = dir.join(MANIFEST_FILE);
+    let text = std::fs::read(&manifest_path)
+        .map_err(|source| ArtifactError::Io { path: manifest_path.display().to_string(), source })?;
+    let manifest: Manifest = serde_json::from_slice(&text)
+        .map_err(|e| ArtifactError::Manifest { path: manifest_path.display().to_string(), reason: e.to_string() })?;
+    let dict =
+        deeptune_weights::load_file(&dir.join(WEIGHTS_FILE)).map_err(|e| ArtifactError::Weights(e.to_string()))?;
+    let model = manifest.architecture.build(manifest.concepts.len(), &Device::flex());
+    let (model, _) = load_state_dict(model, &dict, &KeysAllowedToDiffer::none())
+        .map_err(|e| ArtifactError::Weights(e.to_string()))?;
+    Ok((model.valid(), manifest))
+}
+
 impl Predictor {
     pub fn load(dir: &Path) -> Result<Predictor, ArtifactError> {
-        let manifest_path = dir.join(MANIFEST_FILE);
-        let text = std::fs::read(&manifest_path)
-            .map_err(|source| ArtifactError::Io { path: manifest_path.display().to_string(), source })?;
-        let manifest: Manifest = serde_json::from_slice(&text).map_err(|e| ArtifactError::Manifest {
-            path: manifest_path.display().to_string(),
-            reason: e.to_string(),
-        })?;
-        let device = Device::flex();
-        let dict =
-            deeptune_weights::load_file(&dir.join(WEIGHTS_FILE)).map_err(|e| ArtifactError::Weights(e.to_string()))?;
-        let model = manifest.architecture.build(manifest.concepts.len(), &device);
-        let (model, _) = load_state_dict(model, &dict, &KeysAllowedToDiffer::none())
-            .map_err(|e| ArtifactError::Weights(e.to_string()))?;
+        let (model, manifest) = load(dir)?;
         let transform = EvalTransform::new(manifest.image_size, manifest.normalization);
-        Ok(Predictor { model: model.valid(), transform, device, manifest })
+        Ok(Predictor { model, transform, device: Device::flex(), manifest })
+    }
+
+    /// The model's input for an encoded image (`[3, size, size]`, normalised), or why not.
+    pub fn preprocess(&self, bytes: &[u8]) -> Result<Vec<f32>, String> {
+        decode_rgb(bytes).map(|image| self.transform.apply(&image)).map_err(|e| e.to_string())
+    }
+
+    /// Logits (`[n, concepts]`, row-major) for `n` preprocessed images.
+    pub fn logits(&self, pixels: Vec<f32>, n: usize) -> Vec<f32> {
+        let size = self.manifest.image_size;
+        let x = Tensor::<4>::from_data(TensorData::new(pixels, [n, 3, size, size]), &self.device);
+        self.model.forward(x).into_data().convert::<f32>().try_into_vec::<f32>().expect("f32 logits")
     }
 
     /// Predicts a batch of encoded images. A bad image fails alone (its `Err` names why); the

@@ -3,6 +3,7 @@
 
 pub mod artifact;
 pub mod data;
+pub mod export;
 pub mod metrics;
 pub mod models;
 pub mod nn;

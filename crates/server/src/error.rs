@@ -87,6 +87,7 @@ has_status!(
     SingleWorkflowResponse,
     MultiWorkflowResponse,
     PostWorkflowResultsResponse,
+    SingleModelExportResponse,
 );
 
 impl<T: Serialize + HasStatus> IntoResponse for Reply<T> {

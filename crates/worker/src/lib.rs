@@ -5,6 +5,7 @@
 
 pub mod estimate;
 mod evaluate;
+pub mod export;
 pub mod pretrained;
 mod run;
 

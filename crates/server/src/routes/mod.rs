@@ -6,6 +6,7 @@ pub mod apps;
 pub mod concepts;
 pub mod datasets;
 pub mod evaluations;
+pub mod exports;
 pub mod inputs;
 pub mod keys;
 pub mod models;
@@ -100,6 +101,8 @@ pub fn api_router() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(workflows::post_workflows, workflows::list_workflows))
         .routes(routes!(workflows::get_workflow, workflows::delete_workflow))
         .routes(routes!(workflows::post_workflow_results))
+        .routes(routes!(exports::post_export, exports::get_export))
+        .routes(routes!(exports::download_onnx))
         .split_for_parts()
 }
 
