@@ -151,6 +151,16 @@ impl Client {
 
     /// A download (not JSON): the body as text, or the server's error.
     pub async fn download(&self, path: &str, query: &[(&str, String)]) -> anyhow::Result<String> {
+        let bytes = self.download_raw(path, query).await?;
+        String::from_utf8(bytes).map_err(|e| anyhow!("the download is not text: {e}"))
+    }
+
+    /// A binary download, or the server's error.
+    pub async fn download_bytes(&self, path: &str) -> anyhow::Result<Vec<u8>> {
+        self.download_raw(path, &[]).await
+    }
+
+    async fn download_raw(&self, path: &str, query: &[(&str, String)]) -> anyhow::Result<Vec<u8>> {
         let response = self
             .request(reqwest::Method::GET, path)
             .query(query)
@@ -158,7 +168,7 @@ impl Client {
             .await
             .with_context(|| format!("cannot reach the deeptune server at {}", self.server))?;
         if response.status().is_success() {
-            return Ok(response.text().await?);
+            return Ok(response.bytes().await?.to_vec());
         }
         let http = response.status().as_u16();
         let body: Value = serde_json::from_str(&response.text().await?).unwrap_or(Value::Null);

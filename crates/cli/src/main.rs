@@ -210,6 +210,14 @@ enum ModelsCmd {
         #[arg(long, default_value = "top1_accuracy")]
         metric: String,
     },
+    /// Export a trained version to ONNX, check it against deeptune under tract, and download it.
+    Export {
+        model: String,
+        version: String,
+        /// Where to save the file (default: MODEL-VERSION.onnx).
+        #[arg(long, short)]
+        output: Option<PathBuf>,
+    },
     /// A model's versions, newest first.
     Versions {
         model: String,
@@ -1027,6 +1035,44 @@ async fn models(c: &Client, out: &Output, cmd: ModelsCmd) -> anyhow::Result<()> 
                         e["lineage"]["template"].as_str().unwrap_or("")
                     );
                 }
+            }
+            Ok(())
+        }
+        ModelsCmd::Export { model, version, output } => {
+            let base = c.app_path(&format!("/models/{model}/versions/{version}/exports"))?;
+            let body = c.post(&base, &json!({})).await?;
+            let export = &body["export"];
+            let file = output.unwrap_or_else(|| PathBuf::from(format!("{model}-{version}.onnx")));
+            let bytes = c.download_bytes(&format!("{base}/model.onnx")).await?;
+            std::fs::write(&file, &bytes).with_context(|| format!("cannot write {}", file.display()))?;
+            if out.json {
+                return out.print_json(export);
+            }
+            let parity = &export["parity"];
+            println!(
+                "saved {} ({} bytes, sha256 {})",
+                file.display(),
+                bytes.len(),
+                export["sha256"].as_str().unwrap_or("")
+            );
+            println!(
+                "parity under tract on {} held-out images: top-1 agreement {:.1}%, largest logit difference {:.2e}",
+                parity["inputs"],
+                parity["top1_agreement"].as_f64().unwrap_or(0.0) * 100.0,
+                parity["max_abs_logit_difference"].as_f64().unwrap_or(f64::NAN)
+            );
+            let m = &export["manifest"];
+            println!(
+                "input {} [N, 3, {}, {}] RGB, (x/255 - mean) / std with mean {} std {}; outputs logits, probabilities over {}",
+                m["input"].as_str().unwrap_or(""),
+                m["image_size"],
+                m["image_size"],
+                m["mean"],
+                m["std"],
+                m["concepts"]
+            );
+            if export["status"]["code"] != 10000 {
+                return Err(anyhow!("{}", export["status"]["details"].as_str().unwrap_or("the export disagrees")));
             }
             Ok(())
         }

@@ -996,6 +996,14 @@ fn the_cli_estimates_trains_with_a_progress_bar_shows_the_log_and_predicts() {
     assert_eq!(lines.len(), 3, "{}", ran.describe());
     assert!(lines[1].trim_start().starts_with("kind") && lines[2].trim_start().starts_with("any  "), "{out}");
     assert!(lines[2].contains("trouser"), "a threshold of 0 lets trouser through: {out}");
+
+    // Export: the file, its parity under tract, how to feed it.
+    let onnx = server.dir.path().join("m.onnx");
+    let exported = server.run(&["--app", "shop", "models", "export", "m", &version, "-o", onnx.to_str().unwrap()]);
+    let out = exported.ok();
+    assert!(out.contains("top-1 agreement 100.0%") && out.contains("logits, probabilities"), "{}", exported.describe());
+    let bytes = std::fs::read(&onnx).unwrap();
+    assert!(out.contains(&format!("({} bytes", bytes.len())), "{out}");
 }
 
 #[test]
