@@ -1,7 +1,7 @@
 //! ONNX export of a trained classifier, for inference outside deeptune: one graph from the
 //! preprocessed image (`input`, `[N, 3, size, size]`, the manifest's normalisation applied) to
 //! `logits` and `probabilities` (softmax or sigmoid, as the model was trained). Batch norms are
-//! folded into the convolutions before them (inference only). Opset 13.
+//! folded into the convolutions before them (inference only). Opset 17.
 //!
 //! The ONNX messages are written with prost from the field numbers of `onnx.proto3` (only the
 //! fields used here), so no protobuf compiler is needed to build.
@@ -12,10 +12,11 @@ use burn::prelude::*;
 use prost::Message;
 
 use crate::artifact::Manifest;
-use crate::models::{Classifier, efficientnet, efficientnet_lite, mobilenet_v2, resnet};
+use crate::models::{Classifier, efficientnet, efficientnet_lite, mobilenet_v2, resnet, vit};
 use crate::nn::{Activation, BatchNorm2d, ConvBnAct};
 
-const OPSET: i64 = 13;
+/// 17: LayerNormalization is a standard op from there (ViT).
+const OPSET: i64 = 17;
 const IR_VERSION: i64 = 8;
 
 /// The subset of `onnx.proto3` an exported classifier needs.
@@ -87,7 +88,7 @@ mod proto {
         pub r#type: i32,
     }
 
-    /// `data_type` 1 is FLOAT; values little-endian in `raw_data`.
+    /// `data_type` 1 is FLOAT, 7 INT64; values little-endian in `raw_data`.
     #[derive(Clone, PartialEq, prost::Message)]
     pub struct TensorProto {
         #[prost(int64, repeated, tag = "1")]
@@ -141,7 +142,7 @@ use proto::*;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ExportError {
-    #[error("ONNX export is not available for {0} yet (ResNet, MobileNetV2, EfficientNet and EfficientNet-Lite are)")]
+    #[error("ONNX export is not available for {0}")]
     Unsupported(String),
 }
 
@@ -183,6 +184,73 @@ impl Graph {
         name
     }
 
+    fn constant_i64(&mut self, prefix: &str, dims: &[usize], values: &[i64]) -> String {
+        let name = self.name(prefix);
+        self.initializers.push(TensorProto {
+            dims: dims.iter().map(|&d| d as i64).collect(),
+            data_type: 7,
+            name: name.clone(),
+            raw_data: values.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        });
+        name
+    }
+
+    fn tensor_constant<const D: usize>(&mut self, prefix: &str, t: Tensor<D>) -> String {
+        let dims = t.dims();
+        let values = t.into_data().convert::<f32>().try_into_vec::<f32>().expect("f32 tensor");
+        self.constant(prefix, &dims, &values)
+    }
+
+    /// `x · W + b` with a burn Linear (weight stored `[in, out]`), on any leading dimensions.
+    fn linear(&mut self, x: &str, linear: &burn::nn::Linear) -> String {
+        let w = self.tensor_constant("linear_weight", linear.weight.val());
+        let product = self.node("MatMul", vec![x.to_string(), w], vec![]);
+        match &linear.bias {
+            Some(b) => {
+                let b = self.tensor_constant("linear_bias", b.val());
+                self.add(&product, &b)
+            }
+            None => product,
+        }
+    }
+
+    fn layer_norm(&mut self, x: &str, norm: &burn::nn::LayerNorm, epsilon: f64) -> String {
+        let scale = self.tensor_constant("ln_scale", norm.gamma.val());
+        let mut inputs = vec![x.to_string(), scale];
+        if let Some(beta) = &norm.beta {
+            inputs.push(self.tensor_constant("ln_bias", beta.val()));
+        }
+        let epsilon = AttributeProto { name: "epsilon".into(), f: epsilon as f32, r#type: 1, ..Default::default() };
+        self.node("LayerNormalization", inputs, vec![int("axis", -1), epsilon])
+    }
+
+    /// GELU, exact: 0.5·x·(1 + erf(x/√2)).
+    fn gelu(&mut self, x: &str) -> String {
+        let inv_sqrt2 = self.constant("inv_sqrt2", &[], &[std::f32::consts::FRAC_1_SQRT_2]);
+        let scaled = self.node("Mul", vec![x.to_string(), inv_sqrt2], vec![]);
+        let erf = self.node("Erf", vec![scaled], vec![]);
+        let one = self.constant("one", &[], &[1.0]);
+        let shifted = self.node("Add", vec![erf, one], vec![]);
+        let half = self.constant("half", &[], &[0.5]);
+        let halved = self.node("Mul", vec![x.to_string(), half], vec![]);
+        self.node("Mul", vec![halved, shifted], vec![])
+    }
+
+    fn transpose(&mut self, x: &str, perm: &[i64]) -> String {
+        self.node("Transpose", vec![x.to_string()], vec![ints("perm", perm)])
+    }
+
+    fn reshape(&mut self, x: &str, shape: &[i64]) -> String {
+        let shape = self.constant_i64("shape", &[shape.len()], shape);
+        self.node("Reshape", vec![x.to_string(), shape], vec![])
+    }
+
+    /// Picks index `i` of `axis` (which disappears).
+    fn take(&mut self, x: &str, axis: i64, i: i64) -> String {
+        let index = self.constant_i64("index", &[], &[i]);
+        self.node("Gather", vec![x.to_string(), index], vec![int("axis", axis)])
+    }
+
     fn node(&mut self, op: &str, inputs: Vec<String>, attributes: Vec<AttributeProto>) -> String {
         let output = self.name(&op.to_lowercase());
         self.nodes.push(NodeProto {
@@ -198,21 +266,29 @@ impl Graph {
     /// A convolution with the batch norm after it folded in:
     /// w' = w·γ/√(σ²+ε), b' = β + (b − μ)·γ/√(σ²+ε).
     fn conv_bn(&mut self, x: &str, conv: &Conv2d, bn: &BatchNorm2d) -> String {
+        self.conv(x, conv, Some(bn))
+    }
+
+    /// A convolution of the main path (its output size becomes the running size), with the
+    /// batch norm after it, if any, folded in.
+    fn conv(&mut self, x: &str, conv: &Conv2d, bn: Option<&BatchNorm2d>) -> String {
         let [out_channels, in_per_group, kh, kw] = conv.weight.val().dims();
         let mut weight = conv.weight.val().into_data().convert::<f32>().try_into_vec::<f32>().expect("f32 weights");
-        let gamma = float_values(bn.weight.val());
-        let beta = float_values(bn.bias.val());
-        let mean = float_values(bn.running_mean.value());
-        let var = float_values(bn.running_var.value());
         let conv_bias = conv.bias.as_ref().map(|b| float_values(b.val())).unwrap_or_else(|| vec![0.0; out_channels]);
-        let per_channel = in_per_group * kh * kw;
-        let mut bias = vec![0.0f32; out_channels];
-        for c in 0..out_channels {
-            let scale = gamma[c] as f64 / (var[c] as f64 + bn.eps).sqrt();
-            for w in &mut weight[c * per_channel..(c + 1) * per_channel] {
-                *w = (*w as f64 * scale) as f32;
+        let mut bias = conv_bias.clone();
+        if let Some(bn) = bn {
+            let gamma = float_values(bn.weight.val());
+            let beta = float_values(bn.bias.val());
+            let mean = float_values(bn.running_mean.value());
+            let var = float_values(bn.running_var.value());
+            let per_channel = in_per_group * kh * kw;
+            for c in 0..out_channels {
+                let scale = gamma[c] as f64 / (var[c] as f64 + bn.eps).sqrt();
+                for w in &mut weight[c * per_channel..(c + 1) * per_channel] {
+                    *w = (*w as f64 * scale) as f32;
+                }
+                bias[c] = (beta[c] as f64 + (conv_bias[c] as f64 - mean[c] as f64) * scale) as f32;
             }
-            bias[c] = (beta[c] as f64 + (conv_bias[c] as f64 - mean[c] as f64) * scale) as f32;
         }
         let w = self.constant("weight", &[out_channels, in_per_group, kh, kw], &weight);
         let b = self.constant("bias", &[out_channels], &bias);
@@ -397,6 +473,57 @@ fn efficientnet(g: &mut Graph, x: &str, m: &efficientnet::EfficientNet) -> Strin
     g.head(&x, &m.classifier._1)
 }
 
+/// torchvision's ViT: patches, class token, position embedding, pre-norm encoder blocks,
+/// final LayerNorm, the class token's features through the head. Batch size stays symbolic.
+fn vision_transformer(g: &mut Graph, x: &str, m: &vit::VisionTransformer) -> String {
+    let d = m.hidden_dim as i64;
+    let patches = g.conv(x, &m.conv_proj, None);
+    let flat = g.reshape(&patches, &[0, d, -1]);
+    let tokens = g.transpose(&flat, &[0, 2, 1]);
+    // The class token, repeated for the batch: Expand to [N, 1, D].
+    let shape = g.node("Shape", vec![tokens.clone()], vec![]);
+    let first = g.constant_i64("first", &[1], &[0]);
+    let batch = g.node("Gather", vec![shape, first], vec![int("axis", 0)]);
+    let rest = g.constant_i64("one_d", &[2], &[1, d]);
+    let target = g.node("Concat", vec![batch, rest], vec![int("axis", 0)]);
+    let token = g.tensor_constant("class_token", m.class_token.val());
+    let tokens_class = g.node("Expand", vec![token, target], vec![]);
+    let joined = g.node("Concat", vec![tokens_class, tokens], vec![int("axis", 1)]);
+    let position = g.tensor_constant("pos_embedding", m.encoder.pos_embedding.val());
+    let mut x = g.add(&joined, &position);
+    for layer in &m.encoder.layers {
+        let attention = &layer.self_attention;
+        let heads = attention.num_heads as i64;
+        let head_dim = d / heads;
+        let normed = g.layer_norm(&x, &layer.ln_1, vit::LN_EPS);
+        let w = g.tensor_constant("in_proj_weight", attention.in_proj_weight.val().transpose());
+        let projected = g.node("MatMul", vec![normed, w], vec![]);
+        let b = g.tensor_constant("in_proj_bias", attention.in_proj_bias.val());
+        let qkv = g.add(&projected, &b);
+        let split = g.reshape(&qkv, &[0, 0, 3, heads, head_dim]);
+        let qkv = g.transpose(&split, &[2, 0, 3, 1, 4]);
+        let (q, k, v) = (g.take(&qkv, 0, 0), g.take(&qkv, 0, 1), g.take(&qkv, 0, 2));
+        let kt = g.transpose(&k, &[0, 1, 3, 2]);
+        let scores = g.node("MatMul", vec![q, kt], vec![]);
+        let scale = g.constant("scale", &[], &[1.0 / (head_dim as f32).sqrt()]);
+        let scaled = g.node("Mul", vec![scores, scale], vec![]);
+        let weights = g.node("Softmax", vec![scaled], vec![int("axis", -1)]);
+        let context = g.node("MatMul", vec![weights, v], vec![]);
+        let context = g.transpose(&context, &[0, 2, 1, 3]);
+        let context = g.reshape(&context, &[0, 0, d]);
+        let attended = g.linear(&context, &attention.out_proj);
+        x = g.add(&attended, &x);
+        let normed = g.layer_norm(&x, &layer.ln_2, vit::LN_EPS);
+        let hidden = g.linear(&normed, &layer.mlp._0);
+        let activated = g.gelu(&hidden);
+        let out = g.linear(&activated, &layer.mlp._3);
+        x = g.add(&out, &x);
+    }
+    let normed = g.layer_norm(&x, &m.encoder.ln, vit::LN_EPS);
+    let class = g.take(&normed, 1, 0);
+    g.linear(&class, &m.heads.head)
+}
+
 fn resnet_block(g: &mut Graph, x: &str, block: &resnet::Block) -> String {
     let size = g.size;
     let (out, downsample) = match block {
@@ -468,7 +595,7 @@ pub fn to_onnx(model: &Classifier, manifest: &Manifest) -> Result<Vec<u8>, Expor
         Classifier::ResNet(m) => resnet(&mut g, "input", m),
         Classifier::MobileNetV2(m) => mobilenet_v2(&mut g, "input", m),
         Classifier::EfficientNet(m) => efficientnet(&mut g, "input", m),
-        _ => return Err(ExportError::Unsupported(format!("{:?}", manifest.architecture))),
+        Classifier::Vit(m) => vision_transformer(&mut g, "input", m),
     };
     // Name the outputs.
     let last = g.nodes.last_mut().expect("a graph has nodes");
@@ -535,10 +662,12 @@ mod tests {
     }
 
     #[test]
-    fn a_vision_transformer_is_refused_by_name() {
+    fn a_vision_transformer_exports_with_layer_norms() {
         let model = Classifier::Vit(VitConfig::new(32, 8, 2, 2, 32, 64, 3).init(&Device::flex()));
-        let error = to_onnx(&model, &manifest(Architecture::VitB16)).unwrap_err().to_string();
-        assert!(error.contains("VitB16") && error.contains("not available"), "{error}");
+        let bytes = to_onnx(&model, &manifest(Architecture::VitB16)).unwrap();
+        let graph = ModelProto::decode(bytes.as_slice()).unwrap().graph.unwrap();
+        let norms = graph.node.iter().filter(|n| n.op_type == "LayerNormalization").count();
+        assert_eq!(norms, 2 * 2 + 1, "two per block, one at the end");
     }
 
     #[test]

@@ -103,39 +103,16 @@ pub fn export_onnx(artifact_dir: &Path, images: &[Vec<u8>]) -> Result<ExportRepo
 
     // Parity: the engine's logits against tract's, image by image.
     let predictor = Predictor::load(artifact_dir).map_err(failed)?;
+    let samples: Vec<(Vec<f32>, Vec<f32>)> = images
+        .iter()
+        .filter_map(|bytes| predictor.preprocess(bytes).ok())
+        .map(|pixels| {
+            let logits = predictor.logits(pixels.clone(), 1);
+            (pixels, logits)
+        })
+        .collect();
+    let parity = tract_parity(&onnx, manifest.image_size, &samples)?;
     let size = manifest.image_size;
-    let runnable = tract_onnx::onnx()
-        .model_for_read(&mut onnx.as_slice())
-        .and_then(|m| m.with_input_fact(0, f32::fact([1, 3, size, size]).into()))
-        .and_then(|m| m.into_optimized())
-        .and_then(|m| m.into_runnable())
-        .map_err(|e| failed(format!("tract cannot run the exported model: {e:#}")))?;
-    let classes = manifest.concepts.len();
-    let (mut compared, mut same_top, mut max_difference) = (0usize, 0usize, 0f64);
-    for bytes in images {
-        let Ok(pixels) = predictor.preprocess(bytes) else { continue };
-        let ours = predictor.logits(pixels.clone(), 1);
-        let input = tract_ndarray::Array4::from_shape_vec((1, 3, size, size), pixels).map_err(failed)?;
-        let outputs = runnable.run(tvec!(Tensor::from(input).into())).map_err(failed)?;
-        let theirs: Vec<f32> = outputs[0].to_plain_array_view::<f32>().map_err(failed)?.iter().copied().collect();
-        if theirs.len() != classes {
-            return Err(failed(format!("the exported model gave {} logits, expected {classes}", theirs.len())));
-        }
-        let top = |v: &[f32]| v.iter().enumerate().fold((0, f32::MIN), |b, (i, &x)| if x > b.1 { (i, x) } else { b }).0;
-        same_top += (top(&ours) == top(&theirs)) as usize;
-        for (a, b) in ours.iter().zip(&theirs) {
-            max_difference = max_difference.max((*a as f64 - *b as f64).abs());
-        }
-        compared += 1;
-    }
-    let top1_agreement = if compared == 0 { 0.0 } else { same_top as f64 / compared as f64 };
-    let parity = Parity {
-        inputs: compared,
-        top1_agreement,
-        max_abs_logit_difference: max_difference,
-        agrees: compared > 0 && same_top == compared && max_difference <= TOLERANCE,
-        tolerance: TOLERANCE,
-    };
     let (mean, std) = normalization(manifest.normalization);
     let report = ExportReport {
         format: "onnx".into(),
@@ -166,8 +143,84 @@ pub fn export_onnx(artifact_dir: &Path, images: &[Vec<u8>]) -> Result<ExportRepo
     Ok(report)
 }
 
+/// Runs the ONNX file under tract on each sample's pixels (`[3, size, size]`) and compares its
+/// logits with the sample's (the engine's).
+pub fn tract_parity(onnx: &[u8], size: usize, samples: &[(Vec<f32>, Vec<f32>)]) -> Result<Parity, ExportFailure> {
+    let runnable = tract_onnx::onnx()
+        .model_for_read(&mut &onnx[..])
+        .and_then(|m| m.with_input_fact(0, f32::fact([1, 3, size, size]).into()))
+        .and_then(|m| m.into_optimized())
+        .and_then(|m| m.into_runnable())
+        .map_err(|e| failed(format!("tract cannot run the exported model: {e:#}")))?;
+    let (mut same_top, mut max_difference) = (0usize, 0f64);
+    for (pixels, ours) in samples {
+        let input = tract_ndarray::Array4::from_shape_vec((1, 3, size, size), pixels.clone()).map_err(failed)?;
+        let outputs = runnable.run(tvec!(Tensor::from(input).into())).map_err(failed)?;
+        let theirs: Vec<f32> = outputs[0].to_plain_array_view::<f32>().map_err(failed)?.iter().copied().collect();
+        if theirs.len() != ours.len() {
+            return Err(failed(format!("the exported model gave {} logits, expected {}", theirs.len(), ours.len())));
+        }
+        let top = |v: &[f32]| v.iter().enumerate().fold((0, f32::MIN), |b, (i, &x)| if x > b.1 { (i, x) } else { b }).0;
+        same_top += (top(ours) == top(&theirs)) as usize;
+        for (a, b) in ours.iter().zip(&theirs) {
+            max_difference = max_difference.max((*a as f64 - *b as f64).abs());
+        }
+    }
+    let compared = samples.len();
+    Ok(Parity {
+        inputs: compared,
+        top1_agreement: if compared == 0 { 0.0 } else { same_top as f64 / compared as f64 },
+        max_abs_logit_difference: max_difference,
+        agrees: compared > 0 && same_top == compared && max_difference <= TOLERANCE,
+        tolerance: TOLERANCE,
+    })
+}
+
 /// The report of the version's last export, if any.
 pub fn export_report(artifact_dir: &Path) -> Option<ExportReport> {
     let bytes = std::fs::read(artifact_dir.join(EXPORT_DIR).join(REPORT_FILE)).ok()?;
     serde_json::from_slice(&bytes).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use deeptune_engine::artifact::Manifest;
+    use deeptune_engine::burn::prelude::{Device, Module, Tensor as BurnTensor, TensorData};
+    use deeptune_engine::models::vit::VitConfig;
+    use deeptune_engine::models::{Architecture, Classifier, ImageClassifier};
+    use rand::{Rng, SeedableRng};
+
+    /// A small ViT (the export of the big one is the same graph, just larger) runs under tract
+    /// like under the engine.
+    #[test]
+    fn a_vision_transformer_export_agrees_with_the_engine() {
+        let device = Device::flex();
+        let model = Classifier::Vit(VitConfig::new(32, 8, 2, 2, 32, 64, 3).init(&device)).valid();
+        let manifest = Manifest {
+            architecture: Architecture::VitB16,
+            concepts: vec!["a".into(), "b".into(), "c".into()],
+            image_size: 32,
+            normalization: Normalization::ImageNet,
+            mutually_exclusive: true,
+            template: "test".into(),
+            params: serde_json::Value::Null,
+            dataset_hash: String::new(),
+            seed: 0,
+            engine_version: String::new(),
+        };
+        let onnx = deeptune_engine::export::to_onnx(&model, &manifest).unwrap();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+        let samples: Vec<(Vec<f32>, Vec<f32>)> = (0..4)
+            .map(|_| {
+                let pixels: Vec<f32> = (0..3 * 32 * 32).map(|_| rng.random_range(-2.0..2.0)).collect();
+                let x = BurnTensor::<4>::from_data(TensorData::new(pixels.clone(), [1, 3, 32, 32]), &device);
+                let logits = model.forward(x).into_data().convert::<f32>().try_into_vec::<f32>().unwrap();
+                (pixels, logits)
+            })
+            .collect();
+        let parity = tract_parity(&onnx, 32, &samples).unwrap();
+        assert!(parity.agrees, "{parity:?}");
+        assert!(parity.max_abs_logit_difference < 1e-4, "{parity:?}");
+    }
 }

@@ -10,7 +10,7 @@ use burn::tensor::activation::{gelu, softmax};
 
 use crate::torch::TorchModel;
 
-const LN_EPS: f64 = 1e-6;
+pub const LN_EPS: f64 = 1e-6;
 
 #[derive(Debug, Clone)]
 pub struct VitConfig {
