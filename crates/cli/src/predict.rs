@@ -126,11 +126,16 @@ fn print_output(name: &str, output: &Value) {
         println!("{name}  failed: {}", output["status"]["details"].as_str().unwrap_or(""));
         return;
     }
+    println!("{name}  {}", concept_values(output));
+}
+
+/// `sneaker 0.931  trouser 0.069`: an output's concepts with their values, as returned.
+pub fn concept_values(output: &Value) -> String {
     let concepts: Vec<String> = output["data"]["concepts"]
         .as_array()
         .into_iter()
         .flatten()
         .map(|c| format!("{} {:.3}", c["id"].as_str().unwrap_or(""), c["value"].as_f64().unwrap_or(0.0)))
         .collect();
-    println!("{name}  {}", concepts.join("  "));
+    concepts.join("  ")
 }

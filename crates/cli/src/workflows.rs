@@ -103,12 +103,6 @@ fn print_result(name: &str, result: &Value) {
             println!("  {node:<20} {}", output["status"]["details"].as_str().unwrap_or(""));
             continue;
         }
-        let concepts: Vec<String> = output["data"]["concepts"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .map(|c| format!("{} {:.3}", c["id"].as_str().unwrap_or(""), c["value"].as_f64().unwrap_or(0.0)))
-            .collect();
-        println!("  {node:<20} {}", concepts.join("  "));
+        println!("  {node:<20} {}", crate::predict::concept_values(output));
     }
 }
