@@ -59,12 +59,8 @@ fn spinner(message: &str) -> ProgressBar {
 
 pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let config = server_config(args.serve.clone())?;
-    if std::env::var_os("RUST_LOG").is_none() {
-        // The demo talks to the user on stdout; the server's own log would only interleave.
-        // SAFETY: set before any other thread of ours reads the environment.
-        unsafe { std::env::set_var("RUST_LOG", "warn") };
-    }
-    deeptune_server::init_logging(config.log_format);
+    // The demo talks to the user on stdout; the server's own log would only interleave.
+    deeptune_server::init_logging_with(config.log_format, "warn");
     let server = deeptune_server::Server::bind(&config).await.context("cannot start the server")?;
     let addr = server.local_addr();
     let token = match &server.new_admin_token {

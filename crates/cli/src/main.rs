@@ -479,6 +479,13 @@ fn concept_args(args: &[String]) -> anyhow::Result<Vec<Value>> {
 }
 
 fn main() -> std::process::ExitCode {
+    // `deeptune inputs list | head` should end quietly when head has read enough, as other
+    // command-line tools do, instead of panicking on the closed pipe.
+    #[cfg(unix)]
+    // SAFETY: called first thing in main, before any other thread exists.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = Cli::parse();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
     match runtime.block_on(run(cli)) {

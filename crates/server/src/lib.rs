@@ -177,8 +177,13 @@ pub async fn shutdown_signal() {
 
 /// Sets up tracing in the configured format; `RUST_LOG` tunes levels.
 pub fn init_logging(format: LogFormat) {
+    init_logging_with(format, "info,sqlx=warn,tower_http=info")
+}
+
+/// [`init_logging`] with another default filter (`RUST_LOG` still wins).
+pub fn init_logging_with(format: LogFormat, default_filter: &str) {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,tower_http=info"));
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Text => builder.try_init(),

@@ -253,8 +253,9 @@ pub async fn ensure_pretrained(
     if !fetch {
         return Err(missing(source, template, data_dir, " and fetching is turned off (fetch_weights = false)".into()));
     }
-    let staging = cache_dir(data_dir).join(format!("{}.download", source.id));
-    let _ = std::fs::remove_dir_all(&staging);
+    // A folder of its own: two requests fetching at once must not clear each other's download.
+    let unique = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos();
+    let staging = cache_dir(data_dir).join(format!("{}.download-{}-{unique}", source.id, std::process::id()));
     std::fs::create_dir_all(&staging).map_err(io)?;
     let fetched = match (source.pip, source.url) {
         (Some((package, inner)), _) => {
