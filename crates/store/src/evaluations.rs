@@ -167,26 +167,4 @@ impl Store {
         .map_err(db_error)?;
         Ok(())
     }
-
-    /// Records the per-concept thresholds chosen for a version.
-    pub async fn set_model_version_thresholds(
-        &self,
-        app: &AppRecord,
-        model_id: &str,
-        version_id: &str,
-        thresholds: &serde_json::Value,
-    ) -> Result<()> {
-        let done = sqlx::query("UPDATE model_versions SET thresholds = ? WHERE app_pk = ? AND model_id = ? AND id = ?")
-            .bind(thresholds.to_string())
-            .bind(app.pk)
-            .bind(model_id)
-            .bind(version_id)
-            .execute(&self.pool)
-            .await
-            .map_err(db_error)?;
-        if done.rows_affected() == 0 {
-            return Err(ApiError::not_found("model version", version_id));
-        }
-        Ok(())
-    }
 }

@@ -2,8 +2,8 @@
 //! transaction, so a version never exists without its job (nor a job without its version).
 
 use deeptune_core::api::{
-    Concept, Data, InvalidInput, LogEntry, Model, ModelVersion, OutputConfig, OutputInfo, TrainInfo, TrainingFailure,
-    TrainingTime,
+    Concept, Data, InvalidInput, LogEntry, Model, ModelVersion, OutputConfig, OutputInfo, Thresholds, TrainInfo,
+    TrainingFailure, TrainingTime,
 };
 use deeptune_core::ids::generate_id;
 use deeptune_core::{ApiError, Status, StatusCode};
@@ -427,16 +427,33 @@ impl Store {
         column: &'static str,
         value: &serde_json::Value,
     ) -> Result<()> {
-        // `column` is one of the constants above, never user input.
-        sqlx::query(&format!("UPDATE model_versions SET {column} = ? WHERE app_pk = ? AND model_id = ? AND id = ?"))
-            .bind(value.to_string())
-            .bind(app.pk)
-            .bind(model_id)
-            .bind(version_id)
-            .execute(&self.pool)
-            .await
-            .map_err(db_error)?;
+        // `column` is one of the constants in this file, never user input.
+        let done = sqlx::query(&format!(
+            "UPDATE model_versions SET {column} = ? WHERE app_pk = ? AND model_id = ? AND id = ?"
+        ))
+        .bind(value.to_string())
+        .bind(app.pk)
+        .bind(model_id)
+        .bind(version_id)
+        .execute(&self.pool)
+        .await
+        .map_err(db_error)?;
+        if done.rows_affected() == 0 {
+            return Err(ApiError::not_found("model version", version_id));
+        }
         Ok(())
+    }
+
+    /// Records the per-concept thresholds chosen for a version.
+    pub async fn set_model_version_thresholds(
+        &self,
+        app: &AppRecord,
+        model_id: &str,
+        version_id: &str,
+        thresholds: &Thresholds,
+    ) -> Result<()> {
+        let value = serde_json::to_value(thresholds).expect("thresholds serialise");
+        self.set_model_version_json(app, model_id, version_id, "thresholds", &value).await
     }
 
     /// Deletes a version; its job is asked to cancel first (a running job stops at its next

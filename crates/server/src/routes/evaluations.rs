@@ -249,8 +249,7 @@ pub async fn post_thresholds(
     chosen.extend(request.concepts.clone());
     let thresholds =
         Thresholds { strategy, target: request.target, evaluation_id: request.evaluation_id.clone(), concepts: chosen };
-    let value = serde_json::to_value(&thresholds).map_err(|e| ApiError::internal(e.to_string()))?;
-    state.store.set_model_version_thresholds(&app, &path.model_id, &path.version_id, &value).await?;
+    state.store.set_model_version_thresholds(&app, &path.model_id, &path.version_id, &thresholds).await?;
     let model_version = state.store.get_model_version(&app, &path.model_id, &path.version_id).await?;
     Ok(Reply(SingleModelVersionResponse { status: Status::ok(), model_version }))
 }
