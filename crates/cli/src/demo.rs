@@ -78,7 +78,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         }
     }));
     println!("deeptune demo — API on http://{addr}, data in {}", config.data_dir.display());
-    let client = Client::new(format!("http://{addr}"), Some(token), "me".into(), Some(APP.into()));
+    let client = Client::new(format!("http://{addr}"), Some(token.clone()), "me".into(), Some(APP.into()));
     let samples = args.samples.clone().unwrap_or_else(default_samples);
     let walk = walkthrough(&client, &config, &samples, &args);
     let outcome = tokio::select! {
@@ -100,7 +100,9 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         return serving.await?;
     }
     println!();
-    println!("Still serving on http://{addr} (Ctrl-C stops). Try:");
+    println!("Still serving on http://{addr} (Ctrl-C stops). Open the portal (this link signs you in):");
+    println!("  {}", deeptune_server::portal::sign_in_url(addr, Some(&token)));
+    println!("Or try:");
     println!("  cargo run --release -- --app {APP} models versions {MODEL}");
     println!("  curl -H \"Authorization: Key $(cat {}/admin-token)\" \\", config.data_dir.display());
     println!("       http://{addr}/v2/users/me/apps/{APP}/models/{MODEL}/versions");

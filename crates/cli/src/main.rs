@@ -584,6 +584,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     }
     tracing::info!(%addr, data_dir = %config.data_dir.display(), "deeptune is serving");
     println!("deeptune API on http://{addr}  (OpenAPI: http://{addr}/openapi.json)");
+    let token = server.new_admin_token.clone().or_else(|| std::fs::read_to_string(config.admin_token_path()).ok());
+    println!("Portal: {}", deeptune_server::portal::sign_in_url(addr, token.as_deref()));
     server.serve(deeptune_server::shutdown_signal()).await
 }
 

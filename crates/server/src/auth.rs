@@ -17,9 +17,20 @@ impl FromRequestParts<AppState> for Caller {
     type Rejection = HttpError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
-        let header = parts.headers.get(axum::http::header::AUTHORIZATION).ok_or_else(|| {
-            ApiError::new(StatusCode::CONN_KEY_NOT_FOUND, "missing header: Authorization: Key <token>")
-        })?;
+        let Some(header) = parts.headers.get(axum::http::header::AUTHORIZATION) else {
+            // The portal's cookie stands in for the header on reads only (images, downloads):
+            // a write always needs the header, which no cross-site form or link can send.
+            let read = parts.method == axum::http::Method::GET || parts.method == axum::http::Method::HEAD;
+            if let Some(secret) = read.then(|| cookie(parts, crate::portal::TOKEN_COOKIE)).flatten() {
+                let token = state.store.find_token(&secret).await?.ok_or_else(|| {
+                    ApiError::new(StatusCode::CONN_KEY_INVALID, "the portal's token is not valid: sign in again")
+                })?;
+                return Ok(Caller(token));
+            }
+            return Err(
+                ApiError::new(StatusCode::CONN_KEY_NOT_FOUND, "missing header: Authorization: Key <token>").into()
+            );
+        };
         let header = header
             .to_str()
             .map_err(|_| ApiError::new(StatusCode::CONN_KEY_INVALID, "the Authorization header is not text"))?;
@@ -36,6 +47,20 @@ impl FromRequestParts<AppState> for Caller {
         })?;
         Ok(Caller(token))
     }
+}
+
+/// The value of the cookie `name` in the request's `Cookie` headers.
+fn cookie(parts: &Parts, name: &str) -> Option<String> {
+    parts
+        .headers
+        .get_all(axum::http::header::COOKIE)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(key, _)| *key == name)
+        .map(|(_, value)| value.trim().to_string())
+        .filter(|value| !value.is_empty())
 }
 
 impl Caller {

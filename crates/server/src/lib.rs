@@ -4,6 +4,7 @@
 pub mod auth;
 pub mod config;
 pub mod error;
+pub mod portal;
 pub mod predict;
 pub mod routes;
 pub mod state;

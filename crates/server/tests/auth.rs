@@ -5,7 +5,7 @@ mod common;
 
 use common::*;
 use reqwest::Method;
-use serde_json::json;
+use serde_json::{Value, json};
 
 async fn make_key(s: &TestServer, scopes: &[&str], app: Option<&str>) -> String {
     let (status, body) =
@@ -135,4 +135,38 @@ async fn a_token_acts_only_for_its_own_user() {
     s.call_as(&writer, Method::POST, "/v2/users/me/apps", Some(json!({"apps": [{"id": "mine"}]}))).await;
     let (status, _) = s.call_as(&writer, Method::GET, "/v2/users/me/apps/mine", None).await;
     assert_eq!(status, 200);
+}
+
+#[tokio::test]
+async fn the_portal_cookie_authorizes_reads_only() {
+    let s = TestServer::start().await;
+    s.create_app("a").await;
+    let cookie = format!("deeptune_key={}", s.token);
+    // A read (what an <img> or a download link does) works with the cookie alone.
+    let read = s.http.get(s.url("/v2/users/me/apps/a")).header("Cookie", &cookie).send().await.unwrap();
+    assert_eq!(read.status(), 200);
+    // A write with the cookie alone is refused and changes nothing: no cross-site form can write.
+    let write = s
+        .http
+        .post(s.url("/v2/users/me/apps"))
+        .header("Cookie", &cookie)
+        .json(&json!({"apps": [{"id": "b"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(write.status(), 401);
+    let body: Value = write.json().await.unwrap();
+    assert_eq!(code(&body), 11009, "{body}");
+    let (_, apps) = s.get("/v2/users/me/apps").await;
+    assert_eq!(apps["apps"].as_array().unwrap().len(), 1, "{apps}");
+    // A wrong cookie is a clear 401.
+    let wrong = s.http.get(s.url("/v2/users/me/apps/a")).header("Cookie", "deeptune_key=nope").send().await.unwrap();
+    assert_eq!(wrong.status(), 401);
+    // The portal itself is served at / and /portal/.
+    let page = s.http.get(s.url("/")).send().await.unwrap();
+    assert_eq!(page.status(), 200);
+    let html = page.text().await.unwrap();
+    assert!(html.contains("/portal/app.js"), "{html}");
+    let script = s.http.get(s.url("/portal/app.js")).send().await.unwrap();
+    assert_eq!(script.headers()["content-type"], "text/javascript; charset=utf-8");
 }

@@ -116,6 +116,7 @@ pub fn router(state: AppState) -> Router {
     let doc = std::sync::Arc::new(doc);
     let max_body = state.config.max_body_bytes;
     api.route("/openapi.json", get(move || async move { axum::Json((*doc).clone()) }))
+        .merge(crate::portal::router())
         .route("/health", get(|| async { axum::Json(deeptune_core::api::BaseResponse { status: Status::ok() }) }))
         .fallback(|| async {
             HttpError(ApiError::new(StatusCode::CONN_DOES_NOT_EXIST, "no such endpoint")).into_response()
