@@ -342,19 +342,52 @@ async fn the_whole_path_in_a_browser() {
     assert!(downloaded.as_str().unwrap().contains("epoch 2 done"), "the download is the log: {downloaded}");
     p.click(".drawer header button[aria-label='Close the log']").await;
 
+    // A long run shows its progress and stops at "Cancel training".
+    p.open("#/apps/shop/models/colors-clf/train?dataset=colors").await;
+    p.until(
+        "the dataset's versions",
+        "document.querySelectorAll('#train-concepts input').length === 3",
+        Duration::from_secs(10),
+    )
+    .await;
+    p.js("document.querySelector('#train-concepts input[value=square]').click(); return null").await;
+    p.select("#train-form select[name='param-pretrained_weights']", "None").await;
+    p.fill("#train-form input[name='param-image_size']", "32").await;
+    p.fill("#train-form input[name='param-num_epochs']", "500").await;
+    p.click("#train-button").await;
+    p.until(
+        "the run to train",
+        "document.querySelector('#version-status .badge[data-code=\"21101\"]') && document.querySelector('#eta')",
+        Duration::from_secs(120),
+    )
+    .await;
+    p.screenshot("08-version-training").await;
+    p.click("#cancel-training").await;
+    p.until(
+        "the run to stop",
+        "document.querySelector('#version-status .badge[data-code=\"64004\"]')",
+        Duration::from_secs(60),
+    )
+    .await;
+
     // The versions table.
     p.open("#/apps/shop/models/colors-clf").await;
     p.until(
         "the versions table",
-        "document.querySelectorAll('#versions tbody tr[data-version-id]').length === 1",
+        "document.querySelectorAll('#versions tbody tr[data-version-id]').length === 2",
         Duration::from_secs(10),
     )
     .await;
-    p.screenshot("08-versions").await;
+    assert!(p.text("#versions").await.contains("Canceled"), "the table shows the canceled run");
+    p.screenshot("09-versions").await;
 
     // Evaluation: the run's own held-out results, then an explicit evaluation.
-    let version_id: String =
-        p.js("return document.querySelector('#versions tbody tr').dataset.versionId").await.as_str().unwrap().into();
+    let version_id: String = p
+        .js("return document.querySelector('#versions tbody tr[data-code=\"21100\"]').dataset.versionId")
+        .await
+        .as_str()
+        .unwrap()
+        .into();
     p.open(&format!("#/apps/shop/models/colors-clf/versions/{version_id}/evaluation")).await;
     p.find("#evaluation-summary").await;
     p.click("#evaluate-button").await;
@@ -387,28 +420,39 @@ async fn the_whole_path_in_a_browser() {
     .await;
     p.find("[data-chart=pr] path[stroke-width]").await;
     p.find("[data-chart=roc] path[stroke-width]").await;
-    p.screenshot("09-evaluation").await;
+    p.screenshot("10-evaluation").await;
 
     // Predict playground.
     p.open(&format!("#/apps/shop/predict?model=colors-clf&version={version_id}")).await;
     p.find("#predict-file").await.send_keys(&red[0]).await.unwrap();
     p.until("predictions", "document.querySelectorAll('#predictions .bar').length === 2", Duration::from_secs(60))
         .await;
-    p.screenshot("10-predict").await;
+    p.screenshot("11-predict").await;
 
     // A workflow built in the page, and run.
     p.open("#/apps/shop/workflows/new").await;
     p.fill("#workflow-form input[name=workflow_id]", "colors-wf").await;
+    // model-1 → a filter passing only "blue" → model-3 on what passed (each node runs on the one before).
+    p.click("#add-filter-node").await;
+    p.fill("#workflow-nodes li[data-kind=filter] input[data-role=concepts]", "blue").await;
+    p.fill("#workflow-nodes li[data-kind=filter] input[data-role=threshold]", "0").await;
+    p.click("#add-model-node").await;
     p.click("#workflow-form button[type=submit]").await;
     p.find("#workflow-result").await;
+    let (_, saved) = p.server.get("/v2/users/me/apps/shop/workflows/colors-wf").await;
+    let nodes = &saved["workflow"]["nodes"];
+    assert_eq!(nodes.as_array().unwrap().len(), 3, "{saved}");
+    assert_eq!(nodes[1]["node_inputs"][0]["node_id"], "model-1", "{saved}");
+    assert_eq!(nodes[2]["node_inputs"][0]["node_id"], nodes[1]["id"], "{saved}");
     p.find("input[type=file]").await.send_keys(&blue[0]).await.unwrap();
     p.until(
-        "the workflow's output",
-        "document.querySelectorAll('#workflow-result .bar').length === 2",
+        "every node's output",
+        "document.querySelectorAll('#workflow-result [data-node]').length === 3 \
+         && document.querySelectorAll('#workflow-result [data-node=model-3] .bar').length === 2",
         Duration::from_secs(60),
     )
     .await;
-    p.screenshot("11-workflow").await;
+    p.screenshot("12-workflow").await;
 
     // Every page fits a phone's width.
     p.c.set_window_size(390, 844).await.unwrap();
@@ -427,7 +471,7 @@ async fn the_whole_path_in_a_browser() {
     }
     p.open("#/apps/shop/inputs").await;
     p.find("#input-grid .thumb").await;
-    p.screenshot("12-phone-inputs").await;
+    p.screenshot("13-phone-inputs").await;
 
     p.c.close().await.unwrap();
 }

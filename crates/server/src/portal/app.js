@@ -831,6 +831,12 @@ function s(tag, attrs, ...children) {
   return el;
 }
 
+/** A tick label short enough for the axis: 0.00002 → 2e-5. */
+function tickLabel(t) {
+  if (t !== 0 && Math.abs(t) < 0.001) return t.toExponential(0);
+  return String(Number(t.toPrecision(6)));
+}
+
 function niceTicks(min, max, count = 5) {
   if (!(max > min)) return [min];
   const step0 = (max - min) / count;
@@ -857,10 +863,10 @@ function lineChart(title, series, options = {}) {
   const svg = s('svg', { viewBox: `0 0 ${W} ${H}`, role: 'img', 'aria-label': `${title}: ${series.map((x) => x.label).join(', ')}` });
   for (const t of niceTicks(y0, y1, 4)) {
     svg.append(s('line', { x1: L, x2: W - R, y1: py(t), y2: py(t), stroke: '#e6e9ef' }),
-      s('text', { x: L - 6, y: py(t) + 4, 'text-anchor': 'end', 'font-size': 11, fill: '#5c6577' }, String(t)));
+      s('text', { x: L - 6, y: py(t) + 4, 'text-anchor': 'end', 'font-size': 11, fill: '#5c6577' }, tickLabel(t)));
   }
   for (const t of niceTicks(x0, x1, 5)) {
-    svg.append(s('text', { x: px(t), y: H - B + 16, 'text-anchor': 'middle', 'font-size': 11, fill: '#5c6577' }, String(t)));
+    svg.append(s('text', { x: px(t), y: H - B + 16, 'text-anchor': 'middle', 'font-size': 11, fill: '#5c6577' }, tickLabel(t)));
   }
   svg.append(s('line', { x1: L, x2: W - R, y1: H - B, y2: H - B, stroke: '#9aa3b5' }), s('line', { x1: L, x2: L, y1: T, y2: H - B, stroke: '#9aa3b5' }));
   if (options.xLabel) svg.append(s('text', { x: (L + W - R) / 2, y: H - 4, 'text-anchor': 'middle', 'font-size': 12, fill: '#1d2330' }, options.xLabel));
@@ -1050,7 +1056,7 @@ async function versionPage(root, app, modelId, versionId) {
       h('div', { class: 'stat' }, h('b', {}, statusBadge(v.status)), h('span', {}, v.status.details || 'status')),
       v.status.code === 21101 ? h('div', { class: 'stat' }, h('b', {}, `${fmt.num(p.percent_completed, 0)}%`), h('span', {}, `epoch ${p.epoch || '–'}, step ${p.step || 0} of ${p.total_steps || '–'}`)) : null,
       v.status.code === 21101 ? h('div', { class: 'stat' }, h('b', { id: 'eta' }, fmt.duration(p.time_remaining)), h('span', {}, 'remaining')) : null,
-      h('div', { class: 'stat' }, h('b', {}, fmt.pct(accuracyOf(v))), h('span', {}, 'validation accuracy')),
+      h('div', { class: 'stat' }, h('b', {}, fmt.pct(accuracyOf(v) ?? (epochs.length ? epochs[epochs.length - 1].validation_accuracy : null))), h('span', {}, 'validation accuracy')),
       h('div', { class: 'stat' }, h('b', {}, t.actual_seconds ? fmt.duration(t.actual_seconds) : '–'), h('span', {}, `took (estimated ${fmt.duration(t.estimated_seconds)})`))),
       v.status.code === 21101 || v.status.code === 21103 ? h('div', { class: 'progress', role: 'progressbar', 'aria-label': 'Training progress', 'aria-valuenow': String(Math.round(p.percent_completed || 0)), 'aria-valuemin': '0', 'aria-valuemax': '100' }, barFill((p.percent_completed || 0) / 100)) : null);
     clear(actions);
@@ -1376,7 +1382,7 @@ async function workflowBuilderPage(root, app) {
   };
   if (models.length) addNode('model');
   append(root, asyncForm({ id: 'workflow-form' }, [h('div', { class: 'grid2' }, field('Workflow id', id), field('Description', description)), list,
-    h('div', { class: 'toolbar' }, h('button', { type: 'button', onclick: () => addNode('model'), disabled: !models.length }, '+ Model node'), h('button', { type: 'button', onclick: () => addNode('filter') }, '+ Concept filter'),
+    h('div', { class: 'toolbar' }, h('button', { type: 'button', id: 'add-model-node', onclick: () => addNode('model'), disabled: !models.length }, '+ Model node'), h('button', { type: 'button', id: 'add-filter-node', onclick: () => addNode('filter') }, '+ Concept filter'),
       h('span', { class: 'grow' }), h('button', { type: 'submit', class: 'primary' }, 'Save workflow'))], async () => {
     const nodes = [...list.querySelectorAll('li')].map((li) => {
       const node = { id: li.querySelector('[data-role="node-id"]').value.trim() };
@@ -1400,9 +1406,9 @@ async function workflowPage(root, app, workflowId) {
   append(root, h('h1', {}, 'Workflow ', h('code', {}, workflow.id),
     h('button', { type: 'button', class: 'danger', onclick: async () => { if (!confirm(`Delete workflow ${workflow.id}?`)) return; await del(appPath(app, `/workflows/${encodeURIComponent(workflow.id)}`)); go(link('apps', app, 'workflows')); } }, 'Delete')),
     workflow.description ? h('p', { class: 'muted' }, workflow.description) : null,
-    h('ol', { class: 'nodes' }, workflow.nodes.map((n) => h('li', {}, h('b', {}, n.id), ': ',
+    h('ol', { class: 'nodes' }, workflow.nodes.map((n) => h('li', {}, h('span', {}, h('b', {}, n.id), ': ',
       n.model ? `model ${n.model.id}${n.model.model_version ? ' ' + n.model.model_version.id : ''}` : `concept filter on ${(n.operator.concepts || []).map((c) => `${c.id} ≥ ${c.value ?? 0.5}`).join(', ')}`,
-      n.node_inputs && n.node_inputs.length ? ` (runs on ${n.node_inputs.map((x) => x.node_id).join(', ')})` : ' (runs on the input image)'))));
+      n.node_inputs && n.node_inputs.length ? ` (runs on ${n.node_inputs.map((x) => x.node_id).join(', ')})` : ' (runs on the input image)')))));
   const preview = h('img', { alt: 'The input image', class: 'hidden', width: '240' });
   const result = h('div', { id: 'workflow-result', role: 'status', 'aria-live': 'polite' });
   const run = async (image, previewUrl) => {

@@ -71,3 +71,17 @@ pub fn sign_in_url(addr: std::net::SocketAddr, token: Option<&str>) -> String {
         None => format!("http://{host}/portal/"),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::sign_in_url;
+
+    #[test]
+    fn the_sign_in_link_points_a_browser_at_a_reachable_address() {
+        let wildcard = "0.0.0.0:8080".parse().unwrap();
+        assert_eq!(sign_in_url(wildcard, Some("dt_abc\n")), "http://127.0.0.1:8080/portal/#key=dt_abc");
+        let bound = "192.168.1.5:9000".parse().unwrap();
+        assert_eq!(sign_in_url(bound, None), "http://192.168.1.5:9000/portal/");
+        assert_eq!(sign_in_url(bound, Some(" ")), "http://192.168.1.5:9000/portal/");
+    }
+}
