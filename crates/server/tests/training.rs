@@ -162,7 +162,13 @@ async fn a_version_trains_from_queued_to_trained_with_an_evaluation() {
     // The trained model is saved beside its manifest; the checkpoints are gone.
     let artifact = s.data_dir().join("models").join(&id);
     assert!(artifact.join("weights.safetensors").exists() && artifact.join("manifest.json").exists());
-    assert!(!s.data_dir().join("runs").join(&id).exists());
+    // The worker removes them right after it commits the final status.
+    let runs = s.data_dir().join("runs").join(&id);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while runs.exists() && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(!runs.exists(), "the checkpoints of a trained version are removed");
 
     // The log: every step and epoch event, in order, ending with the final status.
     let (status, log) = s.get(&format!("{path}/log")).await;
