@@ -69,8 +69,8 @@ impl Activation {
     pub fn apply<const D: usize>(self, x: Tensor<D>) -> Tensor<D> {
         match self {
             Activation::None => x,
-            Activation::Relu => activation::relu(x),
-            Activation::Relu6 => activation::relu6(x),
+            Activation::Relu => deeptune_kernels::relu(x),
+            Activation::Relu6 => deeptune_kernels::relu6(x),
             Activation::Silu => activation::silu(x),
         }
     }
@@ -105,6 +105,36 @@ pub fn conv2d(
         .with_groups(groups)
         .with_bias(bias)
         .init(device)
+}
+
+/// A convolution's forward pass. Depthwise convolutions without bias (MobileNet's and
+/// EfficientNet's) go through our own kernels ([`deeptune_kernels::depthwise_conv2d`]), whose
+/// backward pass is one sweep instead of burn's convolution per channel; every other
+/// convolution is burn's.
+pub fn conv_forward(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
+    let [_, channels, height, width] = x.dims();
+    if conv.bias.is_some() || !deeptune_kernels::is_depthwise(channels, conv.weight.dims(), conv.groups) {
+        return conv.forward(x);
+    }
+    deeptune_kernels::depthwise_conv2d(x, conv.weight.val(), conv_options(conv, height, width))
+}
+
+/// The options burn's `Conv2d::forward` computes for an input of `height`×`width` (its "same"
+/// padding puts the odd pixel at the end, as TensorFlow does).
+fn conv_options(conv: &Conv2d, height: usize, width: usize) -> burn::tensor::ops::ConvOptions<2> {
+    let same = |kernel: usize, stride: usize, size: usize| {
+        let out = size.div_ceil(stride);
+        let total = if out > 0 { ((out - 1) * stride + kernel).saturating_sub(size) } else { 0 };
+        (total / 2, total - total / 2)
+    };
+    let padding = match conv.padding {
+        PaddingConfig2d::Valid => [(0, 0), (0, 0)],
+        PaddingConfig2d::Same => {
+            [same(conv.kernel_size[0], conv.stride[0], height), same(conv.kernel_size[1], conv.stride[1], width)]
+        }
+        PaddingConfig2d::Explicit(top, left, bottom, right) => [(top, bottom), (left, right)],
+    };
+    burn::tensor::ops::ConvOptions::new_with_padding(conv.stride, padding, conv.dilation, conv.groups)
 }
 
 /// torchvision's `Conv2dNormActivation`: a Sequential of conv (`0`), batch norm (`1`) and an
@@ -161,7 +191,7 @@ impl ConvBnActConfig {
 
 impl ConvBnAct {
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        self.activation.apply(self._1.forward(self._0.forward(x)))
+        self.activation.apply(self._1.forward(conv_forward(&self._0, x)))
     }
 }
 

@@ -11,7 +11,7 @@ use burn::module::{Module, Param};
 use burn::nn::conv::Conv2d;
 use burn::nn::{Dropout, DropoutConfig, Linear, LinearConfig};
 use burn::prelude::*;
-use burn::tensor::activation::relu6;
+use deeptune_kernels::relu6;
 
 use crate::nn::{BatchNorm2d, Padding, conv2d, global_avg_pool, make_divisible, stochastic_depth};
 use crate::torch::TorchModel;
@@ -153,7 +153,7 @@ impl MBConvBlock {
         if let (Some(conv), Some(bn)) = (&self._expand_conv, &self._bn0) {
             x = relu6(bn.forward(conv.forward(x)));
         }
-        let x = relu6(self._bn1.forward(self._depthwise_conv.forward(x)));
+        let x = relu6(self._bn1.forward(crate::nn::conv_forward(&self._depthwise_conv, x)));
         let x = self._bn2.forward(self._project_conv.forward(x));
         if !self.id_skip {
             return x;

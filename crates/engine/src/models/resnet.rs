@@ -5,9 +5,9 @@ use burn::module::Module;
 use burn::nn::conv::Conv2d;
 use burn::nn::{Linear, LinearConfig};
 use burn::prelude::*;
-use burn::tensor::activation::relu;
 use burn::tensor::module::max_pool2d;
 use burn::tensor::ops::MaxPoolOptions;
+use deeptune_kernels::relu;
 
 use crate::nn::{BatchNorm2d, Padding, conv2d, global_avg_pool};
 use crate::torch::TorchModel;

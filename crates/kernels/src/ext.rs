@@ -1,0 +1,256 @@
+//! [`DeepKernels`]: the backend extension, its implementations, and the `Tensor` wrapper.
+
+use burn::backend::flex::FlexTensor;
+use burn::backend::tensor::FloatTensor;
+use burn::backend::{Backend, Dispatch, Flex, TensorMetadata, backend_extension};
+use burn::tensor::ops::ConvOptions;
+use burn::tensor::{DType, Shape, Tensor, TensorData};
+use burn_autodiff::Autodiff;
+use burn_autodiff::checkpoint::base::Checkpointer;
+use burn_autodiff::checkpoint::strategy::CheckpointStrategy;
+use burn_autodiff::grads::Gradients;
+use burn_autodiff::ops::{Backward, Ops, OpsKind};
+
+use rayon::prelude::*;
+
+use crate::depthwise::{self, DepthwiseGeometry};
+
+/// Operations with our own kernels on some backends. The default bodies are burn's own
+/// operations, so a backend without a kernel of ours computes exactly what burn would.
+#[backend_extension(Flex, Cube: cfg(feature = "cuda"), Autodiff)]
+pub trait DeepKernels: Backend {
+    /// A depthwise convolution without bias (`weight`: `[channels, 1, kh, kw]`, `groups` ==
+    /// channels).
+    fn depthwise_conv2d(x: FloatTensor<Self>, weight: FloatTensor<Self>, options: ConvOptions<2>) -> FloatTensor<Self> {
+        Self::conv2d(x, weight, None, options)
+    }
+
+    /// `min(max(x, 0), cap)`: ReLU (`cap` infinite) or ReLU6 (`cap` 6).
+    fn clamped_relu(x: FloatTensor<Self>, cap: f32) -> FloatTensor<Self> {
+        burn_clamped_relu::<Self>(x, cap)
+    }
+
+    /// The gradient of [`DeepKernels::clamped_relu`] from its output: `grad` where `0 < output <
+    /// cap`, else 0 (PyTorch's `hardtanh_backward`).
+    fn clamped_relu_backward(output: FloatTensor<Self>, grad: FloatTensor<Self>, cap: f32) -> FloatTensor<Self> {
+        burn_clamped_relu_backward::<Self>(output, grad, cap)
+    }
+
+    /// The gradients of [`DeepKernels::depthwise_conv2d`] with respect to `x` and `weight`.
+    fn depthwise_conv2d_backward(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        out_grad: FloatTensor<Self>,
+        options: ConvOptions<2>,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        burn_backward::<Self>(x, weight, out_grad, options)
+    }
+}
+
+fn burn_clamped_relu<B: Backend>(x: FloatTensor<B>, cap: f32) -> FloatTensor<B> {
+    let y = B::relu(x);
+    if cap.is_finite() { B::float_clamp_max(y, cap.into()) } else { y }
+}
+
+fn burn_clamped_relu_backward<B: Backend>(output: FloatTensor<B>, grad: FloatTensor<B>, cap: f32) -> FloatTensor<B> {
+    let grad = B::relu_backward(output.clone(), grad);
+    if !cap.is_finite() {
+        return grad;
+    }
+    // cap − output ≤ 0 exactly where the output was clamped from above.
+    let headroom = B::float_neg(B::float_sub_scalar(output, cap.into()));
+    B::relu_backward(headroom, grad)
+}
+
+fn burn_backward<B: Backend>(
+    x: FloatTensor<B>,
+    weight: FloatTensor<B>,
+    out_grad: FloatTensor<B>,
+    options: ConvOptions<2>,
+) -> (FloatTensor<B>, FloatTensor<B>) {
+    let x_grad = B::conv2d_x_backward(x.clone(), weight.clone(), out_grad.clone(), options.clone());
+    let weight_grad = B::conv2d_weight_backward(x, weight, out_grad, options);
+    (x_grad, weight_grad)
+}
+
+/// Elements per parallel task of the element-wise kernels: large enough that scheduling is
+/// noise, small enough that two cores share a layer's activations.
+const ELEMENTWISE_CHUNK: usize = 1 << 15;
+
+/// flex: burn's forward for depthwise convolutions (it already has a direct depthwise path), our
+/// backward; activations in one pass each way (burn composes them from comparisons and masked
+/// fills, three to four passes over the activations).
+impl DeepKernels for Flex {
+    fn clamped_relu(x: FlexTensor, cap: f32) -> FlexTensor {
+        if x.dtype() != DType::F32 {
+            return burn_clamped_relu::<Flex>(x, cap);
+        }
+        let shape = x.shape();
+        let x = x.to_contiguous();
+        let input = f32s(&x);
+        let mut out = vec![0.0f32; input.len()];
+        out.par_chunks_mut(ELEMENTWISE_CHUNK).zip(input.par_chunks(ELEMENTWISE_CHUNK)).for_each(|(out, input)| {
+            for (o, &v) in out.iter_mut().zip(input) {
+                *o = v.max(0.0).min(cap);
+            }
+        });
+        FlexTensor::from_data(TensorData::new(out, shape))
+    }
+
+    fn clamped_relu_backward(output: FlexTensor, grad: FlexTensor, cap: f32) -> FlexTensor {
+        if output.dtype() != DType::F32 || grad.dtype() != DType::F32 || output.shape() != grad.shape() {
+            return burn_clamped_relu_backward::<Flex>(output, grad, cap);
+        }
+        let shape = grad.shape();
+        let (output, grad) = (output.to_contiguous(), grad.to_contiguous());
+        let (output, grad) = (f32s(&output), f32s(&grad));
+        let mut out = vec![0.0f32; grad.len()];
+        out.par_chunks_mut(ELEMENTWISE_CHUNK)
+            .zip(grad.par_chunks(ELEMENTWISE_CHUNK).zip(output.par_chunks(ELEMENTWISE_CHUNK)))
+            .for_each(|(out, (grad, output))| {
+                for ((o, &g), &y) in out.iter_mut().zip(grad).zip(output) {
+                    *o = if y > 0.0 && y < cap { g } else { 0.0 };
+                }
+            });
+        FlexTensor::from_data(TensorData::new(out, shape))
+    }
+
+    fn depthwise_conv2d_backward(
+        x: FlexTensor,
+        weight: FlexTensor,
+        out_grad: FlexTensor,
+        options: ConvOptions<2>,
+    ) -> (FlexTensor, FlexTensor) {
+        if x.dtype() != DType::F32 || weight.dtype() != DType::F32 || out_grad.dtype() != DType::F32 {
+            return burn_backward::<Flex>(x, weight, out_grad, options);
+        }
+        let [batch, channels, in_h, in_w] = x.shape().dims();
+        let [_, _, out_h, out_w] = out_grad.shape().dims();
+        let [_, _, kh, kw] = weight.shape().dims();
+        let geometry = DepthwiseGeometry {
+            batch,
+            channels,
+            in_h,
+            in_w,
+            out_h,
+            out_w,
+            kernel: [kh, kw],
+            stride: options.stride,
+            padding: [options.padding[0].0, options.padding[1].0],
+            dilation: options.dilation,
+        };
+        let (x, weight, out_grad) = (x.to_contiguous(), weight.to_contiguous(), out_grad.to_contiguous());
+        let (x_values, weight_values, grad_values) = (f32s(&x), f32s(&weight), f32s(&out_grad));
+        let (x_grad, weight_grad) = rayon::join(
+            || depthwise::input_grad(&geometry, weight_values, grad_values),
+            || depthwise::weight_grad(&geometry, x_values, grad_values),
+        );
+        (
+            FlexTensor::from_data(TensorData::new(x_grad, Shape::new([batch, channels, in_h, in_w]))),
+            FlexTensor::from_data(TensorData::new(weight_grad, Shape::new([channels, 1, kh, kw]))),
+        )
+    }
+}
+
+fn f32s(tensor: &FlexTensor) -> &[f32] {
+    tensor.as_slice::<f32>().expect("a contiguous f32 tensor")
+}
+
+/// CUDA: burn's operations throughout (the trait's defaults).
+#[cfg(feature = "cuda")]
+impl DeepKernels for burn::backend::Cube {}
+
+#[derive(Debug)]
+struct DepthwiseBackward;
+
+#[derive(Debug, Clone)]
+struct DepthwiseState<B: Backend> {
+    x: FloatTensor<B>,
+    weight: FloatTensor<B>,
+    options: ConvOptions<2>,
+}
+
+impl<B: DeepKernels> Backward<B, 2> for DepthwiseBackward {
+    type State = DepthwiseState<B>;
+
+    fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _checkpointer: &mut Checkpointer) {
+        let [node_x, node_weight] = ops.parents;
+        let grad = grads.consume::<B>(&ops.node);
+        let DepthwiseState { x, weight, options } = ops.state;
+        let (x_grad, weight_grad) = B::depthwise_conv2d_backward(x, weight, grad, options);
+        if let Some(node) = node_x {
+            grads.register::<B>(node.id, x_grad);
+        }
+        if let Some(node) = node_weight {
+            grads.register::<B>(node.id, weight_grad);
+        }
+    }
+}
+
+#[derive(Debug)]
+struct ClampedReluBackward;
+
+impl<B: DeepKernels> Backward<B, 1> for ClampedReluBackward {
+    /// The forward's output and the cap.
+    type State = (FloatTensor<B>, f32);
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _checkpointer: &mut Checkpointer) {
+        let [node] = ops.parents;
+        let grad = grads.consume::<B>(&ops.node);
+        let (output, cap) = ops.state;
+        if let Some(node) = node {
+            grads.register::<B>(node.id, B::clamped_relu_backward(output, grad, cap));
+        }
+    }
+}
+
+/// Autodiff: the inner backend's forwards, and backward nodes that ask the inner backend for the
+/// gradients.
+impl<B: DeepKernels, C: CheckpointStrategy> DeepKernels for Autodiff<B, C> {
+    fn clamped_relu(x: FloatTensor<Self>, cap: f32) -> FloatTensor<Self> {
+        match ClampedReluBackward.prepare::<C>([x.node()]).compute_bound().stateful() {
+            OpsKind::Tracked(prep) => {
+                let output = B::clamped_relu(x.into_primitive(), cap);
+                prep.finish((output.clone(), cap), output)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(B::clamped_relu(x.into_primitive(), cap)),
+        }
+    }
+
+    fn depthwise_conv2d(x: FloatTensor<Self>, weight: FloatTensor<Self>, options: ConvOptions<2>) -> FloatTensor<Self> {
+        match DepthwiseBackward.prepare::<C>([x.node(), weight.node()]).compute_bound().stateful() {
+            OpsKind::Tracked(prep) => {
+                let output = B::depthwise_conv2d(x.primitive().clone(), weight.primitive().clone(), options.clone());
+                prep.finish(DepthwiseState { x: x.into_primitive(), weight: weight.into_primitive(), options }, output)
+            }
+            OpsKind::UnTracked(prep) => {
+                prep.finish(B::depthwise_conv2d(x.into_primitive(), weight.into_primitive(), options))
+            }
+        }
+    }
+}
+
+/// Whether a convolution of these shapes is one [`depthwise_conv2d`] computes: one filter per
+/// channel (`weight` `[channels, 1, kh, kw]` on `channels` input channels, `groups` == channels).
+pub fn is_depthwise(x_channels: usize, weight_dims: [usize; 4], groups: usize) -> bool {
+    groups > 1 && groups == x_channels && weight_dims[0] == x_channels && weight_dims[1] == 1
+}
+
+/// ReLU on whatever device the tensor is.
+pub fn relu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
+    Tensor::from_dispatch(<Dispatch as DeepKernels>::clamped_relu(x.into_dispatch(), f32::INFINITY))
+}
+
+/// ReLU6, `min(max(x, 0), 6)`, on whatever device the tensor is.
+pub fn relu6<const D: usize>(x: Tensor<D>) -> Tensor<D> {
+    Tensor::from_dispatch(<Dispatch as DeepKernels>::clamped_relu(x.into_dispatch(), 6.0))
+}
+
+/// A depthwise convolution without bias on whatever device the tensors are (see [`is_depthwise`]).
+pub fn depthwise_conv2d(x: Tensor<4>, weight: Tensor<4>, options: ConvOptions<2>) -> Tensor<4> {
+    Tensor::from_dispatch(<Dispatch as DeepKernels>::depthwise_conv2d(
+        x.into_dispatch(),
+        weight.into_dispatch(),
+        options,
+    ))
+}

@@ -1,0 +1,12 @@
+//! Our own CPU kernels for the layers where burn's `flex` backend is slowest in training, plugged
+//! into burn through its backend-extension mechanism: a trait on the backend ([`DeepKernels`]),
+//! implemented for flex with these kernels, for CUDA with burn's own operations, and for
+//! autodiff with a custom backward node. Models call the [`depthwise_conv2d`] wrapper; which
+//! implementation runs follows the tensors' device.
+//!
+//! [`depthwise`] holds the kernels themselves, on plain slices, testable without burn.
+
+pub mod depthwise;
+mod ext;
+
+pub use ext::{DeepKernels, depthwise_conv2d, is_depthwise, relu, relu6};

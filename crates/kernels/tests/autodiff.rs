@@ -1,0 +1,91 @@
+//! The extension end to end through burn's `Tensor` API: on flex with autodiff, the depthwise
+//! convolution's output and both gradients equal burn's own grouped convolution's.
+
+use burn::tensor::module::conv2d;
+use burn::tensor::ops::ConvOptions;
+use burn::tensor::{Device, Distribution, Tensor};
+
+fn max_difference(a: Tensor<4>, b: Tensor<4>) -> f32 {
+    (a - b).abs().max().into_scalar::<f32>()
+}
+
+fn compare(options: ConvOptions<2>, input: [usize; 4], kernel: usize) {
+    let device = Device::flex().autodiff();
+    let channels = input[1];
+    let x = Tensor::<4>::random(input, Distribution::Normal(0.0, 1.0), &device).require_grad();
+    let w = Tensor::<4>::random([channels, 1, kernel, kernel], Distribution::Normal(0.0, 0.5), &device).require_grad();
+    let ours = deeptune_kernels::depthwise_conv2d(x.clone(), w.clone(), options.clone());
+    let theirs = conv2d(x.clone(), w.clone(), None, options.clone());
+    assert_eq!(ours.dims(), theirs.dims());
+    assert!(max_difference(ours.clone(), theirs.clone()) < 1e-5, "forward differs");
+    // A loss that weighs every output differently, so every gradient entry matters.
+    let weights = Tensor::<4>::random(ours.dims(), Distribution::Normal(0.0, 1.0), &device);
+    let ours_grads = (ours * weights.clone()).sum().backward();
+    let theirs_grads = (theirs * weights).sum().backward();
+    let (x_ours, x_theirs) = (x.grad(&ours_grads).unwrap(), x.grad(&theirs_grads).unwrap());
+    let (w_ours, w_theirs) = (w.grad(&ours_grads).unwrap(), w.grad(&theirs_grads).unwrap());
+    let dx = max_difference(
+        Tensor::from_data(x_ours.to_data(), &Device::flex()),
+        Tensor::from_data(x_theirs.to_data(), &Device::flex()),
+    );
+    let dw = max_difference(
+        Tensor::from_data(w_ours.to_data(), &Device::flex()),
+        Tensor::from_data(w_theirs.to_data(), &Device::flex()),
+    );
+    assert!(dx < 1e-4, "input gradient differs by {dx} ({options:?})");
+    assert!(dw < 1e-3, "weight gradient differs by {dw} ({options:?})");
+}
+
+#[test]
+fn gradients_equal_burns_grouped_convolution() {
+    compare(ConvOptions::new([1, 1], [1, 1], [1, 1], 8), [2, 8, 9, 7], 3);
+    compare(ConvOptions::new([2, 2], [1, 1], [1, 1], 6), [3, 6, 10, 11], 3);
+    compare(ConvOptions::new([1, 1], [2, 2], [1, 1], 4), [2, 4, 8, 8], 5);
+    // TensorFlow "same" with stride 2: the odd pixel of padding at the end.
+    compare(ConvOptions::new_with_padding([2, 2], [(1, 2), (1, 2)], [1, 1], 5), [2, 5, 8, 8], 5);
+}
+
+#[test]
+fn without_autodiff_it_is_burns_convolution() {
+    let device = Device::flex();
+    let x = Tensor::<4>::random([1, 3, 6, 6], Distribution::Normal(0.0, 1.0), &device);
+    let w = Tensor::<4>::random([3, 1, 3, 3], Distribution::Normal(0.0, 1.0), &device);
+    let options = ConvOptions::new([1, 1], [1, 1], [1, 1], 3);
+    let ours = deeptune_kernels::depthwise_conv2d(x.clone(), w.clone(), options.clone());
+    assert!(max_difference(ours, conv2d(x, w, None, options)) < 1e-6);
+}
+
+#[test]
+fn relu_and_relu6_match_burns_activations_and_gradients() {
+    use burn::tensor::activation;
+    let device = Device::flex().autodiff();
+    // Values on both sides of 0 and 6, and exactly at them (where the gradient is 0, as PyTorch).
+    let mut values: Vec<f32> = (0..4000).map(|i| (i as f32 - 1000.0) / 250.0).collect();
+    values.extend([0.0, 6.0, -0.0]);
+    let n = values.len();
+    for (ours, theirs, name) in [
+        (
+            deeptune_kernels::relu6::<1> as fn(Tensor<1>) -> Tensor<1>,
+            activation::relu6::<1> as fn(Tensor<1>) -> Tensor<1>,
+            "relu6",
+        ),
+        (deeptune_kernels::relu::<1>, activation::relu::<1>, "relu"),
+    ] {
+        let x = Tensor::<1>::from_floats(values.as_slice(), &device).require_grad();
+        let weights = Tensor::<1>::random([n], Distribution::Normal(0.0, 1.0), &device);
+        let (a, b) = (ours(x.clone()), theirs(x.clone()));
+        let forward: f32 = (a.clone() - b.clone()).abs().max().into_scalar::<f32>();
+        assert_eq!(forward, 0.0, "{name} forward");
+        let ga = x.grad(&(a * weights.clone()).sum().backward()).unwrap().into_data().try_to_vec::<f32>().unwrap();
+        let gb = x.grad(&(b * weights).sum().backward()).unwrap().into_data().try_to_vec::<f32>().unwrap();
+        for (i, (p, q)) in ga.iter().zip(&gb).enumerate() {
+            // At exactly 0 and 6 burn's clamp passes the gradient; PyTorch's hardtanh_backward
+            // (what nn.ReLU6 differentiates with) does not, and neither do we.
+            if name == "relu6" && (values[i] == 6.0 || values[i] == 0.0) {
+                assert_eq!(*p, 0.0);
+                continue;
+            }
+            assert_eq!(p, q, "{name} gradient at {}", values[i]);
+        }
+    }
+}
