@@ -4,7 +4,6 @@ use burn::module::{Module, Param, RunningState};
 use burn::nn::PaddingConfig2d;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::prelude::*;
-use burn::tensor::activation;
 
 /// `torch.nn.BatchNorm2d`: the same parameter names (`weight`, `bias`, `running_mean`,
 /// `running_var`) and the same running-variance update, which uses the unbiased batch variance
@@ -71,7 +70,7 @@ impl Activation {
             Activation::None => x,
             Activation::Relu => deeptune_kernels::relu(x),
             Activation::Relu6 => deeptune_kernels::relu6(x),
-            Activation::Silu => activation::silu(x),
+            Activation::Silu => deeptune_kernels::silu(x),
         }
     }
 }

@@ -36,6 +36,17 @@ pub trait DeepKernels: Backend {
         burn_clamped_relu_backward::<Self>(output, grad, cap)
     }
 
+    /// SiLU, `x · sigmoid(x)`.
+    fn silu(x: FloatTensor<Self>) -> FloatTensor<Self> {
+        burn_silu::<Self>(x)
+    }
+
+    /// The gradient of [`DeepKernels::silu`] from its input: `grad · s · (1 + x · (1 − s))`,
+    /// `s = sigmoid(x)`.
+    fn silu_backward(x: FloatTensor<Self>, grad: FloatTensor<Self>) -> FloatTensor<Self> {
+        burn_silu_backward::<Self>(x, grad)
+    }
+
     /// The gradients of [`DeepKernels::depthwise_conv2d`] with respect to `x` and `weight`.
     fn depthwise_conv2d_backward(
         x: FloatTensor<Self>,
@@ -60,6 +71,17 @@ fn burn_clamped_relu_backward<B: Backend>(output: FloatTensor<B>, grad: FloatTen
     // cap − output ≤ 0 exactly where the output was clamped from above.
     let headroom = B::float_neg(B::float_sub_scalar(output, cap.into()));
     B::relu_backward(headroom, grad)
+}
+
+fn burn_silu<B: Backend>(x: FloatTensor<B>) -> FloatTensor<B> {
+    B::float_mul(x.clone(), B::sigmoid(x))
+}
+
+fn burn_silu_backward<B: Backend>(x: FloatTensor<B>, grad: FloatTensor<B>) -> FloatTensor<B> {
+    let s = B::sigmoid(x.clone());
+    let one_minus_s = B::float_add_scalar(B::float_neg(s.clone()), 1f32.into());
+    let slope = B::float_mul(s, B::float_add_scalar(B::float_mul(x, one_minus_s), 1f32.into()));
+    B::float_mul(grad, slope)
 }
 
 fn burn_backward<B: Backend>(
@@ -94,6 +116,41 @@ impl DeepKernels for Flex {
                 *o = v.max(0.0).min(cap);
             }
         });
+        FlexTensor::from_data(TensorData::new(out, shape))
+    }
+
+    fn silu(x: FlexTensor) -> FlexTensor {
+        if x.dtype() != DType::F32 {
+            return burn_silu::<Flex>(x);
+        }
+        let shape = x.shape();
+        let x = x.to_contiguous();
+        let input = f32s(&x);
+        let mut out = vec![0.0f32; input.len()];
+        out.par_chunks_mut(ELEMENTWISE_CHUNK).zip(input.par_chunks(ELEMENTWISE_CHUNK)).for_each(|(out, input)| {
+            for (o, &v) in out.iter_mut().zip(input) {
+                *o = v / (1.0 + (-v).exp());
+            }
+        });
+        FlexTensor::from_data(TensorData::new(out, shape))
+    }
+
+    fn silu_backward(x: FlexTensor, grad: FlexTensor) -> FlexTensor {
+        if x.dtype() != DType::F32 || grad.dtype() != DType::F32 || x.shape() != grad.shape() {
+            return burn_silu_backward::<Flex>(x, grad);
+        }
+        let shape = grad.shape();
+        let (x, grad) = (x.to_contiguous(), grad.to_contiguous());
+        let (x, grad) = (f32s(&x), f32s(&grad));
+        let mut out = vec![0.0f32; grad.len()];
+        out.par_chunks_mut(ELEMENTWISE_CHUNK)
+            .zip(grad.par_chunks(ELEMENTWISE_CHUNK).zip(x.par_chunks(ELEMENTWISE_CHUNK)))
+            .for_each(|(out, (grad, x))| {
+                for ((o, &g), &v) in out.iter_mut().zip(grad).zip(x) {
+                    let s = 1.0 / (1.0 + (-v).exp());
+                    *o = g * s * (1.0 + v * (1.0 - s));
+                }
+            });
         FlexTensor::from_data(TensorData::new(out, shape))
     }
 
@@ -204,9 +261,36 @@ impl<B: DeepKernels> Backward<B, 1> for ClampedReluBackward {
     }
 }
 
+#[derive(Debug)]
+struct SiluBackward;
+
+impl<B: DeepKernels> Backward<B, 1> for SiluBackward {
+    /// The forward's input.
+    type State = FloatTensor<B>;
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _checkpointer: &mut Checkpointer) {
+        let [node] = ops.parents;
+        let grad = grads.consume::<B>(&ops.node);
+        if let Some(node) = node {
+            grads.register::<B>(node.id, B::silu_backward(ops.state, grad));
+        }
+    }
+}
+
 /// Autodiff: the inner backend's forwards, and backward nodes that ask the inner backend for the
 /// gradients.
 impl<B: DeepKernels, C: CheckpointStrategy> DeepKernels for Autodiff<B, C> {
+    fn silu(x: FloatTensor<Self>) -> FloatTensor<Self> {
+        match SiluBackward.prepare::<C>([x.node()]).compute_bound().stateful() {
+            OpsKind::Tracked(prep) => {
+                let input = x.into_primitive();
+                let output = B::silu(input.clone());
+                prep.finish(input, output)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(B::silu(x.into_primitive())),
+        }
+    }
+
     fn clamped_relu(x: FloatTensor<Self>, cap: f32) -> FloatTensor<Self> {
         match ClampedReluBackward.prepare::<C>([x.node()]).compute_bound().stateful() {
             OpsKind::Tracked(prep) => {
@@ -234,6 +318,11 @@ impl<B: DeepKernels, C: CheckpointStrategy> DeepKernels for Autodiff<B, C> {
 /// channel (`weight` `[channels, 1, kh, kw]` on `channels` input channels, `groups` == channels).
 pub fn is_depthwise(x_channels: usize, weight_dims: [usize; 4], groups: usize) -> bool {
     groups > 1 && groups == x_channels && weight_dims[0] == x_channels && weight_dims[1] == 1
+}
+
+/// SiLU, `x · sigmoid(x)`, on whatever device the tensor is.
+pub fn silu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
+    Tensor::from_dispatch(<Dispatch as DeepKernels>::silu(x.into_dispatch()))
 }
 
 /// ReLU on whatever device the tensor is.

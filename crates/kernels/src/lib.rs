@@ -9,4 +9,4 @@
 pub mod depthwise;
 mod ext;
 
-pub use ext::{DeepKernels, depthwise_conv2d, is_depthwise, relu, relu6};
+pub use ext::{DeepKernels, depthwise_conv2d, is_depthwise, relu, relu6, silu};

@@ -89,3 +89,21 @@ fn relu_and_relu6_match_burns_activations_and_gradients() {
         }
     }
 }
+
+#[test]
+fn silu_matches_burns_activation_and_gradient() {
+    use burn::tensor::activation;
+    let device = Device::flex().autodiff();
+    let values: Vec<f32> = (0..4000).map(|i| (i as f32 - 2000.0) / 100.0).collect();
+    let n = values.len();
+    let x = Tensor::<1>::from_floats(values.as_slice(), &device).require_grad();
+    let weights = Tensor::<1>::random([n], Distribution::Normal(0.0, 1.0), &device);
+    let (ours, theirs) = (deeptune_kernels::silu(x.clone()), activation::silu(x.clone()));
+    let forward = (ours.clone() - theirs.clone()).abs().max().into_scalar::<f32>();
+    assert!(forward < 1e-5, "silu forward differs by {forward}");
+    let ga = x.grad(&(ours * weights.clone()).sum().backward()).unwrap().into_data().try_to_vec::<f32>().unwrap();
+    let gb = x.grad(&(theirs * weights).sum().backward()).unwrap().into_data().try_to_vec::<f32>().unwrap();
+    for (i, (p, q)) in ga.iter().zip(&gb).enumerate() {
+        assert!((p - q).abs() <= 1e-5 * (1.0 + q.abs()), "silu gradient at {}: {p} vs {q}", values[i]);
+    }
+}

@@ -8,7 +8,8 @@ use burn::module::{Module, Param};
 use burn::nn::conv::Conv2d;
 use burn::nn::{Dropout, DropoutConfig, Linear, LinearConfig};
 use burn::prelude::*;
-use burn::tensor::activation::{sigmoid, silu};
+use burn::tensor::activation::sigmoid;
+use deeptune_kernels::silu;
 
 use crate::nn::{
     Activation, ConvBnAct, ConvBnActConfig, Padding, conv2d, global_avg_pool, make_divisible, stochastic_depth,
