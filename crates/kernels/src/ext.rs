@@ -107,69 +107,31 @@ impl DeepKernels for Flex {
         if x.dtype() != DType::F32 {
             return burn_clamped_relu::<Flex>(x, cap);
         }
-        let shape = x.shape();
-        let x = x.to_contiguous();
-        let input = f32s(&x);
-        let mut out = vec![0.0f32; input.len()];
-        out.par_chunks_mut(ELEMENTWISE_CHUNK).zip(input.par_chunks(ELEMENTWISE_CHUNK)).for_each(|(out, input)| {
-            for (o, &v) in out.iter_mut().zip(input) {
-                *o = v.max(0.0).min(cap);
-            }
-        });
-        FlexTensor::from_data(TensorData::new(out, shape))
-    }
-
-    fn silu(x: FlexTensor) -> FlexTensor {
-        if x.dtype() != DType::F32 {
-            return burn_silu::<Flex>(x);
-        }
-        let shape = x.shape();
-        let x = x.to_contiguous();
-        let input = f32s(&x);
-        let mut out = vec![0.0f32; input.len()];
-        out.par_chunks_mut(ELEMENTWISE_CHUNK).zip(input.par_chunks(ELEMENTWISE_CHUNK)).for_each(|(out, input)| {
-            for (o, &v) in out.iter_mut().zip(input) {
-                *o = v / (1.0 + (-v).exp());
-            }
-        });
-        FlexTensor::from_data(TensorData::new(out, shape))
-    }
-
-    fn silu_backward(x: FlexTensor, grad: FlexTensor) -> FlexTensor {
-        if x.dtype() != DType::F32 || grad.dtype() != DType::F32 || x.shape() != grad.shape() {
-            return burn_silu_backward::<Flex>(x, grad);
-        }
-        let shape = grad.shape();
-        let (x, grad) = (x.to_contiguous(), grad.to_contiguous());
-        let (x, grad) = (f32s(&x), f32s(&grad));
-        let mut out = vec![0.0f32; grad.len()];
-        out.par_chunks_mut(ELEMENTWISE_CHUNK)
-            .zip(grad.par_chunks(ELEMENTWISE_CHUNK).zip(x.par_chunks(ELEMENTWISE_CHUNK)))
-            .for_each(|(out, (grad, x))| {
-                for ((o, &g), &v) in out.iter_mut().zip(grad).zip(x) {
-                    let s = 1.0 / (1.0 + (-v).exp());
-                    *o = g * s * (1.0 + v * (1.0 - s));
-                }
-            });
-        FlexTensor::from_data(TensorData::new(out, shape))
+        map_f32(&x, |v| v.max(0.0).min(cap))
     }
 
     fn clamped_relu_backward(output: FlexTensor, grad: FlexTensor, cap: f32) -> FlexTensor {
         if output.dtype() != DType::F32 || grad.dtype() != DType::F32 || output.shape() != grad.shape() {
             return burn_clamped_relu_backward::<Flex>(output, grad, cap);
         }
-        let shape = grad.shape();
-        let (output, grad) = (output.to_contiguous(), grad.to_contiguous());
-        let (output, grad) = (f32s(&output), f32s(&grad));
-        let mut out = vec![0.0f32; grad.len()];
-        out.par_chunks_mut(ELEMENTWISE_CHUNK)
-            .zip(grad.par_chunks(ELEMENTWISE_CHUNK).zip(output.par_chunks(ELEMENTWISE_CHUNK)))
-            .for_each(|(out, (grad, output))| {
-                for ((o, &g), &y) in out.iter_mut().zip(grad).zip(output) {
-                    *o = if y > 0.0 && y < cap { g } else { 0.0 };
-                }
-            });
-        FlexTensor::from_data(TensorData::new(out, shape))
+        zip_map_f32(&grad, &output, |g, y| if y > 0.0 && y < cap { g } else { 0.0 })
+    }
+
+    fn silu(x: FlexTensor) -> FlexTensor {
+        if x.dtype() != DType::F32 {
+            return burn_silu::<Flex>(x);
+        }
+        map_f32(&x, |v| v / (1.0 + (-v).exp()))
+    }
+
+    fn silu_backward(x: FlexTensor, grad: FlexTensor) -> FlexTensor {
+        if x.dtype() != DType::F32 || grad.dtype() != DType::F32 || x.shape() != grad.shape() {
+            return burn_silu_backward::<Flex>(x, grad);
+        }
+        zip_map_f32(&grad, &x, |g, v| {
+            let s = 1.0 / (1.0 + (-v).exp());
+            g * s * (1.0 + v * (1.0 - s))
+        })
     }
 
     fn depthwise_conv2d_backward(
@@ -207,6 +169,34 @@ impl DeepKernels for Flex {
             FlexTensor::from_data(TensorData::new(weight_grad, Shape::new([channels, 1, kh, kw]))),
         )
     }
+}
+
+/// `f` of every element of an f32 tensor, in one parallel pass, as a new contiguous tensor.
+fn map_f32(x: &FlexTensor, f: impl Fn(f32) -> f32 + Sync) -> FlexTensor {
+    let x = x.to_contiguous();
+    let input = f32s(&x);
+    let mut out = vec![0.0f32; input.len()];
+    out.par_chunks_mut(ELEMENTWISE_CHUNK).zip(input.par_chunks(ELEMENTWISE_CHUNK)).for_each(|(out, input)| {
+        for (o, &v) in out.iter_mut().zip(input) {
+            *o = f(v);
+        }
+    });
+    FlexTensor::from_data(TensorData::new(out, x.shape()))
+}
+
+/// `f(a, b)` of the elements of two f32 tensors of the same shape, in one parallel pass.
+fn zip_map_f32(a: &FlexTensor, b: &FlexTensor, f: impl Fn(f32, f32) -> f32 + Sync) -> FlexTensor {
+    let (a, b) = (a.to_contiguous(), b.to_contiguous());
+    let (left, right) = (f32s(&a), f32s(&b));
+    let mut out = vec![0.0f32; left.len()];
+    out.par_chunks_mut(ELEMENTWISE_CHUNK)
+        .zip(left.par_chunks(ELEMENTWISE_CHUNK).zip(right.par_chunks(ELEMENTWISE_CHUNK)))
+        .for_each(|(out, (left, right))| {
+            for ((o, &l), &r) in out.iter_mut().zip(left).zip(right) {
+                *o = f(l, r);
+            }
+        });
+    FlexTensor::from_data(TensorData::new(out, a.shape()))
 }
 
 fn f32s(tensor: &FlexTensor) -> &[f32] {
