@@ -106,16 +106,27 @@ pub fn conv2d(
         .init(device)
 }
 
-/// A convolution's forward pass. Depthwise convolutions without bias (MobileNet's and
-/// EfficientNet's) go through our own kernels ([`deeptune_kernels::depthwise_conv2d`]), whose
-/// backward pass is one sweep instead of burn's convolution per channel; every other
-/// convolution is burn's.
+/// A convolution's forward pass through our own kernels ([`deeptune_kernels`]): dense
+/// convolutions as im2col + one well-shaped matrix product per chunk of images, depthwise ones
+/// with a one-sweep backward; both instead of burn's generic convolution backward (a transposed
+/// convolution and a convolution over swapped dimensions). Other grouped convolutions are burn's.
 pub fn conv_forward(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
     let [_, channels, height, width] = x.dims();
-    if conv.bias.is_some() || !deeptune_kernels::is_depthwise(channels, conv.weight.dims(), conv.groups) {
+    let options = conv_options(conv, height, width);
+    let y = if conv.groups == 1 {
+        deeptune_kernels::dense_conv2d(x, conv.weight.val(), options)
+    } else if deeptune_kernels::is_depthwise(channels, conv.weight.dims(), conv.groups) {
+        deeptune_kernels::depthwise_conv2d(x, conv.weight.val(), options)
+    } else {
         return conv.forward(x);
+    };
+    match &conv.bias {
+        Some(bias) => {
+            let out_channels = bias.dims()[0];
+            y + bias.val().reshape([1, out_channels, 1, 1])
+        }
+        None => y,
     }
-    deeptune_kernels::depthwise_conv2d(x, conv.weight.val(), conv_options(conv, height, width))
 }
 
 /// The options burn's `Conv2d::forward` computes for an input of `height`×`width` (its "same"

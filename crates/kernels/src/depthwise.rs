@@ -27,6 +27,24 @@ pub struct DepthwiseGeometry {
     pub dilation: [usize; 2],
 }
 
+/// Output positions `o` along one axis whose input position `o·stride + tap_offset − padding`
+/// falls inside `0..len`, as a range of `o` (`tap_offset` is the tap's index times the dilation).
+pub(crate) fn valid_outputs(
+    stride: usize,
+    tap_offset: usize,
+    padding: usize,
+    out_len: usize,
+    len: usize,
+) -> std::ops::Range<usize> {
+    let (stride, offset) = (stride as isize, tap_offset as isize - padding as isize);
+    // o·stride + offset ≥ 0  ⇔  o ≥ ceil(−offset / stride)
+    let first = if offset >= 0 { 0 } else { ((-offset) + stride - 1) / stride } as usize;
+    // o·stride + offset ≤ len − 1  ⇔  o ≤ floor((len − 1 − offset) / stride)
+    let last_excl =
+        if (len as isize - 1 - offset) < 0 { 0 } else { ((len as isize - 1 - offset) / stride + 1) as usize };
+    first.min(out_len)..last_excl.min(out_len).max(first.min(out_len))
+}
+
 impl DepthwiseGeometry {
     fn in_plane(&self) -> usize {
         self.in_h * self.in_w
@@ -40,17 +58,8 @@ impl DepthwiseGeometry {
         self.kernel[0] * self.kernel[1]
     }
 
-    /// Output positions `o` along one axis whose input position `o·stride + tap·dilation −
-    /// padding` falls inside `0..len`, as a range of `o`, with that input position for the first.
     fn valid(&self, axis: usize, tap: usize, out_len: usize, len: usize) -> std::ops::Range<usize> {
-        let (stride, offset) =
-            (self.stride[axis] as isize, (tap * self.dilation[axis]) as isize - self.padding[axis] as isize);
-        // o·stride + offset ≥ 0  ⇔  o ≥ ceil(−offset / stride)
-        let first = if offset >= 0 { 0 } else { ((-offset) + stride - 1) / stride } as usize;
-        // o·stride + offset ≤ len − 1  ⇔  o ≤ floor((len − 1 − offset) / stride)
-        let last_excl =
-            if (len as isize - 1 - offset) < 0 { 0 } else { ((len as isize - 1 - offset) / stride + 1) as usize };
-        first.min(out_len)..last_excl.min(out_len).max(first.min(out_len))
+        valid_outputs(self.stride[axis], tap * self.dilation[axis], self.padding[axis], out_len, len)
     }
 
     fn input_index(&self, axis: usize, tap: usize, o: usize) -> usize {

@@ -13,6 +13,7 @@ use burn_autodiff::ops::{Backward, Ops, OpsKind};
 
 use rayon::prelude::*;
 
+use crate::conv::{self, ConvGeometry};
 use crate::depthwise::{self, DepthwiseGeometry};
 
 /// Operations with our own kernels on some backends. The default bodies are burn's own
@@ -23,6 +24,24 @@ pub trait DeepKernels: Backend {
     /// channels).
     fn depthwise_conv2d(x: FloatTensor<Self>, weight: FloatTensor<Self>, options: ConvOptions<2>) -> FloatTensor<Self> {
         Self::conv2d(x, weight, None, options)
+    }
+
+    /// A dense convolution (`groups` = 1) without bias.
+    fn dense_conv2d(x: FloatTensor<Self>, weight: FloatTensor<Self>, options: ConvOptions<2>) -> FloatTensor<Self> {
+        burn_conv2d::<Self>(x, weight, options)
+    }
+
+    /// The gradients of [`DeepKernels::dense_conv2d`] with respect to `x` (if `want_x`) and
+    /// `weight` (if `want_weight`).
+    fn dense_conv2d_backward(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        out_grad: FloatTensor<Self>,
+        options: ConvOptions<2>,
+        want_x: bool,
+        want_weight: bool,
+    ) -> (Option<FloatTensor<Self>>, Option<FloatTensor<Self>>) {
+        burn_dense_backward::<Self>(x, weight, out_grad, options, want_x, want_weight)
     }
 
     /// `min(max(x, 0), cap)`: ReLU (`cap` infinite) or ReLU6 (`cap` 6).
@@ -56,6 +75,23 @@ pub trait DeepKernels: Backend {
     ) -> (FloatTensor<Self>, FloatTensor<Self>) {
         burn_backward::<Self>(x, weight, out_grad, options)
     }
+}
+
+fn burn_conv2d<B: Backend>(x: FloatTensor<B>, weight: FloatTensor<B>, options: ConvOptions<2>) -> FloatTensor<B> {
+    B::conv2d(x, weight, None, options)
+}
+
+fn burn_dense_backward<B: Backend>(
+    x: FloatTensor<B>,
+    weight: FloatTensor<B>,
+    out_grad: FloatTensor<B>,
+    options: ConvOptions<2>,
+    want_x: bool,
+    want_weight: bool,
+) -> (Option<FloatTensor<B>>, Option<FloatTensor<B>>) {
+    let x_grad = want_x.then(|| B::conv2d_x_backward(x.clone(), weight.clone(), out_grad.clone(), options.clone()));
+    let weight_grad = want_weight.then(|| B::conv2d_weight_backward(x, weight, out_grad, options));
+    (x_grad, weight_grad)
 }
 
 fn burn_clamped_relu<B: Backend>(x: FloatTensor<B>, cap: f32) -> FloatTensor<B> {
@@ -103,6 +139,37 @@ const ELEMENTWISE_CHUNK: usize = 1 << 15;
 /// backward; activations in one pass each way (burn composes them from comparisons and masked
 /// fills, three to four passes over the activations).
 impl DeepKernels for Flex {
+    fn dense_conv2d(x: FlexTensor, weight: FlexTensor, options: ConvOptions<2>) -> FlexTensor {
+        let Some(geometry) = dense_geometry(&x, &weight, None, &options) else {
+            return burn_conv2d::<Flex>(x, weight, options);
+        };
+        let (x, weight) = (x.to_contiguous(), weight.to_contiguous());
+        let y = conv::forward(&geometry, f32s(&x), f32s(&weight));
+        let shape = [geometry.batch, geometry.out_channels, geometry.out_h, geometry.out_w];
+        FlexTensor::from_data(TensorData::new(y, Shape::new(shape)))
+    }
+
+    fn dense_conv2d_backward(
+        x: FlexTensor,
+        weight: FlexTensor,
+        out_grad: FlexTensor,
+        options: ConvOptions<2>,
+        want_x: bool,
+        want_weight: bool,
+    ) -> (Option<FlexTensor>, Option<FlexTensor>) {
+        let Some(geometry) = dense_geometry(&x, &weight, Some(&out_grad), &options) else {
+            return burn_dense_backward::<Flex>(x, weight, out_grad, options, want_x, want_weight);
+        };
+        let (x_shape, weight_shape) = (x.shape(), weight.shape());
+        let (x, weight, out_grad) = (x.to_contiguous(), weight.to_contiguous(), out_grad.to_contiguous());
+        let (x_grad, weight_grad) =
+            conv::backward(&geometry, f32s(&x), f32s(&weight), f32s(&out_grad), want_x, want_weight);
+        (
+            x_grad.map(|grad| FlexTensor::from_data(TensorData::new(grad, x_shape))),
+            weight_grad.map(|grad| FlexTensor::from_data(TensorData::new(grad, weight_shape))),
+        )
+    }
+
     fn clamped_relu(x: FlexTensor, cap: f32) -> FlexTensor {
         if x.dtype() != DType::F32 {
             return burn_clamped_relu::<Flex>(x, cap);
@@ -171,6 +238,50 @@ impl DeepKernels for Flex {
     }
 }
 
+/// The geometry of a convolution our dense kernels compute (f32, `groups` = 1), or `None` for
+/// burn's. Without `out_grad` the output size follows from the options.
+fn dense_geometry(
+    x: &FlexTensor,
+    weight: &FlexTensor,
+    out_grad: Option<&FlexTensor>,
+    options: &ConvOptions<2>,
+) -> Option<ConvGeometry> {
+    let all_f32 = [Some(x), Some(weight), out_grad].into_iter().flatten().all(|t| t.dtype() == DType::F32);
+    if !all_f32 || options.groups != 1 {
+        return None;
+    }
+    let [batch, in_channels, in_h, in_w] = x.shape().dims();
+    let [out_channels, weight_in, kh, kw] = weight.shape().dims();
+    if weight_in != in_channels {
+        return None;
+    }
+    let out_len = |axis: usize, len: usize, kernel: usize| {
+        let (begin, end) = options.padding[axis];
+        let span = options.dilation[axis] * (kernel - 1) + 1;
+        (len + begin + end).checked_sub(span).map(|room| room / options.stride[axis] + 1)
+    };
+    let (out_h, out_w) = match out_grad {
+        Some(grad) => {
+            let [_, _, out_h, out_w] = grad.shape().dims();
+            (out_h, out_w)
+        }
+        None => (out_len(0, in_h, kh)?, out_len(1, in_w, kw)?),
+    };
+    Some(ConvGeometry {
+        batch,
+        in_channels,
+        out_channels,
+        in_h,
+        in_w,
+        out_h,
+        out_w,
+        kernel: [kh, kw],
+        stride: options.stride,
+        padding: [options.padding[0].0, options.padding[1].0],
+        dilation: options.dilation,
+    })
+}
+
 /// `f` of every element of an f32 tensor, in one parallel pass, as a new contiguous tensor.
 fn map_f32(x: &FlexTensor, f: impl Fn(f32) -> f32 + Sync) -> FlexTensor {
     let x = x.to_contiguous();
@@ -211,25 +322,46 @@ impl DeepKernels for burn::backend::Cube {}
 struct DepthwiseBackward;
 
 #[derive(Debug, Clone)]
-struct DepthwiseState<B: Backend> {
+struct ConvState<B: Backend> {
     x: FloatTensor<B>,
     weight: FloatTensor<B>,
     options: ConvOptions<2>,
 }
 
 impl<B: DeepKernels> Backward<B, 2> for DepthwiseBackward {
-    type State = DepthwiseState<B>;
+    type State = ConvState<B>;
 
     fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _checkpointer: &mut Checkpointer) {
         let [node_x, node_weight] = ops.parents;
         let grad = grads.consume::<B>(&ops.node);
-        let DepthwiseState { x, weight, options } = ops.state;
+        let ConvState { x, weight, options } = ops.state;
         let (x_grad, weight_grad) = B::depthwise_conv2d_backward(x, weight, grad, options);
         if let Some(node) = node_x {
             grads.register::<B>(node.id, x_grad);
         }
         if let Some(node) = node_weight {
             grads.register::<B>(node.id, weight_grad);
+        }
+    }
+}
+
+#[derive(Debug)]
+struct DenseConvBackward;
+
+impl<B: DeepKernels> Backward<B, 2> for DenseConvBackward {
+    type State = ConvState<B>;
+
+    fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _checkpointer: &mut Checkpointer) {
+        let [node_x, node_weight] = ops.parents;
+        let grad = grads.consume::<B>(&ops.node);
+        let ConvState { x, weight, options } = ops.state;
+        let (x_grad, weight_grad) =
+            B::dense_conv2d_backward(x, weight, grad, options, node_x.is_some(), node_weight.is_some());
+        if let (Some(node), Some(grad)) = (node_x, x_grad) {
+            grads.register::<B>(node.id, grad);
+        }
+        if let (Some(node), Some(grad)) = (node_weight, weight_grad) {
+            grads.register::<B>(node.id, grad);
         }
     }
 }
@@ -291,11 +423,23 @@ impl<B: DeepKernels, C: CheckpointStrategy> DeepKernels for Autodiff<B, C> {
         }
     }
 
+    fn dense_conv2d(x: FloatTensor<Self>, weight: FloatTensor<Self>, options: ConvOptions<2>) -> FloatTensor<Self> {
+        match DenseConvBackward.prepare::<C>([x.node(), weight.node()]).compute_bound().stateful() {
+            OpsKind::Tracked(prep) => {
+                let output = B::dense_conv2d(x.primitive().clone(), weight.primitive().clone(), options.clone());
+                prep.finish(ConvState { x: x.into_primitive(), weight: weight.into_primitive(), options }, output)
+            }
+            OpsKind::UnTracked(prep) => {
+                prep.finish(B::dense_conv2d(x.into_primitive(), weight.into_primitive(), options))
+            }
+        }
+    }
+
     fn depthwise_conv2d(x: FloatTensor<Self>, weight: FloatTensor<Self>, options: ConvOptions<2>) -> FloatTensor<Self> {
         match DepthwiseBackward.prepare::<C>([x.node(), weight.node()]).compute_bound().stateful() {
             OpsKind::Tracked(prep) => {
                 let output = B::depthwise_conv2d(x.primitive().clone(), weight.primitive().clone(), options.clone());
-                prep.finish(DepthwiseState { x: x.into_primitive(), weight: weight.into_primitive(), options }, output)
+                prep.finish(ConvState { x: x.into_primitive(), weight: weight.into_primitive(), options }, output)
             }
             OpsKind::UnTracked(prep) => {
                 prep.finish(B::depthwise_conv2d(x.into_primitive(), weight.into_primitive(), options))
@@ -323,6 +467,11 @@ pub fn relu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
 /// ReLU6, `min(max(x, 0), 6)`, on whatever device the tensor is.
 pub fn relu6<const D: usize>(x: Tensor<D>) -> Tensor<D> {
     Tensor::from_dispatch(<Dispatch as DeepKernels>::clamped_relu(x.into_dispatch(), 6.0))
+}
+
+/// A dense convolution (`groups` = 1) without bias on whatever device the tensors are.
+pub fn dense_conv2d(x: Tensor<4>, weight: Tensor<4>, options: ConvOptions<2>) -> Tensor<4> {
+    Tensor::from_dispatch(<Dispatch as DeepKernels>::dense_conv2d(x.into_dispatch(), weight.into_dispatch(), options))
 }
 
 /// A depthwise convolution without bias on whatever device the tensors are (see [`is_depthwise`]).

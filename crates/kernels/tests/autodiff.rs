@@ -45,6 +45,52 @@ fn gradients_equal_burns_grouped_convolution() {
     compare(ConvOptions::new_with_padding([2, 2], [(1, 2), (1, 2)], [1, 1], 5), [2, 5, 8, 8], 5);
 }
 
+/// Our dense convolution against burn's on flex with autodiff: output and both gradients.
+fn compare_dense(options: ConvOptions<2>, input: [usize; 4], out_channels: usize, kernel: usize) {
+    let device = Device::flex().autodiff();
+    let x = Tensor::<4>::random(input, Distribution::Normal(0.0, 1.0), &device).require_grad();
+    let w = Tensor::<4>::random([out_channels, input[1], kernel, kernel], Distribution::Normal(0.0, 0.5), &device)
+        .require_grad();
+    let ours = deeptune_kernels::dense_conv2d(x.clone(), w.clone(), options.clone());
+    let theirs = conv2d(x.clone(), w.clone(), None, options.clone());
+    assert_eq!(ours.dims(), theirs.dims());
+    assert!(max_difference(ours.clone(), theirs.clone()) < 1e-4, "forward differs ({options:?})");
+    let weights = Tensor::<4>::random(ours.dims(), Distribution::Normal(0.0, 1.0), &device);
+    let ours_grads = (ours * weights.clone()).sum().backward();
+    let theirs_grads = (theirs * weights).sum().backward();
+    let plain = |t: Tensor<4>| Tensor::<4>::from_data(t.to_data(), &Device::flex());
+    let dx = max_difference(plain(x.grad(&ours_grads).unwrap()), plain(x.grad(&theirs_grads).unwrap()));
+    let dw = max_difference(plain(w.grad(&ours_grads).unwrap()), plain(w.grad(&theirs_grads).unwrap()));
+    assert!(dx < 1e-3, "input gradient differs by {dx} ({options:?})");
+    assert!(dw < 1e-2, "weight gradient differs by {dw} ({options:?})");
+}
+
+#[test]
+fn dense_convolution_and_its_gradients_equal_burns() {
+    compare_dense(ConvOptions::new([1, 1], [1, 1], [1, 1], 1), [4, 8, 9, 7], 6, 3);
+    compare_dense(ConvOptions::new([2, 2], [3, 3], [1, 1], 1), [3, 3, 20, 18], 8, 7);
+    compare_dense(ConvOptions::new([1, 1], [0, 0], [1, 1], 1), [5, 16, 6, 6], 12, 1);
+    compare_dense(ConvOptions::new([2, 2], [0, 0], [1, 1], 1), [2, 16, 7, 7], 12, 1);
+    compare_dense(ConvOptions::new([1, 1], [2, 2], [2, 2], 1), [2, 4, 10, 10], 5, 3);
+    // Late-layer shapes: a 2×2 plane, so several images share one product.
+    compare_dense(ConvOptions::new([1, 1], [1, 1], [1, 1], 1), [16, 32, 2, 2], 24, 3);
+    // TensorFlow "same" with stride 2: the odd pixel of padding at the end.
+    compare_dense(ConvOptions::new_with_padding([2, 2], [(0, 1), (0, 1)], [1, 1], 1), [2, 3, 8, 8], 4, 3);
+}
+
+#[test]
+fn an_input_without_gradient_gets_none_and_the_weight_still_learns() {
+    let device = Device::flex().autodiff();
+    let x = Tensor::<4>::random([2, 3, 8, 8], Distribution::Normal(0.0, 1.0), &device);
+    let w = Tensor::<4>::random([4, 3, 3, 3], Distribution::Normal(0.0, 0.5), &device).require_grad();
+    let options = ConvOptions::new([1, 1], [1, 1], [1, 1], 1);
+    let grads = deeptune_kernels::dense_conv2d(x.clone(), w.clone(), options.clone()).sum().backward();
+    let theirs = conv2d(x.clone(), w.clone(), None, options).sum().backward();
+    assert!(x.grad(&grads).is_none());
+    let plain = |t: Tensor<4>| Tensor::<4>::from_data(t.to_data(), &Device::flex());
+    assert!(max_difference(plain(w.grad(&grads).unwrap()), plain(w.grad(&theirs).unwrap())) < 1e-3);
+}
+
 #[test]
 fn without_autodiff_it_is_burns_convolution() {
     let device = Device::flex();

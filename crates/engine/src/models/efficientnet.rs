@@ -12,7 +12,8 @@ use burn::tensor::activation::sigmoid;
 use deeptune_kernels::silu;
 
 use crate::nn::{
-    Activation, ConvBnAct, ConvBnActConfig, Padding, conv2d, global_avg_pool, make_divisible, stochastic_depth,
+    Activation, ConvBnAct, ConvBnActConfig, Padding, conv_forward, conv2d, global_avg_pool, make_divisible,
+    stochastic_depth,
 };
 use crate::torch::TorchModel;
 
@@ -137,7 +138,7 @@ impl SqueezeExcitation {
 
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         let scale = burn::tensor::module::adaptive_avg_pool2d(x.clone(), [1, 1]);
-        let scale = sigmoid(self.fc2.forward(silu(self.fc1.forward(scale))));
+        let scale = sigmoid(conv_forward(&self.fc2, silu(conv_forward(&self.fc1, scale))));
         x * scale
     }
 }

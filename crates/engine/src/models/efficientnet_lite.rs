@@ -13,7 +13,7 @@ use burn::nn::{Dropout, DropoutConfig, Linear, LinearConfig};
 use burn::prelude::*;
 use deeptune_kernels::relu6;
 
-use crate::nn::{BatchNorm2d, Padding, conv2d, global_avg_pool, make_divisible, stochastic_depth};
+use crate::nn::{BatchNorm2d, Padding, conv_forward, conv2d, global_avg_pool, make_divisible, stochastic_depth};
 use crate::torch::TorchModel;
 
 const BN_EPS: f64 = 1e-3;
@@ -151,10 +151,10 @@ impl MBConvBlock {
     pub fn forward(&self, inputs: Tensor<4>) -> Tensor<4> {
         let mut x = inputs.clone();
         if let (Some(conv), Some(bn)) = (&self._expand_conv, &self._bn0) {
-            x = relu6(bn.forward(conv.forward(x)));
+            x = relu6(bn.forward(conv_forward(conv, x)));
         }
-        let x = relu6(self._bn1.forward(crate::nn::conv_forward(&self._depthwise_conv, x)));
-        let x = self._bn2.forward(self._project_conv.forward(x));
+        let x = relu6(self._bn1.forward(conv_forward(&self._depthwise_conv, x)));
+        let x = self._bn2.forward(conv_forward(&self._project_conv, x));
         if !self.id_skip {
             return x;
         }
@@ -177,11 +177,11 @@ pub struct EfficientNetLite {
 impl EfficientNetLite {
     /// Pooled features before the classifier: `[batch, 1280]`.
     pub fn features(&self, x: Tensor<4>) -> Tensor<2> {
-        let mut x = relu6(self._bn0.forward(self._conv_stem.forward(x)));
+        let mut x = relu6(self._bn0.forward(conv_forward(&self._conv_stem, x)));
         for block in &self._blocks {
             x = block.forward(x);
         }
-        global_avg_pool(relu6(self._bn1.forward(self._conv_head.forward(x))))
+        global_avg_pool(relu6(self._bn1.forward(conv_forward(&self._conv_head, x))))
     }
 
     pub fn forward(&self, x: Tensor<4>) -> Tensor<2> {

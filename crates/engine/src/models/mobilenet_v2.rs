@@ -6,7 +6,7 @@ use burn::nn::{Dropout, DropoutConfig, Linear, LinearConfig};
 use burn::prelude::*;
 
 use crate::nn::{
-    Activation, BatchNorm2d, ConvBnAct, ConvBnActConfig, Padding, conv2d, global_avg_pool, make_divisible,
+    Activation, BatchNorm2d, ConvBnAct, ConvBnActConfig, Padding, conv_forward, conv2d, global_avg_pool, make_divisible,
 };
 use crate::torch::TorchModel;
 
@@ -93,7 +93,7 @@ impl InvertedResidual {
         for layer in &self.conv {
             out = match layer {
                 ConvLayer::ConvBnAct(l) => l.forward(out),
-                ConvLayer::Conv(l) => l.forward(out),
+                ConvLayer::Conv(l) => conv_forward(l, out),
                 ConvLayer::Bn(l) => l.forward(out),
             };
         }

@@ -9,7 +9,7 @@ use burn::tensor::module::max_pool2d;
 use burn::tensor::ops::MaxPoolOptions;
 use deeptune_kernels::relu;
 
-use crate::nn::{BatchNorm2d, Padding, conv2d, global_avg_pool};
+use crate::nn::{BatchNorm2d, Padding, conv_forward, conv2d, global_avg_pool};
 use crate::torch::TorchModel;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -153,17 +153,17 @@ impl Block {
     fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         let (out, downsample) = match self {
             Block::Basic(b) => {
-                let out = relu(b.bn1.forward(b.conv1.forward(x.clone())));
-                (b.bn2.forward(b.conv2.forward(out)), &b.downsample)
+                let out = relu(b.bn1.forward(conv_forward(&b.conv1, x.clone())));
+                (b.bn2.forward(conv_forward(&b.conv2, out)), &b.downsample)
             }
             Block::Bottleneck(b) => {
-                let out = relu(b.bn1.forward(b.conv1.forward(x.clone())));
-                let out = relu(b.bn2.forward(b.conv2.forward(out)));
-                (b.bn3.forward(b.conv3.forward(out)), &b.downsample)
+                let out = relu(b.bn1.forward(conv_forward(&b.conv1, x.clone())));
+                let out = relu(b.bn2.forward(conv_forward(&b.conv2, out)));
+                (b.bn3.forward(conv_forward(&b.conv3, out)), &b.downsample)
             }
         };
         let identity = match downsample {
-            Some(d) => d._1.forward(d._0.forward(x)),
+            Some(d) => d._1.forward(conv_forward(&d._0, x)),
             None => x,
         };
         relu(out + identity)
@@ -184,7 +184,7 @@ pub struct ResNet {
 impl ResNet {
     /// Pooled features before the classifier: `[batch, feature_dim]`.
     pub fn features(&self, x: Tensor<4>) -> Tensor<2> {
-        let x = relu(self.bn1.forward(self.conv1.forward(x)));
+        let x = relu(self.bn1.forward(conv_forward(&self.conv1, x)));
         let mut x = max_pool2d(x, MaxPoolOptions::new([3, 3]).with_stride([2, 2]).with_padding([1, 1]));
         for block in self.layer1.iter().chain(&self.layer2).chain(&self.layer3).chain(&self.layer4) {
             x = block.forward(x);

@@ -8,6 +8,7 @@ use burn::nn::{Dropout, DropoutConfig, Initializer, LayerNorm, LayerNormConfig, 
 use burn::prelude::*;
 use burn::tensor::activation::{gelu, softmax};
 
+use crate::nn::conv_forward;
 use crate::torch::TorchModel;
 
 pub const LN_EPS: f64 = 1e-6;
@@ -262,7 +263,7 @@ impl VisionTransformer {
         );
         let d = self.hidden_dim;
         // [batch, D, h, w] → [batch, h·w, D]
-        let x = self.conv_proj.forward(x).reshape([batch, d, seq - 1]).swap_dims(1, 2);
+        let x = conv_forward(&self.conv_proj, x).reshape([batch, d, seq - 1]).swap_dims(1, 2);
         let class_token = self.class_token.val().expand([batch, 1, d]);
         let x = self.encoder.forward(Tensor::cat(vec![class_token, x], 1));
         x.narrow(1, 0, 1).reshape([batch, d])

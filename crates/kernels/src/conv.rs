@@ -1,0 +1,554 @@
+//! Dense (`groups` = 1) 2-D convolution on plain `f32` slices (NCHW, contiguous), forward and
+//! backward, as im2col plus one well-shaped matrix product per chunk of images.
+//!
+//! Why not burn's: flex's forward multiplies one tile of at most 512 output pixels of one image at
+//! a time, so late layers (7×7 or 4×4 pixels) give the matrix product a 49- or 16-column operand;
+//! and burn computes the backward generically — the input gradient as a transposed convolution,
+//! the weight gradient as a convolution over swapped dimensions whose "output" is the 3×3 kernel,
+//! i.e. a 9-column product per input channel. Those narrow products ran gemm's edge microkernel
+//! for about a third of a ResNet-18 training step. Here every product has the layer's channels on
+//! one side and at least [`TARGET_COLUMNS`] pixels (several images side by side where one image
+//! has fewer) on the other:
+//!
+//! - forward: `y = W · col(x)`,
+//! - input gradient: `col2im(Wᵀ · dy)`,
+//! - weight gradient: `Σ dy · col(x)ᵀ` over chunks, one partial sum per worker thread.
+//!
+//! `W` is PyTorch's `[out, in, kh, kw]` read as an `[out, in·kh·kw]` matrix, so the rows of
+//! `col(x)` are ordered (input channel, kernel row, kernel column) and no weight is reshuffled.
+
+use gemm::Parallelism;
+use rayon::prelude::*;
+
+use crate::depthwise::valid_outputs;
+
+/// Pixels (columns of the products) a chunk of images aims for: below a few hundred, gemm's
+/// packing and edge kernels dominate; above, the im2col buffer stops fitting in L2.
+const TARGET_COLUMNS: usize = 512;
+
+/// The shape of one dense convolution: input `[batch, in_channels, in_h, in_w]`, filters
+/// `[out_channels, in_channels, kernel_h, kernel_w]`, output `[batch, out_channels, out_h, out_w]`.
+/// Padding is the number of zero rows/columns before the first input row/column (what comes
+/// after is implied by the output size, so asymmetric "same" padding is covered too).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConvGeometry {
+    pub batch: usize,
+    pub in_channels: usize,
+    pub out_channels: usize,
+    pub in_h: usize,
+    pub in_w: usize,
+    pub out_h: usize,
+    pub out_w: usize,
+    pub kernel: [usize; 2],
+    pub stride: [usize; 2],
+    pub padding: [usize; 2],
+    pub dilation: [usize; 2],
+}
+
+impl ConvGeometry {
+    fn in_plane(&self) -> usize {
+        self.in_h * self.in_w
+    }
+
+    fn out_plane(&self) -> usize {
+        self.out_h * self.out_w
+    }
+
+    /// Rows of `col(x)`: one per (input channel, kernel tap).
+    fn patch_len(&self) -> usize {
+        self.in_channels * self.kernel[0] * self.kernel[1]
+    }
+
+    /// A 1×1 convolution with stride 1 and no padding: one image's input already is its `col`.
+    fn is_pointwise(&self) -> bool {
+        self.kernel == [1, 1]
+            && self.stride == [1, 1]
+            && self.padding == [0, 0]
+            && self.out_h == self.in_h
+            && self.out_w == self.in_w
+    }
+
+    fn x_len(&self) -> usize {
+        self.batch * self.in_channels * self.in_plane()
+    }
+
+    fn y_len(&self) -> usize {
+        self.batch * self.out_channels * self.out_plane()
+    }
+
+    fn weight_len(&self) -> usize {
+        self.out_channels * self.patch_len()
+    }
+}
+
+/// How the batch is cut into chunks of images and who computes them.
+#[derive(Debug, Clone, Copy)]
+struct Plan {
+    images_per_chunk: usize,
+    chunks: usize,
+    /// Chunks run on the rayon pool, each product on one thread; otherwise (fewer chunks than
+    /// threads, e.g. batch 1) chunks run in turn and each product uses the whole pool.
+    chunks_in_parallel: bool,
+}
+
+impl Plan {
+    fn new(g: &ConvGeometry) -> Plan {
+        let threads = rayon::current_num_threads().max(1);
+        let batch = g.batch.max(1);
+        // Enough images to reach the target width, but never so many that a thread idles.
+        let images_per_chunk = TARGET_COLUMNS.div_ceil(g.out_plane().max(1)).clamp(1, batch.div_ceil(threads));
+        let chunks = batch.div_ceil(images_per_chunk);
+        Plan { images_per_chunk, chunks, chunks_in_parallel: chunks >= threads && threads > 1 }
+    }
+
+    fn images(&self, chunk: usize, batch: usize) -> std::ops::Range<usize> {
+        let start = chunk * self.images_per_chunk;
+        start..(start + self.images_per_chunk).min(batch)
+    }
+
+    fn product_parallelism(&self) -> Parallelism {
+        if self.chunks_in_parallel { Parallelism::None } else { Parallelism::Rayon(0) }
+    }
+}
+
+/// A row-major or transposed view of a matrix in a slice: element `(r, c)` at `r·row + c·col`.
+#[derive(Clone, Copy)]
+struct View<'a> {
+    data: &'a [f32],
+    row: usize,
+    col: usize,
+}
+
+/// `dst (m×n, row stride dst_row) = [dst +] lhs (m×k) · rhs (k×n)`.
+#[allow(clippy::too_many_arguments)]
+fn multiply(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: &mut [f32],
+    dst_row: usize,
+    accumulate: bool,
+    lhs: View,
+    rhs: View,
+    parallelism: Parallelism,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    // The bounds gemm will touch, checked here so that the unsafe call below is sound.
+    assert!((m - 1) * dst_row + n <= dst.len(), "product destination too small");
+    if k > 0 {
+        assert!((m - 1) * lhs.row + (k - 1) * lhs.col < lhs.data.len(), "left operand too small");
+        assert!((k - 1) * rhs.row + (n - 1) * rhs.col < rhs.data.len(), "right operand too small");
+    } else if !accumulate {
+        for r in 0..m {
+            dst[r * dst_row..][..n].fill(0.0);
+        }
+        return;
+    }
+    // SAFETY: every index gemm reads or writes is within the slices (asserted above); `dst` is
+    // borrowed mutably, so it aliases neither operand.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            dst_row as isize,
+            accumulate,
+            lhs.data.as_ptr(),
+            lhs.col as isize,
+            lhs.row as isize,
+            rhs.data.as_ptr(),
+            rhs.col as isize,
+            rhs.row as isize,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            parallelism,
+        );
+    }
+}
+
+/// Writes one image's `col(x)` (`patch_len` rows of `out_plane` values) into `col`, row `r`
+/// starting at `r · row_stride`. Taps that fall in the padding read as 0.
+fn im2col(g: &ConvGeometry, image: &[f32], col: &mut [f32], row_stride: usize) {
+    let [kh, kw] = g.kernel;
+    let (in_plane, out_w) = (g.in_plane(), g.out_w);
+    for channel in 0..g.in_channels {
+        let plane = &image[channel * in_plane..][..in_plane];
+        for ky in 0..kh {
+            let rows = valid_outputs(g.stride[0], ky * g.dilation[0], g.padding[0], g.out_h, g.in_h);
+            for kx in 0..kw {
+                let cols = valid_outputs(g.stride[1], kx * g.dilation[1], g.padding[1], g.out_w, g.in_w);
+                let first_ix = (cols.start * g.stride[1] + kx * g.dilation[1]).wrapping_sub(g.padding[1]);
+                let row = (channel * kh + ky) * kw + kx;
+                let dst = &mut col[row * row_stride..][..g.out_plane()];
+                for oy in 0..g.out_h {
+                    let out = &mut dst[oy * out_w..][..out_w];
+                    if !rows.contains(&oy) || cols.is_empty() {
+                        out.fill(0.0);
+                        continue;
+                    }
+                    let iy = oy * g.stride[0] + ky * g.dilation[0] - g.padding[0];
+                    let src = &plane[iy * g.in_w..][..g.in_w];
+                    out[..cols.start].fill(0.0);
+                    out[cols.end..].fill(0.0);
+                    if g.stride[1] == 1 {
+                        out[cols.clone()].copy_from_slice(&src[first_ix..][..cols.len()]);
+                    } else {
+                        for (j, o) in out[cols.clone()].iter_mut().enumerate() {
+                            *o = src[first_ix + j * g.stride[1]];
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The adjoint of [`im2col`]: adds every entry of one image's `col` gradient to the input pixel
+/// it was read from.
+fn col2im(g: &ConvGeometry, col: &[f32], row_stride: usize, image: &mut [f32]) {
+    let [kh, kw] = g.kernel;
+    let (in_plane, out_w) = (g.in_plane(), g.out_w);
+    for channel in 0..g.in_channels {
+        let plane = &mut image[channel * in_plane..][..in_plane];
+        for ky in 0..kh {
+            let rows = valid_outputs(g.stride[0], ky * g.dilation[0], g.padding[0], g.out_h, g.in_h);
+            for kx in 0..kw {
+                let cols = valid_outputs(g.stride[1], kx * g.dilation[1], g.padding[1], g.out_w, g.in_w);
+                if cols.is_empty() {
+                    continue;
+                }
+                let first_ix = cols.start * g.stride[1] + kx * g.dilation[1] - g.padding[1];
+                let row = (channel * kh + ky) * kw + kx;
+                let src = &col[row * row_stride..][..g.out_plane()];
+                for oy in rows.clone() {
+                    let iy = oy * g.stride[0] + ky * g.dilation[0] - g.padding[0];
+                    let dst = &mut plane[iy * g.in_w..][..g.in_w];
+                    let grads = &src[oy * out_w..][cols.clone()];
+                    if g.stride[1] == 1 {
+                        for (d, &v) in dst[first_ix..][..grads.len()].iter_mut().zip(grads) {
+                            *d += v;
+                        }
+                    } else {
+                        for (j, &v) in grads.iter().enumerate() {
+                            dst[first_ix + j * g.stride[1]] += v;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `col(x)` of the images `images` side by side: `[patch_len, images·out_plane]`.
+fn chunk_col(g: &ConvGeometry, x: &[f32], images: std::ops::Range<usize>) -> Vec<f32> {
+    let (image_len, plane) = (g.in_channels * g.in_plane(), g.out_plane());
+    let columns = images.len() * plane;
+    let mut col = vec![0.0f32; g.patch_len() * columns];
+    for (j, b) in images.enumerate() {
+        im2col(g, &x[b * image_len..][..image_len], &mut col[j * plane..], columns);
+    }
+    col
+}
+
+/// The convolution's output, `[batch, out_channels, out_h, out_w]`.
+pub fn forward(g: &ConvGeometry, x: &[f32], weight: &[f32]) -> Vec<f32> {
+    assert_eq!(x.len(), g.x_len(), "convolution input size");
+    assert_eq!(weight.len(), g.weight_len(), "convolution weight size");
+    let mut y = vec![0.0f32; g.y_len()];
+    if y.is_empty() {
+        return y;
+    }
+    let plan = Plan::new(g);
+    let (k, plane, out_image) = (g.patch_len(), g.out_plane(), g.out_channels * g.out_plane());
+    let lhs = View { data: weight, row: k, col: 1 };
+    let compute = |(chunk, y_chunk): (usize, &mut [f32])| {
+        let images = plan.images(chunk, g.batch);
+        let columns = images.len() * plane;
+        if images.len() == 1 {
+            let b = images.start;
+            let image_len = g.in_channels * g.in_plane();
+            let col_owned;
+            let col: &[f32] = if g.is_pointwise() {
+                &x[b * image_len..][..image_len]
+            } else {
+                col_owned = chunk_col(g, x, images);
+                &col_owned
+            };
+            let rhs = View { data: col, row: columns, col: 1 };
+            multiply(g.out_channels, columns, k, y_chunk, columns, false, lhs, rhs, plan.product_parallelism());
+        } else {
+            let col = chunk_col(g, x, images.clone());
+            let mut product = vec![0.0f32; g.out_channels * columns];
+            let rhs = View { data: &col, row: columns, col: 1 };
+            multiply(g.out_channels, columns, k, &mut product, columns, false, lhs, rhs, plan.product_parallelism());
+            // [out, images·plane] → images × [out, plane]
+            for (j, image) in y_chunk.chunks_mut(out_image).enumerate() {
+                for (channel, out) in image.chunks_mut(plane).enumerate() {
+                    out.copy_from_slice(&product[channel * columns + j * plane..][..plane]);
+                }
+            }
+        }
+    };
+    let chunks = y.chunks_mut(plan.images_per_chunk * out_image).enumerate();
+    if plan.chunks_in_parallel {
+        chunks.collect::<Vec<_>>().into_par_iter().for_each(compute);
+    } else {
+        chunks.for_each(compute);
+    }
+    y
+}
+
+/// The gradients with respect to the input (`[batch, in_channels, in_h, in_w]`) and the weight
+/// (`[out_channels, in_channels, kh, kw]`), each only where asked for.
+pub fn backward(
+    g: &ConvGeometry,
+    x: &[f32],
+    weight: &[f32],
+    out_grad: &[f32],
+    want_input: bool,
+    want_weight: bool,
+) -> (Option<Vec<f32>>, Option<Vec<f32>>) {
+    assert_eq!(x.len(), g.x_len(), "convolution input size");
+    assert_eq!(weight.len(), g.weight_len(), "convolution weight size");
+    assert_eq!(out_grad.len(), g.y_len(), "convolution output-gradient size");
+    let plan = Plan::new(g);
+    let (k, plane) = (g.patch_len(), g.out_plane());
+    let (in_image, out_image) = (g.in_channels * g.in_plane(), g.out_channels * plane);
+    let mut input_grad = want_input.then(|| vec![0.0f32; g.x_len()]);
+    let weight_t = View { data: weight, row: 1, col: k };
+
+    // One chunk: its share of the weight gradient added to `weight_acc`, its input gradient
+    // written to `input_part` (the chunk's images).
+    let compute = |weight_acc: &mut Vec<f32>, (chunk, input_part): (usize, Option<&mut [f32]>)| {
+        let images = plan.images(chunk, g.batch);
+        let columns = images.len() * plane;
+        let first = images.start;
+        // dy of the chunk as one [out, images·plane] matrix.
+        let gathered;
+        let dy: &[f32] = if images.len() == 1 {
+            &out_grad[first * out_image..][..out_image]
+        } else {
+            let mut m = vec![0.0f32; g.out_channels * columns];
+            for (j, b) in images.clone().enumerate() {
+                for channel in 0..g.out_channels {
+                    m[channel * columns + j * plane..][..plane]
+                        .copy_from_slice(&out_grad[b * out_image + channel * plane..][..plane]);
+                }
+            }
+            gathered = m;
+            &gathered
+        };
+        let dy_view = View { data: dy, row: columns, col: 1 };
+        if want_weight {
+            let col_owned;
+            let col: &[f32] = if g.is_pointwise() && images.len() == 1 {
+                &x[first * in_image..][..in_image]
+            } else {
+                col_owned = chunk_col(g, x, images.clone());
+                &col_owned
+            };
+            let col_t = View { data: col, row: 1, col: columns };
+            multiply(g.out_channels, k, columns, weight_acc, k, true, dy_view, col_t, plan.product_parallelism());
+        }
+        if let Some(input_part) = input_part {
+            if g.is_pointwise() && images.len() == 1 {
+                multiply(
+                    k,
+                    columns,
+                    g.out_channels,
+                    input_part,
+                    columns,
+                    false,
+                    weight_t,
+                    dy_view,
+                    plan.product_parallelism(),
+                );
+            } else {
+                let mut col_grad = vec![0.0f32; k * columns];
+                multiply(
+                    k,
+                    columns,
+                    g.out_channels,
+                    &mut col_grad,
+                    columns,
+                    false,
+                    weight_t,
+                    dy_view,
+                    plan.product_parallelism(),
+                );
+                for (j, image) in input_part.chunks_mut(in_image).enumerate() {
+                    col2im(g, &col_grad[j * plane..], columns, image);
+                }
+            }
+        }
+    };
+
+    let parts: Vec<(usize, Option<&mut [f32]>)> = match input_grad.as_mut() {
+        Some(grad) => grad.chunks_mut(plan.images_per_chunk * in_image).map(Some).enumerate().collect(),
+        None => (0..plan.chunks).map(|chunk| (chunk, None)).collect(),
+    };
+    let weight_len = if want_weight { g.weight_len() } else { 0 };
+    let weight_grad = if plan.chunks_in_parallel {
+        parts
+            .into_par_iter()
+            .fold(
+                || vec![0.0f32; weight_len],
+                |mut acc, part| {
+                    compute(&mut acc, part);
+                    acc
+                },
+            )
+            .reduce(
+                || vec![0.0f32; weight_len],
+                |mut a, b| {
+                    a.iter_mut().zip(&b).for_each(|(a, b)| *a += b);
+                    a
+                },
+            )
+    } else {
+        let mut acc = vec![0.0f32; weight_len];
+        parts.into_iter().for_each(|part| compute(&mut acc, part));
+        acc
+    };
+    (input_grad, want_weight.then_some(weight_grad))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The convolution by its definition, in f64.
+    fn reference_forward(g: &ConvGeometry, x: &[f32], w: &[f32]) -> Vec<f64> {
+        let mut y = vec![0.0f64; g.y_len()];
+        for b in 0..g.batch {
+            for o in 0..g.out_channels {
+                for oy in 0..g.out_h {
+                    for ox in 0..g.out_w {
+                        let mut sum = 0.0f64;
+                        for c in 0..g.in_channels {
+                            for ky in 0..g.kernel[0] {
+                                for kx in 0..g.kernel[1] {
+                                    let iy = (oy * g.stride[0] + ky * g.dilation[0]) as isize - g.padding[0] as isize;
+                                    let ix = (ox * g.stride[1] + kx * g.dilation[1]) as isize - g.padding[1] as isize;
+                                    if iy < 0 || ix < 0 || iy >= g.in_h as isize || ix >= g.in_w as isize {
+                                        continue;
+                                    }
+                                    let xv = x[((b * g.in_channels + c) * g.in_h + iy as usize) * g.in_w + ix as usize];
+                                    let wv = w[((o * g.in_channels + c) * g.kernel[0] + ky) * g.kernel[1] + kx];
+                                    sum += xv as f64 * wv as f64;
+                                }
+                            }
+                        }
+                        y[((b * g.out_channels + o) * g.out_h + oy) * g.out_w + ox] = sum;
+                    }
+                }
+            }
+        }
+        y
+    }
+
+    fn values(n: usize, seed: u32) -> Vec<f32> {
+        // A deterministic spread of values in [-1, 1): enough to make every index matter.
+        (0..n)
+            .map(|i| ((i as u32).wrapping_mul(2654435761).wrapping_add(seed) >> 8) as f32 / (1u32 << 23) as f32 - 1.0)
+            .collect()
+    }
+
+    fn geometry(
+        batch: usize,
+        channels: [usize; 2],
+        size: [usize; 2],
+        kernel: usize,
+        stride: usize,
+        padding: [usize; 2],
+        dilation: usize,
+    ) -> ConvGeometry {
+        let out = |len: usize, pad_total: usize| (len + pad_total - dilation * (kernel - 1) - 1) / stride + 1;
+        ConvGeometry {
+            batch,
+            in_channels: channels[0],
+            out_channels: channels[1],
+            in_h: size[0],
+            in_w: size[1],
+            // padding[1] is extra padding at the end ("same" puts the odd pixel there).
+            out_h: out(size[0], 2 * padding[0] + padding[1]),
+            out_w: out(size[1], 2 * padding[0] + padding[1]),
+            kernel: [kernel, kernel],
+            stride: [stride, stride],
+            padding: [padding[0], padding[0]],
+            dilation: [dilation, dilation],
+        }
+    }
+
+    fn cases() -> Vec<ConvGeometry> {
+        vec![
+            geometry(3, [4, 5], [9, 7], 3, 1, [1, 0], 1),
+            geometry(4, [3, 6], [11, 10], 3, 2, [1, 0], 1),
+            geometry(2, [5, 4], [8, 8], 1, 1, [0, 0], 1),
+            geometry(5, [6, 7], [8, 9], 1, 2, [0, 0], 1),
+            geometry(2, [3, 4], [12, 12], 7, 2, [3, 0], 1),
+            geometry(3, [4, 3], [10, 9], 3, 1, [2, 0], 2),
+            geometry(2, [3, 5], [8, 8], 3, 2, [0, 1], 1),
+            // Batches of tiny planes: several images share one product.
+            geometry(9, [8, 16], [2, 2], 3, 1, [1, 0], 1),
+            geometry(1, [8, 4], [3, 3], 3, 1, [1, 0], 1),
+        ]
+    }
+
+    #[test]
+    fn forward_is_the_definition() {
+        for g in cases() {
+            let (x, w) = (values(g.x_len(), 1), values(g.weight_len(), 2));
+            let ours = forward(&g, &x, &w);
+            let reference = reference_forward(&g, &x, &w);
+            for (i, (&a, &b)) in ours.iter().zip(&reference).enumerate() {
+                assert!((a as f64 - b).abs() < 1e-4, "{g:?}: output {i} is {a}, not {b}");
+            }
+        }
+    }
+
+    /// The loss `⟨dy, y(x, w)⟩` is linear in `x` for a fixed `w` (and in `w` for a fixed `x`), so
+    /// its partial derivative with respect to `x[i]` is the loss at the unit vector `e_i`.
+    #[test]
+    fn gradients_are_the_definitions_partial_derivatives() {
+        for g in cases() {
+            let (x, w, dy) = (values(g.x_len(), 3), values(g.weight_len(), 4), values(g.y_len(), 5));
+            let (dx, dw) = backward(&g, &x, &w, &dy, true, true);
+            let (dx, dw) = (dx.unwrap(), dw.unwrap());
+            let loss = |x: &[f32], w: &[f32]| -> f64 {
+                reference_forward(&g, x, w).iter().zip(&dy).map(|(y, &d)| y * d as f64).sum()
+            };
+            let mut unit = vec![0.0f32; g.x_len()];
+            for i in (0..g.x_len()).step_by(7) {
+                unit[i] = 1.0;
+                let expected = loss(&unit, &w);
+                unit[i] = 0.0;
+                assert!(
+                    (dx[i] as f64 - expected).abs() < 1e-3,
+                    "{g:?}: input gradient {i} is {}, not {expected}",
+                    dx[i]
+                );
+            }
+            let mut unit = vec![0.0f32; g.weight_len()];
+            for i in 0..g.weight_len() {
+                unit[i] = 1.0;
+                let expected = loss(&x, &unit);
+                unit[i] = 0.0;
+                assert!(
+                    (dw[i] as f64 - expected).abs() < 1e-3,
+                    "{g:?}: weight gradient {i} is {}, not {expected}",
+                    dw[i]
+                );
+            }
+            let (only_x, none_w) = backward(&g, &x, &w, &dy, true, false);
+            assert_eq!((only_x.as_deref(), none_w), (Some(dx.as_slice()), None));
+        }
+    }
+}
