@@ -18,6 +18,9 @@ use burn::optim::{AdamWConfig, GradientsParams, ModuleOptimizer, SgdConfig};
 use burn::prelude::*;
 use deeptune_engine::models::{Architecture, Classifier, ImageClassifier};
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const ENGINE: &str = "deeptune-burn-0.22.1-flex";
 const NUM_CLASSES: usize = 1000;
 const SEED: u64 = 0;
