@@ -478,13 +478,12 @@ fn concept_args(args: &[String]) -> anyhow::Result<Vec<Value>> {
         .collect()
 }
 
-/// mimalloc keeps freed memory for reuse: every training step frees and reallocates the same
-/// multi-megabyte activations, which glibc's malloc hands back to the kernel and faults back in
-/// (ResNet-18 trains about 10 % faster; see docs/PERFORMANCE.md).
+/// The allocator training runs best on (see `deeptune_engine::allocator`).
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: deeptune_engine::allocator::Allocator = deeptune_engine::allocator::Allocator;
 
 fn main() -> std::process::ExitCode {
+    deeptune_engine::allocator::keep_freed_memory();
     // `deeptune inputs list | head` should end quietly when head has read enough, as other
     // command-line tools do, instead of panicking on the closed pipe.
     #[cfg(unix)]

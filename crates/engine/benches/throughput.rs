@@ -18,8 +18,9 @@ use burn::optim::{AdamWConfig, GradientsParams, ModuleOptimizer, SgdConfig};
 use burn::prelude::*;
 use deeptune_engine::models::{Architecture, Classifier, ImageClassifier};
 
+/// The deeptune binary's allocator, so the bench measures what users run.
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: deeptune_engine::allocator::Allocator = deeptune_engine::allocator::Allocator;
 
 const ENGINE: &str = "deeptune-burn-0.22.1-flex";
 const NUM_CLASSES: usize = 1000;
@@ -314,6 +315,7 @@ fn compare_table(path: &str, ours: &[serde_json::Value]) {
 }
 
 fn main() {
+    deeptune_engine::allocator::keep_freed_memory();
     let args = parse_args();
 
     // flex computes on rayon's global pool; size it before the first tensor operation.

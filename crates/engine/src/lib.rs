@@ -1,6 +1,7 @@
 //! The training engine: model architectures with torchvision's parameter names, loading of
 //! PyTorch checkpoints into them, and (next) the data pipeline, training, evaluation and predict.
 
+pub mod allocator;
 pub mod artifact;
 pub mod data;
 pub mod export;
