@@ -13,6 +13,7 @@ use burn_autodiff::ops::{Backward, Ops, OpsKind};
 
 use rayon::prelude::*;
 
+use crate::batchnorm::{self, NormGeometry};
 use crate::conv::{self, ConvGeometry};
 use crate::depthwise::{self, DepthwiseGeometry};
 
@@ -42,6 +43,30 @@ pub trait DeepKernels: Backend {
         want_weight: bool,
     ) -> (Option<FloatTensor<Self>>, Option<FloatTensor<Self>>) {
         burn_dense_backward::<Self>(x, weight, out_grad, options, want_x, want_weight)
+    }
+
+    /// Training-mode batch normalisation over `[batch, channels, ...]`: the output, and the batch
+    /// mean and biased variance per channel (`[channels]`).
+    fn batch_norm_training(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        epsilon: f64,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        burn_batch_norm_training::<Self>(x, gamma, beta, epsilon)
+    }
+
+    /// The gradients of [`DeepKernels::batch_norm_training`] with respect to `x`, `gamma` and
+    /// `beta`, from the statistics it returned.
+    fn batch_norm_training_backward(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        mean: FloatTensor<Self>,
+        variance: FloatTensor<Self>,
+        epsilon: f64,
+        out_grad: FloatTensor<Self>,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        burn_batch_norm_training_backward::<Self>(x, gamma, mean, variance, epsilon, out_grad)
     }
 
     /// `min(max(x, 0), cap)`: ReLU (`cap` infinite) or ReLU6 (`cap` 6).
@@ -94,6 +119,28 @@ fn burn_dense_backward<B: Backend>(
     (x_grad, weight_grad)
 }
 
+fn burn_batch_norm_training<B: Backend>(
+    x: FloatTensor<B>,
+    gamma: FloatTensor<B>,
+    beta: FloatTensor<B>,
+    epsilon: f64,
+) -> (FloatTensor<B>, FloatTensor<B>, FloatTensor<B>) {
+    let result = B::batch_norm_train(x, gamma, beta, epsilon);
+    (result.output, result.mean, result.variance)
+}
+
+fn burn_batch_norm_training_backward<B: Backend>(
+    x: FloatTensor<B>,
+    gamma: FloatTensor<B>,
+    mean: FloatTensor<B>,
+    variance: FloatTensor<B>,
+    epsilon: f64,
+    out_grad: FloatTensor<B>,
+) -> (FloatTensor<B>, FloatTensor<B>, FloatTensor<B>) {
+    let result = B::batch_norm_train_backward(x, gamma, mean, variance, epsilon, out_grad);
+    (result.x_grad, result.gamma_grad, result.beta_grad)
+}
+
 fn burn_clamped_relu<B: Backend>(x: FloatTensor<B>, cap: f32) -> FloatTensor<B> {
     let y = B::relu(x);
     if cap.is_finite() { B::float_clamp_max(y, cap.into()) } else { y }
@@ -139,6 +186,58 @@ const ELEMENTWISE_CHUNK: usize = 1 << 15;
 /// backward; activations in one pass each way (burn composes them from comparisons and masked
 /// fills, three to four passes over the activations).
 impl DeepKernels for Flex {
+    fn batch_norm_training(
+        x: FlexTensor,
+        gamma: FlexTensor,
+        beta: FlexTensor,
+        epsilon: f64,
+    ) -> (FlexTensor, FlexTensor, FlexTensor) {
+        let Some(geometry) = norm_geometry(&[&x, &gamma, &beta]) else {
+            return burn_batch_norm_training::<Flex>(x, gamma, beta, epsilon);
+        };
+        let shape = x.shape();
+        let (x, gamma, beta) = (x.to_contiguous(), gamma.to_contiguous(), beta.to_contiguous());
+        let result = batchnorm::forward(&geometry, f32s(&x), f32s(&gamma), f32s(&beta), epsilon);
+        let per_channel =
+            |values: Vec<f32>| FlexTensor::from_data(TensorData::new(values, Shape::new([geometry.channels])));
+        (
+            FlexTensor::from_data(TensorData::new(result.output, shape)),
+            per_channel(result.mean),
+            per_channel(result.variance),
+        )
+    }
+
+    fn batch_norm_training_backward(
+        x: FlexTensor,
+        gamma: FlexTensor,
+        mean: FlexTensor,
+        variance: FlexTensor,
+        epsilon: f64,
+        out_grad: FlexTensor,
+    ) -> (FlexTensor, FlexTensor, FlexTensor) {
+        let Some(geometry) = norm_geometry(&[&x, &gamma, &mean, &variance, &out_grad]) else {
+            return burn_batch_norm_training_backward::<Flex>(x, gamma, mean, variance, epsilon, out_grad);
+        };
+        let shape = x.shape();
+        let [x, gamma, mean, variance, out_grad] = [x, gamma, mean, variance, out_grad].map(|t| t.to_contiguous());
+        let result = batchnorm::backward(
+            &geometry,
+            f32s(&x),
+            f32s(&gamma),
+            f32s(&mean),
+            f32s(&variance),
+            epsilon,
+            f32s(&out_grad),
+        );
+        let per_channel =
+            |values: Vec<f32>| FlexTensor::from_data(TensorData::new(values, Shape::new([geometry.channels])));
+        (
+            FlexTensor::from_data(TensorData::new(result.x_grad, shape)),
+            per_channel(result.gamma_grad),
+            per_channel(result.beta_grad),
+        )
+    }
+
     fn dense_conv2d(x: FlexTensor, weight: FlexTensor, options: ConvOptions<2>) -> FlexTensor {
         let Some(geometry) = dense_geometry(&x, &weight, None, &options) else {
             return burn_conv2d::<Flex>(x, weight, options);
@@ -236,6 +335,22 @@ impl DeepKernels for Flex {
             FlexTensor::from_data(TensorData::new(weight_grad, Shape::new([channels, 1, kh, kw]))),
         )
     }
+}
+
+/// `[batch, channels, plane]` of a batch norm whose tensors (the input first, then per-channel
+/// ones, then optionally the output gradient) are all f32 and of matching sizes; `None` for burn's.
+fn norm_geometry(tensors: &[&FlexTensor]) -> Option<NormGeometry> {
+    if tensors.iter().any(|t| t.dtype() != DType::F32) || tensors[0].shape().num_dims() != 4 {
+        return None;
+    }
+    let dims: [usize; 4] = tensors[0].shape().dims();
+    let channels = dims[1];
+    let geometry = NormGeometry { batch: dims[0], channels, plane: dims[2] * dims[3] };
+    let sizes_match = tensors[1..].iter().all(|t| {
+        let n = t.shape().num_elements();
+        n == channels || t.shape() == tensors[0].shape()
+    });
+    sizes_match.then_some(geometry)
 }
 
 /// The geometry of a convolution our dense kernels compute (f32, `groups` = 1), or `None` for
@@ -367,6 +482,34 @@ impl<B: DeepKernels> Backward<B, 2> for DenseConvBackward {
 }
 
 #[derive(Debug)]
+struct BatchNormBackward;
+
+#[derive(Debug, Clone)]
+struct BatchNormState<B: Backend> {
+    x: FloatTensor<B>,
+    gamma: FloatTensor<B>,
+    mean: FloatTensor<B>,
+    variance: FloatTensor<B>,
+    epsilon: f64,
+}
+
+impl<B: DeepKernels> Backward<B, 3> for BatchNormBackward {
+    type State = BatchNormState<B>;
+
+    fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _checkpointer: &mut Checkpointer) {
+        let [node_x, node_gamma, node_beta] = ops.parents;
+        let grad = grads.consume::<B>(&ops.node);
+        let BatchNormState { x, gamma, mean, variance, epsilon } = ops.state;
+        let (x_grad, gamma_grad, beta_grad) = B::batch_norm_training_backward(x, gamma, mean, variance, epsilon, grad);
+        for (node, grad) in [(node_x, x_grad), (node_gamma, gamma_grad), (node_beta, beta_grad)] {
+            if let Some(node) = node {
+                grads.register::<B>(node.id, grad);
+            }
+        }
+    }
+}
+
+#[derive(Debug)]
 struct ClampedReluBackward;
 
 impl<B: DeepKernels> Backward<B, 1> for ClampedReluBackward {
@@ -423,6 +566,38 @@ impl<B: DeepKernels, C: CheckpointStrategy> DeepKernels for Autodiff<B, C> {
         }
     }
 
+    fn batch_norm_training(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        epsilon: f64,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        // The statistics leave the graph: they only feed the running averages.
+        match BatchNormBackward.prepare::<C>([x.node(), gamma.node(), beta.node()]).compute_bound().stateful() {
+            OpsKind::Tracked(prep) => {
+                let (output, mean, variance) = B::batch_norm_training(
+                    x.primitive().clone(),
+                    gamma.primitive().clone(),
+                    beta.into_primitive(),
+                    epsilon,
+                );
+                let state = BatchNormState {
+                    x: x.into_primitive(),
+                    gamma: gamma.into_primitive(),
+                    mean: mean.clone(),
+                    variance: variance.clone(),
+                    epsilon,
+                };
+                (prep.finish(state, output), FloatTensor::<Self>::new(mean), FloatTensor::<Self>::new(variance))
+            }
+            OpsKind::UnTracked(prep) => {
+                let (output, mean, variance) =
+                    B::batch_norm_training(x.into_primitive(), gamma.into_primitive(), beta.into_primitive(), epsilon);
+                (prep.finish(output), FloatTensor::<Self>::new(mean), FloatTensor::<Self>::new(variance))
+            }
+        }
+    }
+
     fn dense_conv2d(x: FloatTensor<Self>, weight: FloatTensor<Self>, options: ConvOptions<2>) -> FloatTensor<Self> {
         match DenseConvBackward.prepare::<C>([x.node(), weight.node()]).compute_bound().stateful() {
             OpsKind::Tracked(prep) => {
@@ -467,6 +642,24 @@ pub fn relu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
 /// ReLU6, `min(max(x, 0), 6)`, on whatever device the tensor is.
 pub fn relu6<const D: usize>(x: Tensor<D>) -> Tensor<D> {
     Tensor::from_dispatch(<Dispatch as DeepKernels>::clamped_relu(x.into_dispatch(), 6.0))
+}
+
+/// Training-mode batch normalisation of `[batch, channels, height, width]` on whatever device
+/// the tensors are: the output, and the batch mean and biased variance per channel (outside the
+/// autodiff graph).
+pub fn batch_norm_training(
+    x: Tensor<4>,
+    gamma: Tensor<1>,
+    beta: Tensor<1>,
+    epsilon: f64,
+) -> (Tensor<4>, Tensor<1>, Tensor<1>) {
+    let (output, mean, variance) = <Dispatch as DeepKernels>::batch_norm_training(
+        x.into_dispatch(),
+        gamma.into_dispatch(),
+        beta.into_dispatch(),
+        epsilon,
+    );
+    (Tensor::from_dispatch(output), Tensor::from_dispatch(mean), Tensor::from_dispatch(variance))
 }
 
 /// A dense convolution (`groups` = 1) without bias on whatever device the tensors are.

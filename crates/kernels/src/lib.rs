@@ -6,8 +6,9 @@
 //!
 //! [`depthwise`] holds the kernels themselves, on plain slices, testable without burn.
 
+pub mod batchnorm;
 pub mod conv;
 pub mod depthwise;
 mod ext;
 
-pub use ext::{DeepKernels, dense_conv2d, depthwise_conv2d, is_depthwise, relu, relu6, silu};
+pub use ext::{DeepKernels, batch_norm_training, dense_conv2d, depthwise_conv2d, is_depthwise, relu, relu6, silu};

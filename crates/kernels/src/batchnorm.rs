@@ -1,0 +1,236 @@
+//! Training-mode batch normalisation on plain `f32` slices (NCHW, contiguous), forward and
+//! backward, two passes over the activations each way.
+//!
+//! burn computes it from generic tensor operations: the statistics through a swap of the batch
+//! and channel dimensions (a full layout copy), a mean, a subtraction, a square, a second copy and
+//! mean; the normalisation as four broadcast operations; the backward as a dozen more. Here:
+//!
+//! - forward: per channel (in parallel), the mean and the biased variance (accumulated in f64,
+//!   the channel's values read twice while they are in cache); then per plane,
+//!   `(x − μ)·γ/σ + β`.
+//! - backward: per channel, `Σ dy` and `Σ dy·x̂`; then per plane,
+//!   `dx = γ/σ · (dy − Σdy/n − x̂ · Σdy·x̂/n)`, with `x̂ = (x − μ)/σ`, `σ = √(var + ε)`.
+
+use rayon::prelude::*;
+
+/// Input `[batch, channels, plane]` (`plane` = height · width).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NormGeometry {
+    pub batch: usize,
+    pub channels: usize,
+    pub plane: usize,
+}
+
+impl NormGeometry {
+    fn len(&self) -> usize {
+        self.batch * self.channels * self.plane
+    }
+
+    /// Values per channel.
+    fn count(&self) -> usize {
+        self.batch * self.plane
+    }
+
+    /// The planes of `channel`, one per image.
+    fn planes<'a>(&self, data: &'a [f32], channel: usize) -> impl Iterator<Item = &'a [f32]> + 'a {
+        let (plane, stride) = (self.plane, self.channels * self.plane);
+        (0..self.batch).map(move |b| &data[b * stride + channel * plane..][..plane])
+    }
+}
+
+/// The output, and the batch mean and biased variance per channel.
+pub struct NormForward {
+    pub output: Vec<f32>,
+    pub mean: Vec<f32>,
+    pub variance: Vec<f32>,
+}
+
+/// The gradients with respect to the input, γ and β.
+pub struct NormBackward {
+    pub x_grad: Vec<f32>,
+    pub gamma_grad: Vec<f32>,
+    pub beta_grad: Vec<f32>,
+}
+
+/// Calls `f(plane index, channel, output plane)` for every plane, in parallel.
+fn apply_per_channel(g: &NormGeometry, out: &mut [f32], f: impl Fn(usize, usize, &mut [f32]) + Sync) {
+    out.par_chunks_mut(g.plane.max(1)).enumerate().for_each(|(index, plane)| f(index, index % g.channels, plane));
+}
+
+pub fn forward(g: &NormGeometry, x: &[f32], gamma: &[f32], beta: &[f32], epsilon: f64) -> NormForward {
+    assert_eq!(x.len(), g.len(), "batch-norm input size");
+    assert_eq!((gamma.len(), beta.len()), (g.channels, g.channels), "batch-norm parameter sizes");
+    let count = g.count().max(1) as f64;
+    let stats: Vec<(f64, f64)> = (0..g.channels)
+        .into_par_iter()
+        .map(|c| {
+            let sum: f64 = g.planes(x, c).map(|p| lane_sum(p, p, |v, _| v)).sum();
+            let mean = sum / count;
+            // The two-pass variance: no cancellation for channels with a large mean.
+            let m = mean as f32;
+            let squares: f64 = g.planes(x, c).map(|p| lane_sum(p, p, |v, _| (v - m) * (v - m))).sum();
+            (mean, squares / count)
+        })
+        .collect();
+    // (x − μ)·(γ/σ) + β: subtracting the mean first matches PyTorch's rounding; the folded
+    // x·(γ/σ) + (β − μγ/σ) is as cheap but moved a deep ResNet's gradients off the parity
+    // fixtures (rounding differences amplified through the ReLUs).
+    let scales: Vec<f32> =
+        stats.iter().zip(gamma).map(|(&(_, var), &gamma)| (gamma as f64 / (var + epsilon).sqrt()) as f32).collect();
+    let mut output = written(g.len());
+    apply_per_channel(g, &mut output, |index, c, out| {
+        let (mean, scale, shift) = (stats[c].0 as f32, scales[c], beta[c]);
+        for (o, &v) in out.iter_mut().zip(&x[index * g.plane..][..g.plane]) {
+            *o = (v - mean) * scale + shift;
+        }
+    });
+    NormForward {
+        output,
+        mean: stats.iter().map(|s| s.0 as f32).collect(),
+        variance: stats.iter().map(|s| s.1 as f32).collect(),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+pub fn backward(
+    g: &NormGeometry,
+    x: &[f32],
+    gamma: &[f32],
+    mean: &[f32],
+    variance: &[f32],
+    epsilon: f64,
+    out_grad: &[f32],
+) -> NormBackward {
+    assert_eq!((x.len(), out_grad.len()), (g.len(), g.len()), "batch-norm input and gradient sizes");
+    let count = g.count().max(1) as f64;
+    let inv_std: Vec<f64> = variance.iter().map(|&v| 1.0 / (v as f64 + epsilon).sqrt()).collect();
+    // Σ dy and Σ dy·x̂ per channel.
+    let sums: Vec<(f64, f64)> = (0..g.channels)
+        .into_par_iter()
+        .map(|c| {
+            let (m, s) = (mean[c], inv_std[c] as f32);
+            g.planes(out_grad, c).zip(g.planes(x, c)).fold((0.0f64, 0.0f64), |(sum, dot), (dy, x)| {
+                (sum + lane_sum(dy, x, |d, _| d), dot + lane_sum(dy, x, |d, v| d * (v - m) * s))
+            })
+        })
+        .collect();
+    // dx = k·(dy − a − x̂·b) = k·(dy − a) + c·(x − μ), c = −k·b/σ, per channel; x − μ first (as
+    // PyTorch does), so a channel whose mean is large against its spread loses no precision.
+    let coefficients: Vec<(f32, f32, f32)> = (0..g.channels)
+        .map(|c| {
+            let (sum, dot) = sums[c];
+            let k = gamma[c] as f64 * inv_std[c];
+            let (a, b) = (sum / count, dot / count);
+            (k as f32, a as f32, (-k * b * inv_std[c]) as f32)
+        })
+        .collect();
+    let mut x_grad = written(g.len());
+    apply_per_channel(g, &mut x_grad, |index, c, out| {
+        let (k, a, slope) = coefficients[c];
+        let m = mean[c];
+        let range = index * g.plane..(index + 1) * g.plane;
+        for ((o, &d), &v) in out.iter_mut().zip(&out_grad[range.clone()]).zip(&x[range]) {
+            *o = k * (d - a) + slope * (v - m);
+        }
+    });
+    NormBackward {
+        x_grad,
+        gamma_grad: sums.iter().map(|s| s.1 as f32).collect(),
+        beta_grad: sums.iter().map(|s| s.0 as f32).collect(),
+    }
+}
+
+/// `Σ f(a[i], b[i])`, summed in 16 independent f32 lanes (so it vectorises: a single f32
+/// accumulator is a strict sequential chain the compiler may not reorder), then in f64.
+fn lane_sum(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32) -> f64 {
+    const LANES: usize = 16;
+    let mut lanes = [0.0f32; LANES];
+    let (a_chunks, b_chunks) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
+    let tail: f64 = a_chunks.remainder().iter().zip(b_chunks.remainder()).map(|(&a, &b)| f(a, b) as f64).sum();
+    for (a, b) in a_chunks.zip(b_chunks) {
+        for lane in 0..LANES {
+            lanes[lane] += f(a[lane], b[lane]);
+        }
+    }
+    lanes.iter().map(|&v| v as f64).sum::<f64>() + tail
+}
+
+/// A result vector written in full by the kernel (zeros written, not `calloc`ed; see
+/// `conv::written_zeros`).
+fn written(len: usize) -> Vec<f32> {
+    let mut v = Vec::with_capacity(len);
+    v.resize(len, 0.0);
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn values(n: usize, seed: u32, offset: f32) -> Vec<f32> {
+        (0..n)
+            .map(|i| {
+                ((i as u32).wrapping_mul(2654435761).wrapping_add(seed) >> 8) as f32 / (1u32 << 23) as f32 - 1.0
+                    + offset
+            })
+            .collect()
+    }
+
+    /// The definition in f64: y = γ (x − μ)/√(σ² + ε) + β, and its gradients by central
+    /// differences of `Σ y·dy` (the loss is smooth, so differences in f64 are exact to ~1e-7).
+    fn loss(g: &NormGeometry, x: &[f64], gamma: &[f64], beta: &[f64], dy: &[f32], eps: f64) -> f64 {
+        let n = g.count() as f64;
+        let mut total = 0.0;
+        for c in 0..g.channels {
+            let idx: Vec<usize> =
+                (0..g.batch).flat_map(|b| (0..g.plane).map(move |p| (b * g.channels + c) * g.plane + p)).collect();
+            let mean = idx.iter().map(|&i| x[i]).sum::<f64>() / n;
+            let var = idx.iter().map(|&i| (x[i] - mean).powi(2)).sum::<f64>() / n;
+            for &i in &idx {
+                total += (gamma[c] * (x[i] - mean) / (var + eps).sqrt() + beta[c]) * dy[i] as f64;
+            }
+        }
+        total
+    }
+
+    #[test]
+    fn forward_and_gradients_are_the_definition() {
+        let g = NormGeometry { batch: 3, channels: 4, plane: 5 };
+        let eps = 1e-5;
+        // An offset mean, as real activations have.
+        let x = values(g.len(), 1, 3.0);
+        let gamma = values(g.channels, 2, 1.0);
+        let beta = values(g.channels, 3, 0.0);
+        let dy = values(g.len(), 4, 0.0);
+        let f = forward(&g, &x, &gamma, &beta, eps);
+        let to64 = |v: &[f32]| v.iter().map(|&v| v as f64).collect::<Vec<_>>();
+        let (x64, gamma64, beta64) = (to64(&x), to64(&gamma), to64(&beta));
+        // Forward: the loss with one-hot dy is each output.
+        for i in 0..g.len() {
+            let mut onehot = vec![0.0f32; g.len()];
+            onehot[i] = 1.0;
+            let expected = loss(&g, &x64, &gamma64, &beta64, &onehot, eps);
+            assert!((f.output[i] as f64 - expected).abs() < 1e-4, "output {i}: {} vs {expected}", f.output[i]);
+        }
+        let b = backward(&g, &x, &gamma, &f.mean, &f.variance, eps, &dy);
+        let h = 1e-4;
+        let numeric = |which: usize, i: usize| {
+            let (mut xp, mut gp, mut bp) = (x64.clone(), gamma64.clone(), beta64.clone());
+            let (mut xm, mut gm, mut bm) = (x64.clone(), gamma64.clone(), beta64.clone());
+            match which {
+                0 => (xp[i] += h, xm[i] -= h),
+                1 => (gp[i] += h, gm[i] -= h),
+                _ => (bp[i] += h, bm[i] -= h),
+            };
+            (loss(&g, &xp, &gp, &bp, &dy, eps) - loss(&g, &xm, &gm, &bm, &dy, eps)) / (2.0 * h)
+        };
+        for i in 0..g.len() {
+            let expected = numeric(0, i);
+            assert!((b.x_grad[i] as f64 - expected).abs() < 1e-3, "dx {i}: {} vs {expected}", b.x_grad[i]);
+        }
+        for c in 0..g.channels {
+            assert!((b.gamma_grad[c] as f64 - numeric(1, c)).abs() < 1e-3, "dgamma {c}");
+            assert!((b.beta_grad[c] as f64 - numeric(2, c)).abs() < 1e-3, "dbeta {c}");
+        }
+    }
+}
