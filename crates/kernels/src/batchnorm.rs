@@ -13,6 +13,8 @@
 
 use rayon::prelude::*;
 
+use crate::simd::{lane_sum, widest};
+
 /// Input `[batch, channels, plane]` (`plane` = height · width).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct NormGeometry {
@@ -54,7 +56,9 @@ pub struct NormBackward {
 
 /// Calls `f(plane index, channel, output plane)` for every plane, in parallel.
 fn apply_per_channel(g: &NormGeometry, out: &mut [f32], f: impl Fn(usize, usize, &mut [f32]) + Sync) {
-    out.par_chunks_mut(g.plane.max(1)).enumerate().for_each(|(index, plane)| f(index, index % g.channels, plane));
+    out.par_chunks_mut(g.plane.max(1))
+        .enumerate()
+        .for_each(|(index, plane)| widest(|| f(index, index % g.channels, plane)));
 }
 
 pub fn forward(g: &NormGeometry, x: &[f32], gamma: &[f32], beta: &[f32], epsilon: f64) -> NormForward {
@@ -64,12 +68,14 @@ pub fn forward(g: &NormGeometry, x: &[f32], gamma: &[f32], beta: &[f32], epsilon
     let stats: Vec<(f64, f64)> = (0..g.channels)
         .into_par_iter()
         .map(|c| {
-            let sum: f64 = g.planes(x, c).map(|p| lane_sum(p, p, |v, _| v)).sum();
-            let mean = sum / count;
-            // The two-pass variance: no cancellation for channels with a large mean.
-            let m = mean as f32;
-            let squares: f64 = g.planes(x, c).map(|p| lane_sum(p, p, |v, _| (v - m) * (v - m))).sum();
-            (mean, squares / count)
+            widest(|| {
+                let sum: f64 = g.planes(x, c).map(|p| lane_sum(p, p, |v, _| v)).sum();
+                let mean = sum / count;
+                // The two-pass variance: no cancellation for channels with a large mean.
+                let m = mean as f32;
+                let squares: f64 = g.planes(x, c).map(|p| lane_sum(p, p, |v, _| (v - m) * (v - m))).sum();
+                (mean, squares / count)
+            })
         })
         .collect();
     // (x − μ)·(γ/σ) + β: subtracting the mean first matches PyTorch's rounding; the folded
@@ -109,8 +115,10 @@ pub fn backward(
         .into_par_iter()
         .map(|c| {
             let (m, s) = (mean[c], inv_std[c] as f32);
-            g.planes(out_grad, c).zip(g.planes(x, c)).fold((0.0f64, 0.0f64), |(sum, dot), (dy, x)| {
-                (sum + lane_sum(dy, x, |d, _| d), dot + lane_sum(dy, x, |d, v| d * (v - m) * s))
+            widest(|| {
+                g.planes(out_grad, c).zip(g.planes(x, c)).fold((0.0f64, 0.0f64), |(sum, dot), (dy, x)| {
+                    (sum + lane_sum(dy, x, |d, _| d), dot + lane_sum(dy, x, |d, v| d * (v - m) * s))
+                })
             })
         })
         .collect();
@@ -138,21 +146,6 @@ pub fn backward(
         gamma_grad: sums.iter().map(|s| s.1 as f32).collect(),
         beta_grad: sums.iter().map(|s| s.0 as f32).collect(),
     }
-}
-
-/// `Σ f(a[i], b[i])`, summed in 16 independent f32 lanes (so it vectorises: a single f32
-/// accumulator is a strict sequential chain the compiler may not reorder), then in f64.
-fn lane_sum(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32) -> f64 {
-    const LANES: usize = 16;
-    let mut lanes = [0.0f32; LANES];
-    let (a_chunks, b_chunks) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
-    let tail: f64 = a_chunks.remainder().iter().zip(b_chunks.remainder()).map(|(&a, &b)| f(a, b) as f64).sum();
-    for (a, b) in a_chunks.zip(b_chunks) {
-        for lane in 0..LANES {
-            lanes[lane] += f(a[lane], b[lane]);
-        }
-    }
-    lanes.iter().map(|&v| v as f64).sum::<f64>() + tail
 }
 
 /// A result vector written in full by the kernel (zeros written, not `calloc`ed; see

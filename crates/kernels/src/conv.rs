@@ -24,6 +24,7 @@ use gemm::Parallelism;
 use rayon::prelude::*;
 
 use crate::depthwise::valid_outputs;
+use crate::simd::widest;
 
 /// Pixels (columns of the products) a chunk of images aims for: below a few hundred, gemm's
 /// packing and edge kernels dominate; above, the im2col buffer stops fitting in L2.
@@ -244,6 +245,11 @@ fn multiply(
 /// Writes one image's `col(x)` (`patch_len` rows of `out_plane` values) into `col`, row `r`
 /// starting at `r · row_stride`. Taps that fall in the padding read as 0.
 fn im2col(g: &ConvGeometry, image: &[f32], col: &mut [f32], row_stride: usize) {
+    widest(|| im2col_body(g, image, col, row_stride))
+}
+
+#[inline(always)]
+fn im2col_body(g: &ConvGeometry, image: &[f32], col: &mut [f32], row_stride: usize) {
     let [kh, kw] = g.kernel;
     let (in_plane, out_w) = (g.in_plane(), g.out_w);
     for channel in 0..g.in_channels {
@@ -281,6 +287,11 @@ fn im2col(g: &ConvGeometry, image: &[f32], col: &mut [f32], row_stride: usize) {
 /// The adjoint of [`im2col`]: adds every entry of one image's `col` gradient to the input pixel
 /// it was read from.
 fn col2im(g: &ConvGeometry, col: &[f32], row_stride: usize, image: &mut [f32]) {
+    widest(|| col2im_body(g, col, row_stride, image))
+}
+
+#[inline(always)]
+fn col2im_body(g: &ConvGeometry, col: &[f32], row_stride: usize, image: &mut [f32]) {
     let [kh, kw] = g.kernel;
     let (in_plane, out_w) = (g.in_plane(), g.out_w);
     for channel in 0..g.in_channels {

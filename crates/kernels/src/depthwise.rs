@@ -9,6 +9,8 @@
 
 use rayon::prelude::*;
 
+use crate::simd::{lane_sum, widest};
+
 /// The shape of one depthwise convolution: input `[batch, channels, in_h, in_w]`, filters
 /// `[channels, 1, kernel_h, kernel_w]`, output `[batch, channels, out_h, out_w]`. Padding is the
 /// number of zero rows/columns before the first input row/column (what comes after is implied by
@@ -77,35 +79,37 @@ pub fn input_grad(g: &DepthwiseGeometry, weight: &[f32], out_grad: &[f32]) -> Ve
         return grad;
     }
     grad.par_chunks_mut(g.in_plane()).enumerate().for_each(|(plane, gx)| {
-        let channel = plane % g.channels;
-        let gy = &out_grad[plane * g.out_plane()..(plane + 1) * g.out_plane()];
-        let w = &weight[channel * g.taps()..(channel + 1) * g.taps()];
-        for i in 0..g.kernel[0] {
-            let rows = g.valid(0, i, g.out_h, g.in_h);
-            for j in 0..g.kernel[1] {
-                let tap = w[i * g.kernel[1] + j];
-                let cols = g.valid(1, j, g.out_w, g.in_w);
-                if cols.is_empty() {
-                    continue;
-                }
-                let first_col = g.input_index(1, j, cols.start);
-                for oh in rows.clone() {
-                    let ih = g.input_index(0, i, oh);
-                    let gy_row = &gy[oh * g.out_w + cols.start..oh * g.out_w + cols.end];
-                    let gx_row = &mut gx[ih * g.in_w..(ih + 1) * g.in_w];
-                    if g.stride[1] == 1 {
-                        let gx_run = &mut gx_row[first_col..first_col + gy_row.len()];
-                        for (x, &y) in gx_run.iter_mut().zip(gy_row) {
-                            *x += tap * y;
-                        }
-                    } else {
-                        for (k, &y) in gy_row.iter().enumerate() {
-                            gx_row[first_col + k * g.stride[1]] += tap * y;
+        widest(|| {
+            let channel = plane % g.channels;
+            let gy = &out_grad[plane * g.out_plane()..(plane + 1) * g.out_plane()];
+            let w = &weight[channel * g.taps()..(channel + 1) * g.taps()];
+            for i in 0..g.kernel[0] {
+                let rows = g.valid(0, i, g.out_h, g.in_h);
+                for j in 0..g.kernel[1] {
+                    let tap = w[i * g.kernel[1] + j];
+                    let cols = g.valid(1, j, g.out_w, g.in_w);
+                    if cols.is_empty() {
+                        continue;
+                    }
+                    let first_col = g.input_index(1, j, cols.start);
+                    for oh in rows.clone() {
+                        let ih = g.input_index(0, i, oh);
+                        let gy_row = &gy[oh * g.out_w + cols.start..oh * g.out_w + cols.end];
+                        let gx_row = &mut gx[ih * g.in_w..(ih + 1) * g.in_w];
+                        if g.stride[1] == 1 {
+                            let gx_run = &mut gx_row[first_col..first_col + gy_row.len()];
+                            for (x, &y) in gx_run.iter_mut().zip(gy_row) {
+                                *x += tap * y;
+                            }
+                        } else {
+                            for (k, &y) in gy_row.iter().enumerate() {
+                                gx_row[first_col + k * g.stride[1]] += tap * y;
+                            }
                         }
                     }
                 }
             }
-        }
+        })
     });
     grad
 }
@@ -121,38 +125,43 @@ pub fn weight_grad(g: &DepthwiseGeometry, input: &[f32], out_grad: &[f32]) -> Ve
         return grad;
     }
     grad.par_chunks_mut(g.taps()).enumerate().for_each(|(channel, gw)| {
-        let mut sums = vec![0.0f64; g.taps()];
-        for n in 0..g.batch {
-            let plane = n * g.channels + channel;
-            let x = &input[plane * g.in_plane()..(plane + 1) * g.in_plane()];
-            let gy = &out_grad[plane * g.out_plane()..(plane + 1) * g.out_plane()];
-            for i in 0..g.kernel[0] {
-                let rows = g.valid(0, i, g.out_h, g.in_h);
-                for j in 0..g.kernel[1] {
-                    let cols = g.valid(1, j, g.out_w, g.in_w);
-                    if cols.is_empty() {
-                        continue;
+        widest(|| {
+            let mut sums = vec![0.0f64; g.taps()];
+            for n in 0..g.batch {
+                let plane = n * g.channels + channel;
+                let x = &input[plane * g.in_plane()..(plane + 1) * g.in_plane()];
+                let gy = &out_grad[plane * g.out_plane()..(plane + 1) * g.out_plane()];
+                for i in 0..g.kernel[0] {
+                    let rows = g.valid(0, i, g.out_h, g.in_h);
+                    for j in 0..g.kernel[1] {
+                        let cols = g.valid(1, j, g.out_w, g.in_w);
+                        if cols.is_empty() {
+                            continue;
+                        }
+                        let first_col = g.input_index(1, j, cols.start);
+                        let mut acc = 0.0f64;
+                        for oh in rows.clone() {
+                            let ih = g.input_index(0, i, oh);
+                            let gy_row = &gy[oh * g.out_w + cols.start..oh * g.out_w + cols.end];
+                            let x_row = &x[ih * g.in_w..(ih + 1) * g.in_w];
+                            acc += if g.stride[1] == 1 {
+                                lane_sum(&x_row[first_col..first_col + gy_row.len()], gy_row, |a, b| a * b)
+                            } else {
+                                gy_row
+                                    .iter()
+                                    .enumerate()
+                                    .map(|(k, &y)| y * x_row[first_col + k * g.stride[1]])
+                                    .sum::<f32>() as f64
+                            };
+                        }
+                        sums[i * g.kernel[1] + j] += acc;
                     }
-                    let first_col = g.input_index(1, j, cols.start);
-                    let mut acc = 0.0f64;
-                    for oh in rows.clone() {
-                        let ih = g.input_index(0, i, oh);
-                        let gy_row = &gy[oh * g.out_w + cols.start..oh * g.out_w + cols.end];
-                        let x_row = &x[ih * g.in_w..(ih + 1) * g.in_w];
-                        let dot: f32 = if g.stride[1] == 1 {
-                            x_row[first_col..first_col + gy_row.len()].iter().zip(gy_row).map(|(a, b)| a * b).sum()
-                        } else {
-                            gy_row.iter().enumerate().map(|(k, &y)| y * x_row[first_col + k * g.stride[1]]).sum()
-                        };
-                        acc += dot as f64;
-                    }
-                    sums[i * g.kernel[1] + j] += acc;
                 }
             }
-        }
-        for (out, sum) in gw.iter_mut().zip(sums) {
-            *out = sum as f32;
-        }
+            for (out, sum) in gw.iter_mut().zip(sums) {
+                *out = sum as f32;
+            }
+        })
     });
     grad
 }

@@ -273,14 +273,18 @@ impl DeepKernels for Flex {
         if x.dtype() != DType::F32 {
             return burn_clamped_relu::<Flex>(x, cap);
         }
-        map_f32(&x, |v| v.max(0.0).min(cap))
+        // Selects, not f32::max/min, so it vectorises; a NaN passes through as in PyTorch.
+        map_f32(&x, move |v| {
+            let v = if v < 0.0 { 0.0 } else { v };
+            if v > cap { cap } else { v }
+        })
     }
 
     fn clamped_relu_backward(output: FlexTensor, grad: FlexTensor, cap: f32) -> FlexTensor {
         if output.dtype() != DType::F32 || grad.dtype() != DType::F32 || output.shape() != grad.shape() {
             return burn_clamped_relu_backward::<Flex>(output, grad, cap);
         }
-        zip_map_f32(&grad, &output, |g, y| if y > 0.0 && y < cap { g } else { 0.0 })
+        zip_map_f32(&grad, &output, move |g, y| if (y > 0.0) & (y < cap) { g } else { 0.0 })
     }
 
     fn silu(x: FlexTensor) -> FlexTensor {
@@ -403,9 +407,11 @@ fn map_f32(x: &FlexTensor, f: impl Fn(f32) -> f32 + Sync) -> FlexTensor {
     let input = f32s(&x);
     let mut out = vec![0.0f32; input.len()];
     out.par_chunks_mut(ELEMENTWISE_CHUNK).zip(input.par_chunks(ELEMENTWISE_CHUNK)).for_each(|(out, input)| {
-        for (o, &v) in out.iter_mut().zip(input) {
-            *o = f(v);
-        }
+        crate::simd::widest(|| {
+            for (o, &v) in out.iter_mut().zip(input) {
+                *o = f(v);
+            }
+        })
     });
     FlexTensor::from_data(TensorData::new(out, x.shape()))
 }
@@ -418,9 +424,11 @@ fn zip_map_f32(a: &FlexTensor, b: &FlexTensor, f: impl Fn(f32, f32) -> f32 + Syn
     out.par_chunks_mut(ELEMENTWISE_CHUNK)
         .zip(left.par_chunks(ELEMENTWISE_CHUNK).zip(right.par_chunks(ELEMENTWISE_CHUNK)))
         .for_each(|(out, (left, right))| {
-            for ((o, &l), &r) in out.iter_mut().zip(left).zip(right) {
-                *o = f(l, r);
-            }
+            crate::simd::widest(|| {
+                for ((o, &l), &r) in out.iter_mut().zip(left).zip(right) {
+                    *o = f(l, r);
+                }
+            })
         });
     FlexTensor::from_data(TensorData::new(out, a.shape()))
 }

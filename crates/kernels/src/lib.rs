@@ -10,5 +10,6 @@ pub mod batchnorm;
 pub mod conv;
 pub mod depthwise;
 mod ext;
+mod simd;
 
 pub use ext::{DeepKernels, batch_norm_training, dense_conv2d, depthwise_conv2d, is_depthwise, relu, relu6, silu};
