@@ -32,17 +32,27 @@ impl BatchNorm2d {
         }
     }
 
+    /// With running statistics (evaluation mode, or any plain device), the batch norm as one
+    /// scale and shift per channel, `γ/√(var + ε)` and `β − mean·scale`; `None` when it
+    /// normalises with the batch's own statistics.
+    pub fn folded(&self, device: &Device) -> Option<(Tensor<1>, Tensor<1>)> {
+        if device.is_autodiff() && self.training.is_enabled() {
+            return None;
+        }
+        let mean = self.running_mean.value().to_device(device);
+        let var = self.running_var.value().to_device(device);
+        let scale = self.weight.val() / var.add_scalar(self.eps).sqrt();
+        let shift = self.bias.val() - mean * scale.clone();
+        Some((scale, shift))
+    }
+
     /// Batch statistics (and running-statistics updates) when training on an autodiff device,
     /// running statistics otherwise — as `model.train()` / `model.eval()` in PyTorch.
     pub fn forward(&self, input: Tensor<4>) -> Tensor<4> {
         let device = input.device();
-        if !(device.is_autodiff() && self.training.is_enabled()) {
-            // Running statistics folded into one scale and shift per channel: two passes over
-            // the activations instead of burn's four.
-            let mean = self.running_mean.value().to_device(&device);
-            let var = self.running_var.value().to_device(&device);
-            let scale = self.weight.val() / var.add_scalar(self.eps).sqrt();
-            let shift = self.bias.val() - mean * scale.clone();
+        if let Some((scale, shift)) = self.folded(&device) {
+            // One scale and shift per channel: two passes over the activations instead of
+            // burn's four.
             let channels = scale.dims()[0];
             return input * scale.reshape([1, channels, 1, 1]) + shift.reshape([1, channels, 1, 1]);
         }
@@ -136,6 +146,33 @@ pub fn conv_forward(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
     }
 }
 
+/// `activation(bn(conv(x)))`. For inference (a plain device, the batch norm on running
+/// statistics, a ReLU/ReLU6 or no activation) one operation on our kernels: the batch norm's
+/// scale and shift and the activation are applied to each chunk of the convolution's output while
+/// it is in cache, instead of two to three more passes over the activations.
+pub fn conv_bn_act(conv: &Conv2d, bn: &BatchNorm2d, activation: Activation, x: Tensor<4>) -> Tensor<4> {
+    let device = x.device();
+    let relu_cap = match activation {
+        Activation::None => Some(None),
+        Activation::Relu => Some(Some(f32::INFINITY)),
+        Activation::Relu6 => Some(Some(6.0)),
+        Activation::Silu => None,
+    };
+    if !device.is_autodiff()
+        && let Some(relu_cap) = relu_cap
+        && let Some((scale, shift)) = bn.folded(&device)
+    {
+        let [_, _, height, width] = x.dims();
+        let shift = match &conv.bias {
+            Some(bias) => shift + bias.val() * scale.clone(),
+            None => shift,
+        };
+        let options = conv_options(conv, height, width);
+        return deeptune_kernels::conv2d_scale_shift(x, conv.weight.val(), scale, shift, options, relu_cap);
+    }
+    activation.apply(bn.forward(conv_forward(conv, x)))
+}
+
 /// The options burn's `Conv2d::forward` computes for an input of `height`×`width` (its "same"
 /// padding puts the odd pixel at the end, as TensorFlow does).
 fn conv_options(conv: &Conv2d, height: usize, width: usize) -> burn::tensor::ops::ConvOptions<2> {
@@ -208,7 +245,7 @@ impl ConvBnActConfig {
 
 impl ConvBnAct {
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        self.activation.apply(self._1.forward(conv_forward(&self._0, x)))
+        conv_bn_act(&self._0, &self._1, self.activation, x)
     }
 }
 

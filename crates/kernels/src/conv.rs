@@ -337,8 +337,51 @@ fn chunk_col(g: &ConvGeometry, x: &[f32], images: std::ops::Range<usize>) -> Scr
     col
 }
 
+/// What inference applies to every output of a channel right after the convolution:
+/// `y·scale[c] + shift[c]` (batch norm with running statistics, and any bias, folded), then ReLU
+/// capped at `cap` (infinite: ReLU; 6: ReLU6) if given.
+#[derive(Debug, Clone, Copy)]
+pub struct Epilogue<'a> {
+    pub scale: &'a [f32],
+    pub shift: &'a [f32],
+    pub relu_cap: Option<f32>,
+}
+
+impl Epilogue<'_> {
+    /// Applies it to `planes` (consecutive output planes of `plane` values), the first of which is
+    /// plane number `first` of the tensor (`channels` planes per image).
+    pub fn apply(&self, planes: &mut [f32], plane: usize, first: usize, channels: usize) {
+        for (i, out) in planes.chunks_mut(plane.max(1)).enumerate() {
+            let c = (first + i) % channels;
+            let (scale, shift) = (self.scale[c], self.shift[c]);
+            match self.relu_cap {
+                Some(cap) => out.iter_mut().for_each(|v| {
+                    let y = *v * scale + shift;
+                    let y = if y < 0.0 { 0.0 } else { y };
+                    *v = if y > cap { cap } else { y };
+                }),
+                None => out.iter_mut().for_each(|v| *v = *v * scale + shift),
+            }
+        }
+    }
+
+    /// [`Epilogue::apply`] to a whole `[batch, channels, plane]` tensor, in parallel.
+    pub fn apply_all(&self, y: &mut [f32], plane: usize, channels: usize) {
+        const PLANES_PER_TASK: usize = 8;
+        y.par_chunks_mut(plane.max(1) * PLANES_PER_TASK)
+            .enumerate()
+            .for_each(|(task, planes)| widest(|| self.apply(planes, plane, task * PLANES_PER_TASK, channels)));
+    }
+}
+
 /// The convolution's output, `[batch, out_channels, out_h, out_w]`.
 pub fn forward(g: &ConvGeometry, x: &[f32], weight: &[f32]) -> Vec<f32> {
+    forward_with(g, x, weight, None)
+}
+
+/// The convolution's output with `epilogue` applied to each chunk of images as soon as it is
+/// computed (while it is in cache), instead of in separate passes over the whole output.
+pub fn forward_with(g: &ConvGeometry, x: &[f32], weight: &[f32], epilogue: Option<&Epilogue>) -> Vec<f32> {
     assert_eq!(x.len(), g.x_len(), "convolution input size");
     assert_eq!(weight.len(), g.weight_len(), "convolution weight size");
     let mut y = written_zeros(g.y_len());
@@ -374,6 +417,10 @@ pub fn forward(g: &ConvGeometry, x: &[f32], weight: &[f32]) -> Vec<f32> {
                     out.copy_from_slice(&product[channel * columns + j * plane..][..plane]);
                 }
             }
+        }
+        if let Some(epilogue) = epilogue {
+            // Chunks start at an image boundary: plane 0 of the chunk is channel 0.
+            widest(|| epilogue.apply(y_chunk, plane, 0, g.out_channels));
         }
     };
     let chunks = y.chunks_mut(plan.images_per_chunk * out_image).enumerate();

@@ -14,7 +14,7 @@ use burn_autodiff::ops::{Backward, Ops, OpsKind};
 use rayon::prelude::*;
 
 use crate::batchnorm::{self, NormGeometry};
-use crate::conv::{self, ConvGeometry};
+use crate::conv::{self, ConvGeometry, Epilogue};
 use crate::depthwise::{self, DepthwiseGeometry};
 
 /// Operations with our own kernels on some backends. The default bodies are burn's own
@@ -43,6 +43,21 @@ pub trait DeepKernels: Backend {
         want_weight: bool,
     ) -> (Option<FloatTensor<Self>>, Option<FloatTensor<Self>>) {
         burn_dense_backward::<Self>(x, weight, out_grad, options, want_x, want_weight)
+    }
+
+    /// Inference: `conv(x, weight)·scale[c] + shift[c]`, then ReLU capped at `relu_cap` if
+    /// `relu` (infinite cap: ReLU; 6: ReLU6) — a convolution, a batch norm with running
+    /// statistics folded into `scale` and `shift`, and its activation, as one operation.
+    fn conv2d_scale_shift(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        scale: FloatTensor<Self>,
+        shift: FloatTensor<Self>,
+        options: ConvOptions<2>,
+        relu: bool,
+        relu_cap: f32,
+    ) -> FloatTensor<Self> {
+        burn_conv2d_scale_shift::<Self>(x, weight, scale, shift, options, relu, relu_cap)
     }
 
     /// Training-mode batch normalisation over `[batch, channels, ...]`: the output, and the batch
@@ -119,6 +134,24 @@ fn burn_dense_backward<B: Backend>(
     (x_grad, weight_grad)
 }
 
+fn burn_conv2d_scale_shift<B: Backend>(
+    x: FloatTensor<B>,
+    weight: FloatTensor<B>,
+    scale: FloatTensor<B>,
+    shift: FloatTensor<B>,
+    options: ConvOptions<2>,
+    relu: bool,
+    relu_cap: f32,
+) -> FloatTensor<B> {
+    let y = B::conv2d(x, weight, None, options);
+    let per_channel = |t: FloatTensor<B>| {
+        let channels = t.shape().num_elements();
+        B::float_reshape(t, Shape::new([1, channels, 1, 1]))
+    };
+    let y = B::float_add(B::float_mul(y, per_channel(scale)), per_channel(shift));
+    if relu { burn_clamped_relu::<B>(y, relu_cap) } else { y }
+}
+
 fn burn_batch_norm_training<B: Backend>(
     x: FloatTensor<B>,
     gamma: FloatTensor<B>,
@@ -186,6 +219,39 @@ const ELEMENTWISE_CHUNK: usize = 1 << 15;
 /// backward; activations in one pass each way (burn composes them from comparisons and masked
 /// fills, three to four passes over the activations).
 impl DeepKernels for Flex {
+    fn conv2d_scale_shift(
+        x: FlexTensor,
+        weight: FlexTensor,
+        scale: FlexTensor,
+        shift: FlexTensor,
+        options: ConvOptions<2>,
+        relu: bool,
+        relu_cap: f32,
+    ) -> FlexTensor {
+        let out_channels = weight.shape().dims::<4>()[0];
+        let per_channel_f32 =
+            [&scale, &shift].iter().all(|t| t.dtype() == DType::F32 && t.shape().num_elements() == out_channels);
+        if !per_channel_f32 || x.dtype() != DType::F32 {
+            return burn_conv2d_scale_shift::<Flex>(x, weight, scale, shift, options, relu, relu_cap);
+        }
+        let (scale, shift) = (scale.to_contiguous(), shift.to_contiguous());
+        let epilogue = Epilogue { scale: f32s(&scale), shift: f32s(&shift), relu_cap: relu.then_some(relu_cap) };
+        if let Some(geometry) = dense_geometry(&x, &weight, None, &options) {
+            let (x, weight) = (x.to_contiguous(), weight.to_contiguous());
+            let y = conv::forward_with(&geometry, f32s(&x), f32s(&weight), Some(&epilogue));
+            let shape = [geometry.batch, geometry.out_channels, geometry.out_h, geometry.out_w];
+            return FlexTensor::from_data(TensorData::new(y, Shape::new(shape)));
+        }
+        // Other convolutions (depthwise: flex has a direct kernel) are burn's, the epilogue one
+        // pass over their output.
+        let y = burn_conv2d::<Flex>(x, weight, options).to_contiguous();
+        let shape = y.shape();
+        let [_, channels, h, w] = shape.dims();
+        let mut values = f32s(&y).to_vec();
+        epilogue.apply_all(&mut values, h * w, channels);
+        FlexTensor::from_data(TensorData::new(values, shape))
+    }
+
     fn batch_norm_training(
         x: FlexTensor,
         gamma: FlexTensor,
@@ -650,6 +716,28 @@ pub fn relu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
 /// ReLU6, `min(max(x, 0), 6)`, on whatever device the tensor is.
 pub fn relu6<const D: usize>(x: Tensor<D>) -> Tensor<D> {
     Tensor::from_dispatch(<Dispatch as DeepKernels>::clamped_relu(x.into_dispatch(), 6.0))
+}
+
+/// Inference through a convolution (no bias) and what follows it: `conv(x, weight)·scale[c] +
+/// shift[c]`, then ReLU capped at `relu_cap` (infinite: ReLU; 6: ReLU6) if given. On flex the
+/// scale, shift and activation are applied to each chunk of output while it is in cache.
+pub fn conv2d_scale_shift(
+    x: Tensor<4>,
+    weight: Tensor<4>,
+    scale: Tensor<1>,
+    shift: Tensor<1>,
+    options: ConvOptions<2>,
+    relu_cap: Option<f32>,
+) -> Tensor<4> {
+    Tensor::from_dispatch(<Dispatch as DeepKernels>::conv2d_scale_shift(
+        x.into_dispatch(),
+        weight.into_dispatch(),
+        scale.into_dispatch(),
+        shift.into_dispatch(),
+        options,
+        relu_cap.is_some(),
+        relu_cap.unwrap_or(f32::INFINITY),
+    ))
 }
 
 /// Training-mode batch normalisation of `[batch, channels, height, width]` on whatever device

@@ -12,4 +12,7 @@ pub mod depthwise;
 mod ext;
 mod simd;
 
-pub use ext::{DeepKernels, batch_norm_training, dense_conv2d, depthwise_conv2d, is_depthwise, relu, relu6, silu};
+pub use ext::{
+    DeepKernels, batch_norm_training, conv2d_scale_shift, dense_conv2d, depthwise_conv2d, is_depthwise, relu, relu6,
+    silu,
+};

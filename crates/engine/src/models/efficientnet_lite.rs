@@ -11,9 +11,10 @@ use burn::module::{Module, Param};
 use burn::nn::conv::Conv2d;
 use burn::nn::{Dropout, DropoutConfig, Linear, LinearConfig};
 use burn::prelude::*;
-use deeptune_kernels::relu6;
 
-use crate::nn::{BatchNorm2d, Padding, conv_forward, conv2d, global_avg_pool, make_divisible, stochastic_depth};
+use crate::nn::{
+    Activation, BatchNorm2d, Padding, conv_bn_act, conv2d, global_avg_pool, make_divisible, stochastic_depth,
+};
 use crate::torch::TorchModel;
 
 const BN_EPS: f64 = 1e-3;
@@ -151,10 +152,10 @@ impl MBConvBlock {
     pub fn forward(&self, inputs: Tensor<4>) -> Tensor<4> {
         let mut x = inputs.clone();
         if let (Some(conv), Some(bn)) = (&self._expand_conv, &self._bn0) {
-            x = relu6(bn.forward(conv_forward(conv, x)));
+            x = conv_bn_act(conv, bn, Activation::Relu6, x);
         }
-        let x = relu6(self._bn1.forward(conv_forward(&self._depthwise_conv, x)));
-        let x = self._bn2.forward(conv_forward(&self._project_conv, x));
+        let x = conv_bn_act(&self._depthwise_conv, &self._bn1, Activation::Relu6, x);
+        let x = conv_bn_act(&self._project_conv, &self._bn2, Activation::None, x);
         if !self.id_skip {
             return x;
         }
@@ -177,11 +178,11 @@ pub struct EfficientNetLite {
 impl EfficientNetLite {
     /// Pooled features before the classifier: `[batch, 1280]`.
     pub fn features(&self, x: Tensor<4>) -> Tensor<2> {
-        let mut x = relu6(self._bn0.forward(conv_forward(&self._conv_stem, x)));
+        let mut x = conv_bn_act(&self._conv_stem, &self._bn0, Activation::Relu6, x);
         for block in &self._blocks {
             x = block.forward(x);
         }
-        global_avg_pool(relu6(self._bn1.forward(conv_forward(&self._conv_head, x))))
+        global_avg_pool(conv_bn_act(&self._conv_head, &self._bn1, Activation::Relu6, x))
     }
 
     pub fn forward(&self, x: Tensor<4>) -> Tensor<2> {

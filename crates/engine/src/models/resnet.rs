@@ -9,7 +9,7 @@ use burn::tensor::module::max_pool2d;
 use burn::tensor::ops::MaxPoolOptions;
 use deeptune_kernels::relu;
 
-use crate::nn::{BatchNorm2d, Padding, conv_forward, conv2d, global_avg_pool};
+use crate::nn::{Activation, BatchNorm2d, Padding, conv_bn_act, conv2d, global_avg_pool};
 use crate::torch::TorchModel;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -153,17 +153,17 @@ impl Block {
     fn forward(&self, x: Tensor<4>) -> Tensor<4> {
         let (out, downsample) = match self {
             Block::Basic(b) => {
-                let out = relu(b.bn1.forward(conv_forward(&b.conv1, x.clone())));
-                (b.bn2.forward(conv_forward(&b.conv2, out)), &b.downsample)
+                let out = conv_bn_act(&b.conv1, &b.bn1, Activation::Relu, x.clone());
+                (conv_bn_act(&b.conv2, &b.bn2, Activation::None, out), &b.downsample)
             }
             Block::Bottleneck(b) => {
-                let out = relu(b.bn1.forward(conv_forward(&b.conv1, x.clone())));
-                let out = relu(b.bn2.forward(conv_forward(&b.conv2, out)));
-                (b.bn3.forward(conv_forward(&b.conv3, out)), &b.downsample)
+                let out = conv_bn_act(&b.conv1, &b.bn1, Activation::Relu, x.clone());
+                let out = conv_bn_act(&b.conv2, &b.bn2, Activation::Relu, out);
+                (conv_bn_act(&b.conv3, &b.bn3, Activation::None, out), &b.downsample)
             }
         };
         let identity = match downsample {
-            Some(d) => d._1.forward(conv_forward(&d._0, x)),
+            Some(d) => conv_bn_act(&d._0, &d._1, Activation::None, x),
             None => x,
         };
         relu(out + identity)
@@ -184,7 +184,7 @@ pub struct ResNet {
 impl ResNet {
     /// Pooled features before the classifier: `[batch, feature_dim]`.
     pub fn features(&self, x: Tensor<4>) -> Tensor<2> {
-        let x = relu(self.bn1.forward(conv_forward(&self.conv1, x)));
+        let x = conv_bn_act(&self.conv1, &self.bn1, Activation::Relu, x);
         let mut x = max_pool2d(x, MaxPoolOptions::new([3, 3]).with_stride([2, 2]).with_padding([1, 1]));
         for block in self.layer1.iter().chain(&self.layer2).chain(&self.layer3).chain(&self.layer4) {
             x = block.forward(x);
