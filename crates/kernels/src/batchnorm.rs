@@ -13,7 +13,9 @@
 
 use rayon::prelude::*;
 
-use crate::simd::{lane_sum, widest};
+use std::mem::MaybeUninit;
+
+use crate::simd::{lane_sum, par_filled, widest};
 
 /// Input `[batch, channels, plane]` (`plane` = height · width).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,11 +56,14 @@ pub struct NormBackward {
     pub beta_grad: Vec<f32>,
 }
 
-/// Calls `f(plane index, channel, output plane)` for every plane, in parallel.
-fn apply_per_channel(g: &NormGeometry, out: &mut [f32], f: impl Fn(usize, usize, &mut [f32]) + Sync) {
-    out.par_chunks_mut(g.plane.max(1))
-        .enumerate()
-        .for_each(|(index, plane)| widest(|| f(index, index % g.channels, plane)));
+/// A new `[batch, channels, plane]` tensor, `f(plane index, channel, output plane)` writing every
+/// value of each plane, in parallel.
+fn per_plane(g: &NormGeometry, f: impl Fn(usize, usize, &mut [MaybeUninit<f32>]) + Sync) -> Vec<f32> {
+    let plane = g.plane.max(1);
+    par_filled(g.len(), plane, |offset, out| {
+        let index = offset / plane;
+        widest(|| f(index, index % g.channels, out))
+    })
 }
 
 pub fn forward(g: &NormGeometry, x: &[f32], gamma: &[f32], beta: &[f32], epsilon: f64) -> NormForward {
@@ -83,11 +88,10 @@ pub fn forward(g: &NormGeometry, x: &[f32], gamma: &[f32], beta: &[f32], epsilon
     // fixtures (rounding differences amplified through the ReLUs).
     let scales: Vec<f32> =
         stats.iter().zip(gamma).map(|(&(_, var), &gamma)| (gamma as f64 / (var + epsilon).sqrt()) as f32).collect();
-    let mut output = written(g.len());
-    apply_per_channel(g, &mut output, |index, c, out| {
+    let output = per_plane(g, |index, c, out| {
         let (mean, scale, shift) = (stats[c].0 as f32, scales[c], beta[c]);
         for (o, &v) in out.iter_mut().zip(&x[index * g.plane..][..g.plane]) {
-            *o = (v - mean) * scale + shift;
+            o.write((v - mean) * scale + shift);
         }
     });
     NormForward {
@@ -132,13 +136,12 @@ pub fn backward(
             (k as f32, a as f32, (-k * b * inv_std[c]) as f32)
         })
         .collect();
-    let mut x_grad = written(g.len());
-    apply_per_channel(g, &mut x_grad, |index, c, out| {
+    let x_grad = per_plane(g, |index, c, out| {
         let (k, a, slope) = coefficients[c];
         let m = mean[c];
         let range = index * g.plane..(index + 1) * g.plane;
         for ((o, &d), &v) in out.iter_mut().zip(&out_grad[range.clone()]).zip(&x[range]) {
-            *o = k * (d - a) + slope * (v - m);
+            o.write(k * (d - a) + slope * (v - m));
         }
     });
     NormBackward {
@@ -146,14 +149,6 @@ pub fn backward(
         gamma_grad: sums.iter().map(|s| s.1 as f32).collect(),
         beta_grad: sums.iter().map(|s| s.0 as f32).collect(),
     }
-}
-
-/// A result vector written in full by the kernel (zeros written, not `calloc`ed; see
-/// `conv::written_zeros`).
-fn written(len: usize) -> Vec<f32> {
-    let mut v = Vec::with_capacity(len);
-    v.resize(len, 0.0);
-    v
 }
 
 #[cfg(test)]

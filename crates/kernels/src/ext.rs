@@ -11,11 +11,10 @@ use burn_autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn_autodiff::grads::Gradients;
 use burn_autodiff::ops::{Backward, Ops, OpsKind};
 
-use rayon::prelude::*;
-
 use crate::batchnorm::{self, NormGeometry};
 use crate::conv::{self, ConvGeometry, Epilogue};
 use crate::depthwise::{self, DepthwiseGeometry};
+use crate::simd::par_filled;
 
 /// Operations with our own kernels on some backends. The default bodies are burn's own
 /// operations, so a backend without a kernel of ours computes exactly what burn would.
@@ -471,11 +470,10 @@ fn dense_geometry(
 fn map_f32(x: &FlexTensor, f: impl Fn(f32) -> f32 + Sync) -> FlexTensor {
     let x = x.to_contiguous();
     let input = f32s(&x);
-    let mut out = vec![0.0f32; input.len()];
-    out.par_chunks_mut(ELEMENTWISE_CHUNK).zip(input.par_chunks(ELEMENTWISE_CHUNK)).for_each(|(out, input)| {
+    let out = par_filled(input.len(), ELEMENTWISE_CHUNK, |offset, out| {
         crate::simd::widest(|| {
-            for (o, &v) in out.iter_mut().zip(input) {
-                *o = f(v);
+            for (o, &v) in out.iter_mut().zip(&input[offset..]) {
+                o.write(f(v));
             }
         })
     });
@@ -486,16 +484,13 @@ fn map_f32(x: &FlexTensor, f: impl Fn(f32) -> f32 + Sync) -> FlexTensor {
 fn zip_map_f32(a: &FlexTensor, b: &FlexTensor, f: impl Fn(f32, f32) -> f32 + Sync) -> FlexTensor {
     let (a, b) = (a.to_contiguous(), b.to_contiguous());
     let (left, right) = (f32s(&a), f32s(&b));
-    let mut out = vec![0.0f32; left.len()];
-    out.par_chunks_mut(ELEMENTWISE_CHUNK)
-        .zip(left.par_chunks(ELEMENTWISE_CHUNK).zip(right.par_chunks(ELEMENTWISE_CHUNK)))
-        .for_each(|(out, (left, right))| {
-            crate::simd::widest(|| {
-                for ((o, &l), &r) in out.iter_mut().zip(left).zip(right) {
-                    *o = f(l, r);
-                }
-            })
-        });
+    let out = par_filled(left.len(), ELEMENTWISE_CHUNK, |offset, out| {
+        crate::simd::widest(|| {
+            for ((o, &l), &r) in out.iter_mut().zip(&left[offset..]).zip(&right[offset..]) {
+                o.write(f(l, r));
+            }
+        })
+    });
     FlexTensor::from_data(TensorData::new(out, a.shape()))
 }
 

@@ -1,4 +1,28 @@
-//! Vectorisation helpers for the kernels' loops.
+//! Vectorisation and output-buffer helpers for the kernels' loops.
+
+use std::mem::MaybeUninit;
+
+use rayon::prelude::*;
+
+/// A vector of `len` values computed in parallel, `chunk` at a time: `fill(offset, out)` writes
+/// every element of `out`, the values at `offset..offset + out.len()`.
+///
+/// Why not `vec![0.0; len]` and overwrite: zeroing is a full extra pass over every activation a
+/// kernel produces (a `memset` of megabytes per layer and step).
+pub(crate) fn par_filled(len: usize, chunk: usize, fill: impl Fn(usize, &mut [MaybeUninit<f32>]) + Sync) -> Vec<f32> {
+    let chunk = chunk.max(1);
+    let mut values = Vec::with_capacity(len);
+    values.spare_capacity_mut()[..len]
+        .par_chunks_mut(chunk)
+        .enumerate()
+        .for_each(|(index, out)| fill(index * chunk, out));
+    // SAFETY: the first `len` elements were all initialised: `fill` writes every element of each
+    // chunk it is given (its contract, kept by every caller in this crate: each iterates over the
+    // whole `out`), and the chunks cover `0..len`. Were `fill` to panic, the panic propagates
+    // before this line and `values` is dropped with length 0.
+    unsafe { values.set_len(len) };
+    values
+}
 
 /// Runs `f` compiled for the widest vector instructions this CPU has (AVX-512, else AVX2+FMA on
 /// x86-64), chosen at run time. The crate itself is compiled for baseline x86-64 (SSE2, four
