@@ -262,8 +262,9 @@ pub fn make_divisible(value: f64, divisor: usize) -> usize {
 
 /// Global average pooling to `[batch, channels]`.
 pub fn global_avg_pool(x: Tensor<4>) -> Tensor<2> {
-    let [batch, channels, _, _] = x.dims();
-    burn::tensor::module::adaptive_avg_pool2d(x, [1, 1]).reshape([batch, channels])
+    // A mean over each contiguous plane: flex's adaptive pooling walks it one element at a time.
+    let [batch, channels, height, width] = x.dims();
+    x.reshape([batch, channels, height * width]).mean_dim(2).reshape([batch, channels])
 }
 
 /// torchvision's `StochasticDepth(p, "row")`: in training, drops whole samples of a residual

@@ -4,7 +4,7 @@ use burn::backend::flex::FlexTensor;
 use burn::backend::tensor::FloatTensor;
 use burn::backend::{Backend, Dispatch, Flex, TensorMetadata, backend_extension};
 use burn::tensor::ops::ConvOptions;
-use burn::tensor::{DType, Shape, Tensor, TensorData};
+use burn::tensor::{DType, IntDType, Shape, Tensor, TensorData};
 use burn_autodiff::Autodiff;
 use burn_autodiff::checkpoint::base::Checkpointer;
 use burn_autodiff::checkpoint::strategy::CheckpointStrategy;
@@ -14,6 +14,7 @@ use burn_autodiff::ops::{Backward, Ops, OpsKind};
 use crate::batchnorm::{self, NormGeometry};
 use crate::conv::{self, ConvGeometry, Epilogue};
 use crate::depthwise::{self, DepthwiseGeometry};
+use crate::maxpool::{self, PoolGeometry};
 use crate::simd::par_filled;
 
 /// Operations with our own kernels on some backends. The default bodies are burn's own
@@ -57,6 +58,28 @@ pub trait DeepKernels: Backend {
         relu_cap: f32,
     ) -> FloatTensor<Self> {
         burn_conv2d_scale_shift::<Self>(x, weight, scale, shift, options, relu, relu_cap)
+    }
+
+    /// 2-D max pooling (no dilation, floor mode), padding counting as −∞.
+    fn pool_max2d(
+        x: FloatTensor<Self>,
+        kernel: [usize; 2],
+        stride: [usize; 2],
+        padding: [usize; 2],
+    ) -> FloatTensor<Self> {
+        burn_pool_max2d::<Self>(x, kernel, stride, padding)
+    }
+
+    /// The input gradient of [`DeepKernels::pool_max2d`] from its input and output.
+    fn pool_max2d_backward(
+        x: FloatTensor<Self>,
+        output: FloatTensor<Self>,
+        out_grad: FloatTensor<Self>,
+        kernel: [usize; 2],
+        stride: [usize; 2],
+        padding: [usize; 2],
+    ) -> FloatTensor<Self> {
+        burn_pool_max2d_backward::<Self>(x, output, out_grad, kernel, stride, padding)
     }
 
     /// Training-mode batch normalisation over `[batch, channels, ...]`: the output, and the batch
@@ -151,6 +174,27 @@ fn burn_conv2d_scale_shift<B: Backend>(
     if relu { burn_clamped_relu::<B>(y, relu_cap) } else { y }
 }
 
+fn burn_pool_max2d<B: Backend>(
+    x: FloatTensor<B>,
+    kernel: [usize; 2],
+    stride: [usize; 2],
+    padding: [usize; 2],
+) -> FloatTensor<B> {
+    B::max_pool2d(x, kernel, stride, padding, [1, 1], false)
+}
+
+fn burn_pool_max2d_backward<B: Backend>(
+    x: FloatTensor<B>,
+    _output: FloatTensor<B>,
+    out_grad: FloatTensor<B>,
+    kernel: [usize; 2],
+    stride: [usize; 2],
+    padding: [usize; 2],
+) -> FloatTensor<B> {
+    let indices = B::max_pool2d_with_indices(x.clone(), kernel, stride, padding, [1, 1], false, IntDType::I64).indices;
+    B::max_pool2d_with_indices_backward(x, kernel, stride, padding, [1, 1], false, out_grad, indices).x_grad
+}
+
 fn burn_batch_norm_training<B: Backend>(
     x: FloatTensor<B>,
     gamma: FloatTensor<B>,
@@ -218,6 +262,35 @@ const ELEMENTWISE_CHUNK: usize = 1 << 15;
 /// backward; activations in one pass each way (burn composes them from comparisons and masked
 /// fills, three to four passes over the activations).
 impl DeepKernels for Flex {
+    fn pool_max2d(x: FlexTensor, kernel: [usize; 2], stride: [usize; 2], padding: [usize; 2]) -> FlexTensor {
+        let Some(geometry) = pool_geometry(&x, kernel, stride, padding) else {
+            return burn_pool_max2d::<Flex>(x, kernel, stride, padding);
+        };
+        let [batch, channels, _, _] = x.shape().dims();
+        let x = x.to_contiguous();
+        let y = maxpool::forward(&geometry, f32s(&x));
+        FlexTensor::from_data(TensorData::new(y, Shape::new([batch, channels, geometry.out_h, geometry.out_w])))
+    }
+
+    fn pool_max2d_backward(
+        x: FlexTensor,
+        output: FlexTensor,
+        out_grad: FlexTensor,
+        kernel: [usize; 2],
+        stride: [usize; 2],
+        padding: [usize; 2],
+    ) -> FlexTensor {
+        let geometry = pool_geometry(&x, kernel, stride, padding)
+            .filter(|_| output.dtype() == DType::F32 && out_grad.dtype() == DType::F32);
+        let Some(geometry) = geometry else {
+            return burn_pool_max2d_backward::<Flex>(x, output, out_grad, kernel, stride, padding);
+        };
+        let shape = x.shape();
+        let [x, output, out_grad] = [x, output, out_grad].map(|t| t.to_contiguous());
+        let grad = maxpool::backward(&geometry, f32s(&x), f32s(&output), f32s(&out_grad));
+        FlexTensor::from_data(TensorData::new(grad, shape))
+    }
+
     fn conv2d_scale_shift(
         x: FlexTensor,
         weight: FlexTensor,
@@ -406,6 +479,27 @@ impl DeepKernels for Flex {
     }
 }
 
+/// The geometry of a max pooling our kernel computes (f32, rank 4, padding below the kernel
+/// size), or `None` for burn's.
+fn pool_geometry(x: &FlexTensor, kernel: [usize; 2], stride: [usize; 2], padding: [usize; 2]) -> Option<PoolGeometry> {
+    if x.dtype() != DType::F32 || x.shape().num_dims() != 4 || (0..2).any(|a| padding[a] >= kernel[a] || stride[a] == 0)
+    {
+        return None;
+    }
+    let [batch, channels, in_h, in_w] = x.shape().dims();
+    let out = |a: usize, len: usize| (len + 2 * padding[a]).checked_sub(kernel[a]).map(|room| room / stride[a] + 1);
+    Some(PoolGeometry {
+        planes: batch * channels,
+        in_h,
+        in_w,
+        out_h: out(0, in_h)?,
+        out_w: out(1, in_w)?,
+        kernel,
+        stride,
+        padding,
+    })
+}
+
 /// `[batch, channels, plane]` of a batch norm whose tensors (the input first, then per-channel
 /// ones, then optionally the output gradient) are all f32 and of matching sizes; `None` for burn's.
 fn norm_geometry(tensors: &[&FlexTensor]) -> Option<NormGeometry> {
@@ -579,6 +673,23 @@ impl<B: DeepKernels> Backward<B, 3> for BatchNormBackward {
 }
 
 #[derive(Debug)]
+struct MaxPoolBackward;
+
+impl<B: DeepKernels> Backward<B, 1> for MaxPoolBackward {
+    /// The input, the output, and kernel, stride, padding.
+    type State = (FloatTensor<B>, FloatTensor<B>, [[usize; 2]; 3]);
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _checkpointer: &mut Checkpointer) {
+        let [node] = ops.parents;
+        let grad = grads.consume::<B>(&ops.node);
+        let (x, output, [kernel, stride, padding]) = ops.state;
+        if let Some(node) = node {
+            grads.register::<B>(node.id, B::pool_max2d_backward(x, output, grad, kernel, stride, padding));
+        }
+    }
+}
+
+#[derive(Debug)]
 struct ClampedReluBackward;
 
 impl<B: DeepKernels> Backward<B, 1> for ClampedReluBackward {
@@ -632,6 +743,22 @@ impl<B: DeepKernels, C: CheckpointStrategy> DeepKernels for Autodiff<B, C> {
                 prep.finish((output.clone(), cap), output)
             }
             OpsKind::UnTracked(prep) => prep.finish(B::clamped_relu(x.into_primitive(), cap)),
+        }
+    }
+
+    fn pool_max2d(
+        x: FloatTensor<Self>,
+        kernel: [usize; 2],
+        stride: [usize; 2],
+        padding: [usize; 2],
+    ) -> FloatTensor<Self> {
+        match MaxPoolBackward.prepare::<C>([x.node()]).compute_bound().stateful() {
+            OpsKind::Tracked(prep) => {
+                let input = x.into_primitive();
+                let output = B::pool_max2d(input.clone(), kernel, stride, padding);
+                prep.finish((input, output.clone(), [kernel, stride, padding]), output)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(B::pool_max2d(x.into_primitive(), kernel, stride, padding)),
         }
     }
 
@@ -711,6 +838,11 @@ pub fn relu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
 /// ReLU6, `min(max(x, 0), 6)`, on whatever device the tensor is.
 pub fn relu6<const D: usize>(x: Tensor<D>) -> Tensor<D> {
     Tensor::from_dispatch(<Dispatch as DeepKernels>::clamped_relu(x.into_dispatch(), 6.0))
+}
+
+/// 2-D max pooling (no dilation, floor mode) on whatever device the tensor is.
+pub fn max_pool2d(x: Tensor<4>, kernel: [usize; 2], stride: [usize; 2], padding: [usize; 2]) -> Tensor<4> {
+    Tensor::from_dispatch(<Dispatch as DeepKernels>::pool_max2d(x.into_dispatch(), kernel, stride, padding))
 }
 
 /// Inference through a convolution (no bias) and what follows it: `conv(x, weight)·scale[c] +

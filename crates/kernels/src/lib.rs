@@ -10,9 +10,10 @@ pub mod batchnorm;
 pub mod conv;
 pub mod depthwise;
 mod ext;
+pub mod maxpool;
 mod simd;
 
 pub use ext::{
-    DeepKernels, batch_norm_training, conv2d_scale_shift, dense_conv2d, depthwise_conv2d, is_depthwise, relu, relu6,
-    silu,
+    DeepKernels, batch_norm_training, conv2d_scale_shift, dense_conv2d, depthwise_conv2d, is_depthwise, max_pool2d,
+    relu, relu6, silu,
 };

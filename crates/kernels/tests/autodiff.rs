@@ -220,3 +220,25 @@ fn inference_conv_with_scale_shift_and_relu_equals_burns_composition() {
         }
     }
 }
+
+#[test]
+fn max_pooling_and_its_gradient_equal_burns() {
+    use burn::tensor::module::max_pool2d;
+    use burn::tensor::ops::MaxPoolOptions;
+    let device = Device::flex().autodiff();
+    for (shape, kernel, stride, padding) in
+        [([2, 3, 12, 11], 3, 2, 1), ([4, 2, 8, 8], 2, 2, 0), ([1, 5, 7, 9], 3, 1, 1)]
+    {
+        let x = Tensor::<4>::random(shape, Distribution::Normal(0.0, 1.0), &device).require_grad();
+        let ours = deeptune_kernels::max_pool2d(x.clone(), [kernel; 2], [stride; 2], [padding; 2]);
+        let options = MaxPoolOptions::new([kernel; 2]).with_stride([stride; 2]).with_padding([padding; 2]);
+        let theirs = max_pool2d(x.clone(), options);
+        assert_eq!(ours.dims(), theirs.dims());
+        assert_eq!(max_difference(ours.clone(), theirs.clone()), 0.0, "forward differs for {shape:?}");
+        let weights = Tensor::<4>::random(ours.dims(), Distribution::Normal(0.0, 1.0), &device);
+        let a = x.grad(&(ours * weights.clone()).sum().backward()).unwrap();
+        let b = x.grad(&(theirs * weights).sum().backward()).unwrap();
+        let plain = |t: Tensor<4>| Tensor::<4>::from_data(t.to_data(), &Device::flex());
+        assert!(max_difference(plain(a), plain(b)) < 1e-6, "gradient differs for {shape:?}");
+    }
+}

@@ -5,8 +5,6 @@ use burn::module::Module;
 use burn::nn::conv::Conv2d;
 use burn::nn::{Linear, LinearConfig};
 use burn::prelude::*;
-use burn::tensor::module::max_pool2d;
-use burn::tensor::ops::MaxPoolOptions;
 use deeptune_kernels::relu;
 
 use crate::nn::{Activation, BatchNorm2d, Padding, conv_bn_act, conv2d, global_avg_pool};
@@ -185,7 +183,7 @@ impl ResNet {
     /// Pooled features before the classifier: `[batch, feature_dim]`.
     pub fn features(&self, x: Tensor<4>) -> Tensor<2> {
         let x = conv_bn_act(&self.conv1, &self.bn1, Activation::Relu, x);
-        let mut x = max_pool2d(x, MaxPoolOptions::new([3, 3]).with_stride([2, 2]).with_padding([1, 1]));
+        let mut x = deeptune_kernels::max_pool2d(x, [3, 3], [2, 2], [1, 1]);
         for block in self.layer1.iter().chain(&self.layer2).chain(&self.layer3).chain(&self.layer4) {
             x = block.forward(x);
         }

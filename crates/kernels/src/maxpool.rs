@@ -1,0 +1,204 @@
+//! 2-D max pooling on plain `f32` slices (NCHW, contiguous), forward and backward.
+//!
+//! flex computes max pooling through its 3-D path with an index per output, one element at a time
+//! (a NaN test and a branch per compare): ResNet's stem pooling was 15 % of its inference at 112
+//! px. Here each output row is the running maximum of whole input-row segments, which vectorises;
+//! the backward recomputes each window's first maximum from the saved input and output instead
+//! of keeping an index tensor.
+//!
+//! As PyTorch: padding never wins (it is −∞), a NaN in a window makes the output NaN, and the
+//! gradient goes to the first position (row-major within the window) holding the maximum.
+
+use rayon::prelude::*;
+
+use crate::depthwise::valid_outputs;
+use crate::simd::widest;
+
+/// Input `[planes, in_h, in_w]` (`planes` = batch · channels), output `[planes, out_h, out_w]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolGeometry {
+    pub planes: usize,
+    pub in_h: usize,
+    pub in_w: usize,
+    pub out_h: usize,
+    pub out_w: usize,
+    pub kernel: [usize; 2],
+    pub stride: [usize; 2],
+    pub padding: [usize; 2],
+}
+
+impl PoolGeometry {
+    fn in_plane(&self) -> usize {
+        self.in_h * self.in_w
+    }
+
+    fn out_plane(&self) -> usize {
+        self.out_h * self.out_w
+    }
+
+    fn rows(&self, ky: usize) -> std::ops::Range<usize> {
+        valid_outputs(self.stride[0], ky, self.padding[0], self.out_h, self.in_h)
+    }
+
+    fn cols(&self, kx: usize) -> std::ops::Range<usize> {
+        valid_outputs(self.stride[1], kx, self.padding[1], self.out_w, self.in_w)
+    }
+}
+
+/// `a` unless `b` is larger or NaN (then `b`): the running maximum with PyTorch's NaN rule,
+/// written as a select so it vectorises.
+#[inline(always)]
+fn max_nan(a: f32, b: f32) -> f32 {
+    if b > a || b.is_nan() { b } else { a }
+}
+
+pub fn forward(g: &PoolGeometry, x: &[f32]) -> Vec<f32> {
+    assert_eq!(x.len(), g.planes * g.in_plane(), "max-pool input size");
+    // −∞ first (a quarter of the input's size for the usual stride 2), then running maxima.
+    let mut output = vec![f32::NEG_INFINITY; g.planes * g.out_plane()];
+    if output.is_empty() {
+        return output;
+    }
+    output.par_chunks_mut(g.out_plane()).enumerate().for_each(|(plane, out)| {
+        let input = &x[plane * g.in_plane()..][..g.in_plane()];
+        widest(|| {
+            for ky in 0..g.kernel[0] {
+                for oy in g.rows(ky) {
+                    let iy = oy * g.stride[0] + ky - g.padding[0];
+                    let src = &input[iy * g.in_w..][..g.in_w];
+                    let dst = &mut out[oy * g.out_w..][..g.out_w];
+                    for kx in 0..g.kernel[1] {
+                        let cols = g.cols(kx);
+                        if cols.is_empty() {
+                            continue;
+                        }
+                        let first = cols.start * g.stride[1] + kx - g.padding[1];
+                        for (j, o) in dst[cols].iter_mut().enumerate() {
+                            *o = max_nan(*o, src[first + j * g.stride[1]]);
+                        }
+                    }
+                }
+            }
+        })
+    });
+    output
+}
+
+/// The input gradient: each output's gradient added to the first position of its window that
+/// holds the output's value.
+pub fn backward(g: &PoolGeometry, x: &[f32], output: &[f32], out_grad: &[f32]) -> Vec<f32> {
+    assert_eq!(x.len(), g.planes * g.in_plane(), "max-pool input size");
+    assert_eq!(
+        (output.len(), out_grad.len()),
+        (g.planes * g.out_plane(), g.planes * g.out_plane()),
+        "max-pool output size"
+    );
+    let mut grad = Vec::with_capacity(x.len());
+    grad.resize(x.len(), 0.0f32);
+    if grad.is_empty() {
+        return grad;
+    }
+    grad.par_chunks_mut(g.in_plane()).enumerate().for_each(|(plane, dx)| {
+        let input = &x[plane * g.in_plane()..][..g.in_plane()];
+        let out = &output[plane * g.out_plane()..][..g.out_plane()];
+        let dy = &out_grad[plane * g.out_plane()..][..g.out_plane()];
+        for oy in 0..g.out_h {
+            for ox in 0..g.out_w {
+                let o = oy * g.out_w + ox;
+                if let Some(index) = first_max(g, input, oy, ox, out[o]) {
+                    dx[index] += dy[o];
+                }
+            }
+        }
+    });
+    grad
+}
+
+/// The first position (row-major in the window) of output `(oy, ox)`'s window holding `value`.
+fn first_max(g: &PoolGeometry, input: &[f32], oy: usize, ox: usize, value: f32) -> Option<usize> {
+    for ky in 0..g.kernel[0] {
+        let Some(iy) = (oy * g.stride[0] + ky).checked_sub(g.padding[0]).filter(|&iy| iy < g.in_h) else {
+            continue;
+        };
+        for kx in 0..g.kernel[1] {
+            let Some(ix) = (ox * g.stride[1] + kx).checked_sub(g.padding[1]).filter(|&ix| ix < g.in_w) else {
+                continue;
+            };
+            let v = input[iy * g.in_w + ix];
+            if v == value || (value.is_nan() && v.is_nan()) {
+                return Some(iy * g.in_w + ix);
+            }
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Max pooling by its definition: every window, padding excluded, NaN wins.
+    fn reference(g: &PoolGeometry, x: &[f32]) -> (Vec<f32>, Vec<Option<usize>>) {
+        let mut out = vec![f32::NEG_INFINITY; g.planes * g.out_plane()];
+        let mut arg = vec![None; out.len()];
+        for p in 0..g.planes {
+            for oy in 0..g.out_h {
+                for ox in 0..g.out_w {
+                    let o = p * g.out_plane() + oy * g.out_w + ox;
+                    for ky in 0..g.kernel[0] {
+                        for kx in 0..g.kernel[1] {
+                            let (iy, ix) = (
+                                (oy * g.stride[0] + ky) as isize - g.padding[0] as isize,
+                                (ox * g.stride[1] + kx) as isize - g.padding[1] as isize,
+                            );
+                            if iy < 0 || ix < 0 || iy >= g.in_h as isize || ix >= g.in_w as isize {
+                                continue;
+                            }
+                            let i = iy as usize * g.in_w + ix as usize;
+                            let v = x[p * g.in_plane() + i];
+                            if arg[o].is_none() || v > out[o] || (v.is_nan() && !out[o].is_nan()) {
+                                out[o] = v;
+                                arg[o] = Some(i);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        (out, arg)
+    }
+
+    #[test]
+    fn forward_and_backward_are_the_definition() {
+        for (kernel, stride, padding, size) in
+            [(3, 2, 1, [9, 8]), (2, 2, 0, [6, 7]), (3, 1, 1, [5, 5]), (3, 2, 0, [7, 7])]
+        {
+            let out = |len: usize| (len + 2 * padding - kernel) / stride + 1;
+            let g = PoolGeometry {
+                planes: 3,
+                in_h: size[0],
+                in_w: size[1],
+                out_h: out(size[0]),
+                out_w: out(size[1]),
+                kernel: [kernel, kernel],
+                stride: [stride, stride],
+                padding: [padding, padding],
+            };
+            // Integers in a small range: ties, which the gradient must break as PyTorch does.
+            let mut x: Vec<f32> = (0..g.planes * g.in_plane()).map(|i| ((i * 7919) % 13) as f32 - 6.0).collect();
+            x[5] = f32::NAN;
+            let (expected, argmax) = reference(&g, &x);
+            let ours = forward(&g, &x);
+            for (a, b) in ours.iter().zip(&expected) {
+                assert!(a == b || (a.is_nan() && b.is_nan()), "{g:?}: {a} vs {b}");
+            }
+            let dy: Vec<f32> = (0..ours.len()).map(|i| i as f32 + 1.0).collect();
+            let dx = backward(&g, &x, &ours, &dy);
+            let mut expected_dx = vec![0.0f32; x.len()];
+            for (o, arg) in argmax.iter().enumerate() {
+                expected_dx[(o / g.out_plane()) * g.in_plane() + arg.unwrap()] += dy[o];
+            }
+            assert_eq!(dx, expected_dx, "{g:?}");
+        }
+    }
+}
