@@ -429,7 +429,7 @@ impl DeepKernels for Flex {
         if x.dtype() != DType::F32 {
             return burn_silu::<Flex>(x);
         }
-        map_f32(&x, |v| v / (1.0 + (-v).exp()))
+        map_f32(&x, |v| v / (1.0 + crate::simd::exp(-v)))
     }
 
     fn silu_backward(x: FlexTensor, grad: FlexTensor) -> FlexTensor {
@@ -437,6 +437,8 @@ impl DeepKernels for Flex {
             return burn_silu_backward::<Flex>(x, grad);
         }
         zip_map_f32(&grad, &x, |g, v| {
+            // libm's exp here: `simd::exp` in this two-input loop measured 30 % slower training
+            // (EfficientNet-B0), where in the forward it is 12–20 % faster inference.
             let s = 1.0 / (1.0 + (-v).exp());
             g * s * (1.0 + v * (1.0 - s))
         })

@@ -49,3 +49,47 @@ pub(crate) fn lane_sum(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32) -> f64
     }
     lanes.iter().map(|&v| v as f64).sum::<f64>() + tail
 }
+
+/// `eˣ` in f32 without a libm call, so loops around it vectorise (`f32::exp` is a scalar call per
+/// element: SiLU was one). Cephes' `expf`: `x = n·ln 2 + r`, `|r| ≤ ln 2 / 2`, a degree-6
+/// polynomial for `eʳ`, `2ⁿ` from the exponent bits; within 2 ulp of `f32::exp` where the
+/// result is a normal float (tested). Below about −87.3 it returns 0, above 88.37 it saturates
+/// at e^88.37 ≈ 2.4·10³⁸; NaN stays NaN.
+#[inline(always)]
+pub(crate) fn exp(x: f32) -> f32 {
+    const LIMIT: f32 = 88.376_26;
+    // Selects, not clamp(): a NaN passes through both comparisons.
+    let x = if x < -LIMIT { -LIMIT } else { x };
+    let x = if x > LIMIT { LIMIT } else { x };
+    let n = (x * std::f32::consts::LOG2_E + 0.5).floor();
+    // ln 2 in two parts, so n·ln 2 is subtracted without rounding error.
+    let r = x - n * 0.693_359_4 - n * -2.121_944_4e-4;
+    let p = 1.987_569_1e-4;
+    let p = p * r + 1.398_199_9e-3;
+    let p = p * r + 8.333_452e-3;
+    let p = p * r + 4.166_579_6e-2;
+    let p = p * r + 1.666_666_5e-1;
+    let p = p * r + 5.000_000_1e-1;
+    let y = p * r * r + r + 1.0;
+    // 2ⁿ for n in [−127, 128): n = −127 gives 0 (the result would be subnormal).
+    let biased = (n as i32 + 127).clamp(0, 255) as u32;
+    y * f32::from_bits(biased << 23)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn exp_is_within_two_ulp_of_libm() {
+        let mut x = -87.0f32;
+        while x < 88.0 {
+            let (ours, libm) = (super::exp(x), x.exp());
+            let ulp = (libm.to_bits() as i64 - ours.to_bits() as i64).abs();
+            assert!(ulp <= 2, "exp({x}) = {ours}, libm {libm} ({ulp} ulp)");
+            x += 0.001_37;
+        }
+        assert_eq!(super::exp(0.0), 1.0);
+        assert_eq!(super::exp(-200.0), 0.0);
+        assert!(super::exp(200.0) > 2e38 && super::exp(200.0).is_finite());
+        assert!(super::exp(f32::NAN).is_nan());
+    }
+}
