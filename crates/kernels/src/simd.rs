@@ -69,7 +69,7 @@ pub(crate) fn exp(x: f32) -> f32 {
     let p = p * r + 8.333_452e-3;
     let p = p * r + 4.166_579_6e-2;
     let p = p * r + 1.666_666_5e-1;
-    let p = p * r + 5.000_000_1e-1;
+    let p = p * r + 0.5;
     let y = p * r * r + r + 1.0;
     // 2ⁿ for n in [−127, 128): n = −127 gives 0 (the result would be subnormal).
     let biased = (n as i32 + 127).clamp(0, 255) as u32;
