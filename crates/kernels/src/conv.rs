@@ -23,7 +23,6 @@ use std::ops::{Deref, DerefMut};
 use gemm::Parallelism;
 use rayon::prelude::*;
 
-use crate::depthwise::valid_outputs;
 use crate::simd::widest;
 
 /// Pixels (columns of the products) a chunk of images aims for: below a few hundred, gemm's
@@ -50,12 +49,29 @@ pub struct ConvGeometry {
 }
 
 impl ConvGeometry {
-    fn in_plane(&self) -> usize {
+    pub(crate) fn in_plane(&self) -> usize {
         self.in_h * self.in_w
     }
 
-    fn out_plane(&self) -> usize {
+    pub(crate) fn out_plane(&self) -> usize {
         self.out_h * self.out_w
+    }
+
+    /// Taps per filter.
+    pub(crate) fn taps(&self) -> usize {
+        self.kernel[0] * self.kernel[1]
+    }
+
+    /// Output positions along `axis` (0 rows, 1 columns) whose input position for `tap` falls
+    /// inside `0..len`.
+    pub(crate) fn valid(&self, axis: usize, tap: usize, out_len: usize, len: usize) -> std::ops::Range<usize> {
+        valid_outputs(self.stride[axis], tap * self.dilation[axis], self.padding[axis], out_len, len)
+    }
+
+    /// The input position along `axis` that output `o` reads for `tap` (inside the input: see
+    /// [`ConvGeometry::valid`]).
+    pub(crate) fn input_index(&self, axis: usize, tap: usize, o: usize) -> usize {
+        (o * self.stride[axis] + tap * self.dilation[axis]) - self.padding[axis]
     }
 
     /// Rows of `col(x)`: one per (input channel, kernel tap).
@@ -83,6 +99,24 @@ impl ConvGeometry {
     fn weight_len(&self) -> usize {
         self.out_channels * self.patch_len()
     }
+}
+
+/// Output positions `o` along one axis whose input position `o·stride + tap_offset − padding`
+/// falls inside `0..len`, as a range of `o` (`tap_offset` is the tap's index times the dilation).
+pub(crate) fn valid_outputs(
+    stride: usize,
+    tap_offset: usize,
+    padding: usize,
+    out_len: usize,
+    len: usize,
+) -> std::ops::Range<usize> {
+    let (stride, offset) = (stride as isize, tap_offset as isize - padding as isize);
+    // o·stride + offset ≥ 0  ⇔  o ≥ ceil(−offset / stride)
+    let first = if offset >= 0 { 0 } else { ((-offset) + stride - 1) / stride } as usize;
+    // o·stride + offset ≤ len − 1  ⇔  o ≤ floor((len − 1 − offset) / stride)
+    let last_excl =
+        if (len as isize - 1 - offset) < 0 { 0 } else { ((len as isize - 1 - offset) / stride + 1) as usize };
+    first.min(out_len)..last_excl.min(out_len).max(first.min(out_len))
 }
 
 /// How the batch is cut into chunks of images and who computes them.

@@ -7,80 +7,26 @@
 //! separate convolutions. Here each is one pass over the data, parallel over planes (input
 //! gradient) or channels (weight gradient), with the innermost loop along a row so it vectorises.
 
+// The geometry is a `ConvGeometry` with `in_channels` == `out_channels` (= the channels) and
+// filters `[channels, 1, kh, kw]`.
+
 use rayon::prelude::*;
 
+use crate::conv::ConvGeometry;
 use crate::simd::{lane_sum, widest};
-
-/// The shape of one depthwise convolution: input `[batch, channels, in_h, in_w]`, filters
-/// `[channels, 1, kernel_h, kernel_w]`, output `[batch, channels, out_h, out_w]`. Padding is the
-/// number of zero rows/columns before the first input row/column (what comes after is implied by
-/// the output size, so asymmetric "same" padding is covered too).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct DepthwiseGeometry {
-    pub batch: usize,
-    pub channels: usize,
-    pub in_h: usize,
-    pub in_w: usize,
-    pub out_h: usize,
-    pub out_w: usize,
-    pub kernel: [usize; 2],
-    pub stride: [usize; 2],
-    pub padding: [usize; 2],
-    pub dilation: [usize; 2],
-}
-
-/// Output positions `o` along one axis whose input position `o·stride + tap_offset − padding`
-/// falls inside `0..len`, as a range of `o` (`tap_offset` is the tap's index times the dilation).
-pub(crate) fn valid_outputs(
-    stride: usize,
-    tap_offset: usize,
-    padding: usize,
-    out_len: usize,
-    len: usize,
-) -> std::ops::Range<usize> {
-    let (stride, offset) = (stride as isize, tap_offset as isize - padding as isize);
-    // o·stride + offset ≥ 0  ⇔  o ≥ ceil(−offset / stride)
-    let first = if offset >= 0 { 0 } else { ((-offset) + stride - 1) / stride } as usize;
-    // o·stride + offset ≤ len − 1  ⇔  o ≤ floor((len − 1 − offset) / stride)
-    let last_excl =
-        if (len as isize - 1 - offset) < 0 { 0 } else { ((len as isize - 1 - offset) / stride + 1) as usize };
-    first.min(out_len)..last_excl.min(out_len).max(first.min(out_len))
-}
-
-impl DepthwiseGeometry {
-    fn in_plane(&self) -> usize {
-        self.in_h * self.in_w
-    }
-
-    fn out_plane(&self) -> usize {
-        self.out_h * self.out_w
-    }
-
-    fn taps(&self) -> usize {
-        self.kernel[0] * self.kernel[1]
-    }
-
-    fn valid(&self, axis: usize, tap: usize, out_len: usize, len: usize) -> std::ops::Range<usize> {
-        valid_outputs(self.stride[axis], tap * self.dilation[axis], self.padding[axis], out_len, len)
-    }
-
-    fn input_index(&self, axis: usize, tap: usize, o: usize) -> usize {
-        (o * self.stride[axis] + tap * self.dilation[axis]) - self.padding[axis]
-    }
-}
 
 /// Gradient of the loss with respect to the input, `[batch, channels, in_h, in_w]`, from the
 /// filters `[channels, kh, kw]` and the output gradient `[batch, channels, out_h, out_w]`.
-pub fn input_grad(g: &DepthwiseGeometry, weight: &[f32], out_grad: &[f32]) -> Vec<f32> {
-    assert_eq!(weight.len(), g.channels * g.taps(), "depthwise weight size");
-    assert_eq!(out_grad.len(), g.batch * g.channels * g.out_plane(), "depthwise output-gradient size");
-    let mut grad = vec![0.0f32; g.batch * g.channels * g.in_plane()];
+pub fn input_grad(g: &ConvGeometry, weight: &[f32], out_grad: &[f32]) -> Vec<f32> {
+    assert_eq!(weight.len(), g.in_channels * g.taps(), "depthwise weight size");
+    assert_eq!(out_grad.len(), g.batch * g.in_channels * g.out_plane(), "depthwise output-gradient size");
+    let mut grad = vec![0.0f32; g.batch * g.in_channels * g.in_plane()];
     if grad.is_empty() {
         return grad;
     }
     grad.par_chunks_mut(g.in_plane()).enumerate().for_each(|(plane, gx)| {
         widest(|| {
-            let channel = plane % g.channels;
+            let channel = plane % g.in_channels;
             let gy = &out_grad[plane * g.out_plane()..(plane + 1) * g.out_plane()];
             let w = &weight[channel * g.taps()..(channel + 1) * g.taps()];
             for i in 0..g.kernel[0] {
@@ -117,10 +63,10 @@ pub fn input_grad(g: &DepthwiseGeometry, weight: &[f32], out_grad: &[f32]) -> Ve
 /// Gradient of the loss with respect to the filters, `[channels, kh, kw]`, from the input
 /// `[batch, channels, in_h, in_w]` and the output gradient. Sums over the batch and positions
 /// in `f64` per row, so the result does not depend on how the work is split.
-pub fn weight_grad(g: &DepthwiseGeometry, input: &[f32], out_grad: &[f32]) -> Vec<f32> {
-    assert_eq!(input.len(), g.batch * g.channels * g.in_plane(), "depthwise input size");
-    assert_eq!(out_grad.len(), g.batch * g.channels * g.out_plane(), "depthwise output-gradient size");
-    let mut grad = vec![0.0f32; g.channels * g.taps()];
+pub fn weight_grad(g: &ConvGeometry, input: &[f32], out_grad: &[f32]) -> Vec<f32> {
+    assert_eq!(input.len(), g.batch * g.in_channels * g.in_plane(), "depthwise input size");
+    assert_eq!(out_grad.len(), g.batch * g.in_channels * g.out_plane(), "depthwise output-gradient size");
+    let mut grad = vec![0.0f32; g.in_channels * g.taps()];
     if grad.is_empty() {
         return grad;
     }
@@ -128,7 +74,7 @@ pub fn weight_grad(g: &DepthwiseGeometry, input: &[f32], out_grad: &[f32]) -> Ve
         widest(|| {
             let mut sums = vec![0.0f64; g.taps()];
             for n in 0..g.batch {
-                let plane = n * g.channels + channel;
+                let plane = n * g.in_channels + channel;
                 let x = &input[plane * g.in_plane()..(plane + 1) * g.in_plane()];
                 let gy = &out_grad[plane * g.out_plane()..(plane + 1) * g.out_plane()];
                 for i in 0..g.kernel[0] {
@@ -171,14 +117,14 @@ mod tests {
     use super::*;
 
     /// The definition, one multiply-add at a time, in f64.
-    fn naive(g: &DepthwiseGeometry, x: &[f32], w: &[f32], gy: &[f32]) -> (Vec<f32>, Vec<f32>) {
+    fn naive(g: &ConvGeometry, x: &[f32], w: &[f32], gy: &[f32]) -> (Vec<f32>, Vec<f32>) {
         let mut gx = vec![0.0f64; x.len()];
         let mut gw = vec![0.0f64; w.len()];
         for n in 0..g.batch {
-            for c in 0..g.channels {
+            for c in 0..g.in_channels {
                 for oh in 0..g.out_h {
                     for ow in 0..g.out_w {
-                        let y = gy[((n * g.channels + c) * g.out_h + oh) * g.out_w + ow] as f64;
+                        let y = gy[((n * g.in_channels + c) * g.out_h + oh) * g.out_w + ow] as f64;
                         for i in 0..g.kernel[0] {
                             for j in 0..g.kernel[1] {
                                 let ih = (oh * g.stride[0] + i * g.dilation[0]) as isize - g.padding[0] as isize;
@@ -186,7 +132,7 @@ mod tests {
                                 if ih < 0 || iw < 0 || ih >= g.in_h as isize || iw >= g.in_w as isize {
                                     continue;
                                 }
-                                let xi = ((n * g.channels + c) * g.in_h + ih as usize) * g.in_w + iw as usize;
+                                let xi = ((n * g.in_channels + c) * g.in_h + ih as usize) * g.in_w + iw as usize;
                                 let wi = (c * g.kernel[0] + i) * g.kernel[1] + j;
                                 gx[xi] += y * w[wi] as f64;
                                 gw[wi] += y * x[xi] as f64;
@@ -215,9 +161,10 @@ mod tests {
     ) {
         let out =
             |len: usize, axis: usize| (len + padding[axis] + pad_end[axis] - dilation * (kernel - 1) - 1) / stride + 1;
-        let g = DepthwiseGeometry {
+        let g = ConvGeometry {
             batch: 2,
-            channels: 3,
+            in_channels: 3,
+            out_channels: 3,
             in_h: size[0],
             in_w: size[1],
             out_h: out(size[0], 0),
@@ -227,9 +174,9 @@ mod tests {
             padding,
             dilation: [dilation, dilation],
         };
-        let x = values(g.batch * g.channels * g.in_plane(), 1);
-        let w = values(g.channels * g.taps(), 2);
-        let gy = values(g.batch * g.channels * g.out_plane(), 3);
+        let x = values(g.batch * g.in_channels * g.in_plane(), 1);
+        let w = values(g.in_channels * g.taps(), 2);
+        let gy = values(g.batch * g.in_channels * g.out_plane(), 3);
         let (gx_ref, gw_ref) = naive(&g, &x, &w, &gy);
         let gx = input_grad(&g, &w, &gy);
         let gw = weight_grad(&g, &x, &gy);

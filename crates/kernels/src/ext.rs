@@ -13,7 +13,7 @@ use burn_autodiff::ops::{Backward, Ops, OpsKind};
 
 use crate::batchnorm::{self, NormGeometry};
 use crate::conv::{self, ConvGeometry, Epilogue};
-use crate::depthwise::{self, DepthwiseGeometry};
+use crate::depthwise;
 use crate::maxpool::{self, PoolGeometry};
 use crate::simd::par_filled;
 
@@ -453,21 +453,10 @@ impl DeepKernels for Flex {
         if x.dtype() != DType::F32 || weight.dtype() != DType::F32 || out_grad.dtype() != DType::F32 {
             return burn_backward::<Flex>(x, weight, out_grad, options);
         }
-        let [batch, channels, in_h, in_w] = x.shape().dims();
-        let [_, _, out_h, out_w] = out_grad.shape().dims();
-        let [_, _, kh, kw] = weight.shape().dims();
-        let geometry = DepthwiseGeometry {
-            batch,
-            channels,
-            in_h,
-            in_w,
-            out_h,
-            out_w,
-            kernel: [kh, kw],
-            stride: options.stride,
-            padding: [options.padding[0].0, options.padding[1].0],
-            dilation: options.dilation,
+        let Some(geometry) = conv_geometry(&x, &weight, Some(&out_grad), &options) else {
+            return burn_backward::<Flex>(x, weight, out_grad, options);
         };
+        let (x_shape, weight_shape) = (x.shape(), weight.shape());
         let (x, weight, out_grad) = (x.to_contiguous(), weight.to_contiguous(), out_grad.to_contiguous());
         let (x_values, weight_values, grad_values) = (f32s(&x), f32s(&weight), f32s(&out_grad));
         let (x_grad, weight_grad) = rayon::join(
@@ -475,8 +464,8 @@ impl DeepKernels for Flex {
             || depthwise::weight_grad(&geometry, x_values, grad_values),
         );
         (
-            FlexTensor::from_data(TensorData::new(x_grad, Shape::new([batch, channels, in_h, in_w]))),
-            FlexTensor::from_data(TensorData::new(weight_grad, Shape::new([channels, 1, kh, kw]))),
+            FlexTensor::from_data(TensorData::new(x_grad, x_shape)),
+            FlexTensor::from_data(TensorData::new(weight_grad, weight_shape)),
         )
     }
 }
@@ -530,11 +519,24 @@ fn dense_geometry(
     if !all_f32 || options.groups != 1 {
         return None;
     }
-    let [batch, in_channels, in_h, in_w] = x.shape().dims();
-    let [out_channels, weight_in, kh, kw] = weight.shape().dims();
-    if weight_in != in_channels {
+    let weight_in = weight.shape().dims::<4>()[1];
+    if weight_in != x.shape().dims::<4>()[1] {
         return None;
     }
+    conv_geometry(x, weight, out_grad, options)
+}
+
+/// The shape of a convolution of `x` (`[batch, in, h, w]`) by `weight` (`[out, in/groups, kh,
+/// kw]`): the output size from `out_grad` or, without it, from the options (`None` if the kernel
+/// does not fit).
+fn conv_geometry(
+    x: &FlexTensor,
+    weight: &FlexTensor,
+    out_grad: Option<&FlexTensor>,
+    options: &ConvOptions<2>,
+) -> Option<ConvGeometry> {
+    let [batch, in_channels, in_h, in_w] = x.shape().dims();
+    let [out_channels, _, kh, kw] = weight.shape().dims();
     let out_len = |axis: usize, len: usize, kernel: usize| {
         let (begin, end) = options.padding[axis];
         let span = options.dilation[axis] * (kernel - 1) + 1;

@@ -11,7 +11,7 @@
 
 use rayon::prelude::*;
 
-use crate::depthwise::valid_outputs;
+use crate::conv::valid_outputs;
 use crate::simd::widest;
 
 /// Input `[planes, in_h, in_w]` (`planes` = batch · channels), output `[planes, out_h, out_w]`.
