@@ -159,12 +159,12 @@ thread_local! {
 /// Why: a fresh multi-megabyte `vec!` per image and layer is a fresh `mmap`; its pages fault in
 /// on first touch, and zeroed ones read before written are copy-on-write faults with a TLB
 /// shootdown across cores — a fifth of a ResNet-18 step in the profile.
-struct Scratch(Vec<f32>);
+pub(crate) struct Scratch(Vec<f32>);
 
 impl Scratch {
     /// `len` values left over from earlier use: only for buffers that are written in full before
     /// they are read.
-    fn stale(len: usize) -> Scratch {
+    pub(crate) fn stale(len: usize) -> Scratch {
         let mut buf = SCRATCH_POOL.with(|pool| pool.borrow_mut().pop()).unwrap_or_default();
         if buf.len() < len {
             buf.resize(len, 0.0);
@@ -389,13 +389,22 @@ impl Epilogue<'_> {
             let c = (first + i) % channels;
             let (scale, shift) = (self.scale[c], self.shift[c]);
             match self.relu_cap {
-                Some(cap) => out.iter_mut().for_each(|v| {
-                    let y = *v * scale + shift;
-                    let y = if y < 0.0 { 0.0 } else { y };
-                    *v = if y > cap { cap } else { y };
-                }),
+                Some(_) => out.iter_mut().for_each(|v| *v = self.activate(*v * scale + shift)),
                 None => out.iter_mut().for_each(|v| *v = *v * scale + shift),
             }
+        }
+    }
+
+    /// The activation part: ReLU clamped at `relu_cap` if there is one (branch-free; NaN stays
+    /// NaN), else the identity.
+    #[inline(always)]
+    pub fn activate(&self, y: f32) -> f32 {
+        match self.relu_cap {
+            Some(cap) => {
+                let y = if y < 0.0 { 0.0 } else { y };
+                if y > cap { cap } else { y }
+            }
+            None => y,
         }
     }
 

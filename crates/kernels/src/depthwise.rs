@@ -1,19 +1,195 @@
-//! Depthwise 2-D convolution backward on plain `f32` slices (NCHW, contiguous): the input and
-//! weight gradients of a convolution whose every channel has its own filter (groups == channels
-//! in == channels out), as MobileNet and EfficientNet use in every block.
+//! Depthwise 2-D convolution on plain `f32` slices (NCHW, contiguous): a convolution whose every
+//! channel has its own filter (groups == channels in == channels out), as MobileNet and
+//! EfficientNet use in every block. Forward, input gradient and weight gradient.
 //!
-//! burn computes these generically: the input gradient as a grouped transposed convolution and
-//! the weight gradient as one small convolution per group, so a 960-channel layer runs 960
-//! separate convolutions. Here each is one pass over the data, parallel over planes (input
-//! gradient) or channels (weight gradient), with the innermost loop along a row so it vectorises.
+//! Backward: burn computes these generically, the input gradient as a grouped transposed
+//! convolution and the weight gradient as one small convolution per group, so a 960-channel
+//! layer runs 960 separate convolutions. Here each is one pass over the data, parallel over
+//! planes (input gradient) or channels (weight gradient), with the innermost loop along a row so
+//! it vectorises.
+//!
+//! Forward: see [`forward`]; flex's kernel adds one tap at a time into the output plane, and
+//! along rows, which in late layers are 7–14 values long (a 16-lane vector half empty).
 
 // The geometry is a `ConvGeometry` with `in_channels` == `out_channels` (= the channels) and
 // filters `[channels, 1, kh, kw]`.
 
+use std::mem::MaybeUninit;
+
 use rayon::prelude::*;
 
-use crate::conv::ConvGeometry;
-use crate::simd::{lane_sum, widest};
+use crate::conv::{ConvGeometry, Epilogue, Scratch};
+use crate::simd::{lane_sum, par_filled, widest};
+
+/// Output values the forward accumulates in registers at a time: four AVX-512 vectors.
+const BLOCK: usize = 64;
+/// The forward's smaller block, for the rest of a plane.
+const LANES: usize = 16;
+/// Output values per parallel task of the forward (whole planes, at least one).
+const TASK_OUTPUTS: usize = 1 << 13;
+
+/// The zero-padded input plane cut into `stride[0]·stride[1]` phase planes, so that every tap of
+/// the filter reads a contiguous run: phase `(py, px)` holds padded rows `py, py + sh, …` and
+/// columns `px, px + sw, …`. Output `(oy, ox)` then reads tap `(ky, kx)` at row
+/// `oy + ky·dh / sh`, column `ox + kx·dw / sw` of phase `(ky·dh % sh, kx·dw % sw)`, and with
+/// every phase `cols` wide, output `oy·cols + ox` of a "wide" plane reads phase value
+/// `oy·cols + ox + offset(tap)`: a 1-D filter over the flattened plane, vectorised across rows.
+/// The wide plane's last `cols − out_w` columns of each row are discarded.
+struct PhaseLayout {
+    rows: usize,
+    cols: usize,
+    /// Values per phase: `rows·cols`, then zeros that the discarded columns of the last rows and
+    /// the last partial vector read past the end.
+    phase_len: usize,
+    /// Where each tap (row-major over the filter) starts reading in the phase buffer.
+    offsets: Vec<usize>,
+}
+
+impl PhaseLayout {
+    fn new(g: &ConvGeometry) -> PhaseLayout {
+        let ([sh, sw], [dh, dw]) = (g.stride, g.dilation);
+        let rows = g.out_h + (g.kernel[0] - 1) * dh / sh;
+        let cols = g.out_w + (g.kernel[1] - 1) * dw / sw;
+        let phase_len = rows * cols + cols + LANES;
+        let mut offsets = Vec::with_capacity(g.taps());
+        for ky in 0..g.kernel[0] {
+            for kx in 0..g.kernel[1] {
+                let (ry, rx) = (ky * dh, kx * dw);
+                let phase = (ry % sh) * sw + rx % sw;
+                offsets.push(phase * phase_len + (ry / sh) * cols + rx / sw);
+            }
+        }
+        PhaseLayout { rows, cols, phase_len, offsets }
+    }
+
+    fn len(&self, g: &ConvGeometry) -> usize {
+        g.stride[0] * g.stride[1] * self.phase_len
+    }
+
+    /// The wide output plane, rounded up to whole vectors.
+    fn wide_len(&self, g: &ConvGeometry) -> usize {
+        (g.out_h * self.cols).next_multiple_of(LANES)
+    }
+
+    /// Writes the phases of one input plane into `buf` (every value: padding and tails zero).
+    #[inline(always)]
+    fn fill(&self, g: &ConvGeometry, plane: &[f32], buf: &mut [f32]) {
+        let ([sh, sw], [pad_h, pad_w]) = (g.stride, g.padding);
+        for (phase, dst) in buf.chunks_exact_mut(self.phase_len).enumerate() {
+            let (py, px) = (phase / sw, phase % sw);
+            // Phase columns `c` whose input column `px + sw·c − pad_w` is inside the plane.
+            let first = pad_w.saturating_sub(px).div_ceil(sw).min(self.cols);
+            let end = (g.in_w + pad_w).saturating_sub(px).div_ceil(sw).clamp(first, self.cols);
+            let (body, tail) = dst.split_at_mut(self.rows * self.cols);
+            tail.fill(0.0);
+            for (r, row) in body.chunks_exact_mut(self.cols).enumerate() {
+                let y = (py + sh * r).wrapping_sub(pad_h);
+                if y >= g.in_h {
+                    row.fill(0.0);
+                    continue;
+                }
+                let src = &plane[y * g.in_w..(y + 1) * g.in_w];
+                row[..first].fill(0.0);
+                row[end..].fill(0.0);
+                if first < end {
+                    let x0 = px + sw * first - pad_w;
+                    if sw == 1 {
+                        row[first..end].copy_from_slice(&src[x0..x0 + end - first]);
+                    } else {
+                        for (k, v) in row[first..end].iter_mut().enumerate() {
+                            *v = src[x0 + k * sw];
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `out[i] = Σₜ taps[t] · src[i + offsets[t]]` for the whole of `out` (a multiple of [`LANES`]),
+/// each block of outputs accumulated in registers over every tap and stored once.
+#[inline(always)]
+fn filter_flat(out: &mut [f32], src: &[f32], offsets: &[usize], taps: &[f32]) {
+    #[inline(always)]
+    fn block<const N: usize>(out: &mut [f32], start: usize, src: &[f32], offsets: &[usize], taps: &[f32]) {
+        let mut acc = [0.0f32; N];
+        for (&offset, &tap) in offsets.iter().zip(taps) {
+            let run: &[f32; N] = src[start + offset..start + offset + N].try_into().unwrap();
+            for j in 0..N {
+                acc[j] = tap.mul_add(run[j], acc[j]);
+            }
+        }
+        out[start..start + N].copy_from_slice(&acc);
+    }
+    let mut start = 0;
+    while start + BLOCK <= out.len() {
+        block::<BLOCK>(out, start, src, offsets, taps);
+        start += BLOCK;
+    }
+    while start < out.len() {
+        block::<LANES>(out, start, src, offsets, taps);
+        start += LANES;
+    }
+}
+
+/// The convolution of `input` `[batch, channels, in_h, in_w]` by `weight` `[channels, kh, kw]`,
+/// `[batch, channels, out_h, out_w]`, with `epilogue` (per-channel scale, shift, clamp) applied
+/// to each output plane while it is in cache.
+///
+/// Per plane: the padded input is cut into phase planes ([`PhaseLayout`]; for stride 1 it is the
+/// padded plane itself), then each block of 64 outputs of the flattened plane is accumulated in
+/// registers over all taps — one pass over the output where flex's kernel makes one per tap —
+/// and the valid columns are copied out. The padding is materialised zeros, so a non-finite
+/// weight over padding gives NaN as in PyTorch.
+pub fn forward(g: &ConvGeometry, input: &[f32], weight: &[f32], epilogue: Option<&Epilogue>) -> Vec<f32> {
+    assert_eq!(g.in_channels, g.out_channels, "depthwise channels");
+    assert_eq!(weight.len(), g.in_channels * g.taps(), "depthwise weight size");
+    assert_eq!(input.len(), g.batch * g.in_channels * g.in_plane(), "depthwise input size");
+    let out_plane = g.out_plane();
+    let len = g.batch * g.in_channels * out_plane;
+    if len == 0 {
+        return Vec::new();
+    }
+    let layout = PhaseLayout::new(g);
+    let planes_per_task = (TASK_OUTPUTS / out_plane).max(1);
+    par_filled(len, planes_per_task * out_plane, |offset, out| {
+        // Inlined into the dispatcher's `#[target_feature]` function, or `mul_add` is a libm call.
+        widest(
+            #[inline(always)]
+            || {
+                let mut phases = Scratch::stale(layout.len(g));
+                let mut wide = Scratch::stale(layout.wide_len(g));
+                for (i, out) in out.chunks_exact_mut(out_plane).enumerate() {
+                    let plane = offset / out_plane + i;
+                    let channel = plane % g.in_channels;
+                    layout.fill(g, &input[plane * g.in_plane()..(plane + 1) * g.in_plane()], &mut phases);
+                    let taps = &weight[channel * g.taps()..(channel + 1) * g.taps()];
+                    filter_flat(&mut wide, &phases, &layout.offsets, taps);
+                    for (oy, row) in out.chunks_exact_mut(g.out_w).enumerate() {
+                        let values = &wide[oy * layout.cols..oy * layout.cols + g.out_w];
+                        write_row(row, values, channel, epilogue);
+                    }
+                }
+            },
+        )
+    })
+}
+
+/// `values` through the epilogue of `channel` (if any) into `row`.
+#[inline(always)]
+fn write_row(row: &mut [MaybeUninit<f32>], values: &[f32], channel: usize, epilogue: Option<&Epilogue>) {
+    match epilogue {
+        None => row.iter_mut().zip(values).for_each(|(o, &v)| {
+            o.write(v);
+        }),
+        Some(e) => {
+            let (scale, shift) = (e.scale[channel], e.shift[channel]);
+            row.iter_mut().zip(values).for_each(|(o, &v)| {
+                o.write(e.activate(v * scale + shift));
+            })
+        }
+    }
+}
 
 /// Gradient of the loss with respect to the input, `[batch, channels, in_h, in_w]`, from the
 /// filters `[channels, kh, kw]` and the output gradient `[batch, channels, out_h, out_w]`.
@@ -145,6 +321,33 @@ mod tests {
         (gx.into_iter().map(|v| v as f32).collect(), gw.into_iter().map(|v| v as f32).collect())
     }
 
+    /// The forward by its definition, in f64.
+    fn naive_forward(g: &ConvGeometry, x: &[f32], w: &[f32]) -> Vec<f32> {
+        let mut y = vec![0.0f32; g.batch * g.in_channels * g.out_plane()];
+        for n in 0..g.batch {
+            for c in 0..g.in_channels {
+                for oh in 0..g.out_h {
+                    for ow in 0..g.out_w {
+                        let mut sum = 0.0f64;
+                        for i in 0..g.kernel[0] {
+                            for j in 0..g.kernel[1] {
+                                let ih = (oh * g.stride[0] + i * g.dilation[0]) as isize - g.padding[0] as isize;
+                                let iw = (ow * g.stride[1] + j * g.dilation[1]) as isize - g.padding[1] as isize;
+                                if ih < 0 || iw < 0 || ih >= g.in_h as isize || iw >= g.in_w as isize {
+                                    continue;
+                                }
+                                let xi = ((n * g.in_channels + c) * g.in_h + ih as usize) * g.in_w + iw as usize;
+                                sum += x[xi] as f64 * w[(c * g.kernel[0] + i) * g.kernel[1] + j] as f64;
+                            }
+                        }
+                        y[((n * g.in_channels + c) * g.out_h + oh) * g.out_w + ow] = sum as f32;
+                    }
+                }
+            }
+        }
+        y
+    }
+
     fn values(len: usize, seed: u32) -> Vec<f32> {
         (0..len)
             .map(|i| (((i as u32).wrapping_mul(2654435761).wrapping_add(seed) >> 8) % 2001) as f32 / 1000.0 - 1.0)
@@ -178,6 +381,22 @@ mod tests {
         let w = values(g.in_channels * g.taps(), 2);
         let gy = values(g.batch * g.in_channels * g.out_plane(), 3);
         let (gx_ref, gw_ref) = naive(&g, &x, &w, &gy);
+        let y_ref = naive_forward(&g, &x, &w);
+        let y = forward(&g, &x, &w, None);
+        assert_eq!(y.len(), y_ref.len());
+        for (a, b) in y.iter().zip(&y_ref) {
+            assert!((a - b).abs() <= 1e-5 * (1.0 + b.abs()), "output {a} vs {b} for {g:?}");
+        }
+        let (scale, shift) = (values(g.in_channels, 4), values(g.in_channels, 5));
+        for relu_cap in [None, Some(0.3), Some(f32::INFINITY)] {
+            let epilogue = Epilogue { scale: &scale, shift: &shift, relu_cap };
+            let y = forward(&g, &x, &w, Some(&epilogue));
+            for (i, (a, b)) in y.iter().zip(&y_ref).enumerate() {
+                let c = i / g.out_plane() % g.in_channels;
+                let b = epilogue.activate(b * scale[c] + shift[c]);
+                assert!((a - b).abs() <= 1e-5 * (1.0 + b.abs()), "output {a} vs {b} ({relu_cap:?}) for {g:?}");
+            }
+        }
         let gx = input_grad(&g, &w, &gy);
         let gw = weight_grad(&g, &x, &gy);
         for (a, b) in gx.iter().zip(&gx_ref) {
@@ -189,7 +408,7 @@ mod tests {
     }
 
     #[test]
-    fn gradients_match_the_definition() {
+    fn forward_and_gradients_match_the_definition() {
         check(3, 1, [1, 1], 1, [7, 6], [1, 1]); // MobileNetV2's stride-1 3×3
         check(3, 2, [1, 1], 1, [8, 9], [1, 1]); // its stride-2 3×3
         check(5, 1, [2, 2], 1, [6, 6], [2, 2]); // EfficientNet's 5×5
@@ -197,5 +416,32 @@ mod tests {
         check(3, 1, [2, 2], 2, [7, 7], [2, 2]); // dilated
         check(3, 2, [0, 0], 1, [3, 4], [0, 0]); // one output row and column
         check(1, 1, [0, 0], 1, [3, 4], [0, 0]);
+        check(3, 1, [1, 1], 1, [40, 37], [1, 1]); // planes of several 64-value blocks
+        check(5, 2, [1, 2], 1, [23, 30], [2, 1]); // asymmetric, different per axis
+        check(3, 3, [1, 1], 2, [17, 19], [0, 1]); // stride 3 with dilation 2: phases mixed
+    }
+
+    /// PyTorch multiplies the zero padding by the weights too: an infinite weight over padding
+    /// gives NaN at the border, inside it the sum of finite products with one infinity.
+    #[test]
+    fn a_non_finite_weight_over_padding_gives_nan() {
+        let g = ConvGeometry {
+            batch: 1,
+            in_channels: 1,
+            out_channels: 1,
+            in_h: 4,
+            in_w: 4,
+            out_h: 4,
+            out_w: 4,
+            kernel: [3, 3],
+            stride: [1, 1],
+            padding: [1, 1],
+            dilation: [1, 1],
+        };
+        let mut w = vec![0.5f32; 9];
+        w[0] = f32::INFINITY; // top-left tap: over padding for the first row and column
+        let y = forward(&g, &[1.0; 16], &w, None);
+        assert!(y[0].is_nan() && y[1].is_nan() && y[4].is_nan(), "{y:?}");
+        assert_eq!(y[5], f32::INFINITY, "{y:?}");
     }
 }

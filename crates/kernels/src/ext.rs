@@ -258,10 +258,20 @@ fn burn_backward<B: Backend>(
 /// noise, small enough that two cores share a layer's activations.
 const ELEMENTWISE_CHUNK: usize = 1 << 15;
 
-/// flex: burn's forward for depthwise convolutions (it already has a direct depthwise path), our
-/// backward; activations in one pass each way (burn composes them from comparisons and masked
+/// flex: our kernels for convolutions (dense and depthwise, forward and backward), batch norm and
+/// pooling; activations in one pass each way (burn composes them from comparisons and masked
 /// fills, three to four passes over the activations).
 impl DeepKernels for Flex {
+    fn depthwise_conv2d(x: FlexTensor, weight: FlexTensor, options: ConvOptions<2>) -> FlexTensor {
+        let Some(geometry) = depthwise_geometry(&x, &weight, None, &options) else {
+            return burn_conv2d::<Flex>(x, weight, options);
+        };
+        let (x, weight) = (x.to_contiguous(), weight.to_contiguous());
+        let y = depthwise::forward(&geometry, f32s(&x), f32s(&weight), None);
+        let shape = [geometry.batch, geometry.out_channels, geometry.out_h, geometry.out_w];
+        FlexTensor::from_data(TensorData::new(y, Shape::new(shape)))
+    }
+
     fn pool_max2d(x: FlexTensor, kernel: [usize; 2], stride: [usize; 2], padding: [usize; 2]) -> FlexTensor {
         let Some(geometry) = pool_geometry(&x, kernel, stride, padding) else {
             return burn_pool_max2d::<Flex>(x, kernel, stride, padding);
@@ -314,8 +324,13 @@ impl DeepKernels for Flex {
             let shape = [geometry.batch, geometry.out_channels, geometry.out_h, geometry.out_w];
             return FlexTensor::from_data(TensorData::new(y, Shape::new(shape)));
         }
-        // Other convolutions (depthwise: flex has a direct kernel) are burn's, the epilogue one
-        // pass over their output.
+        if let Some(geometry) = depthwise_geometry(&x, &weight, None, &options) {
+            let (x, weight) = (x.to_contiguous(), weight.to_contiguous());
+            let y = depthwise::forward(&geometry, f32s(&x), f32s(&weight), Some(&epilogue));
+            let shape = [geometry.batch, geometry.out_channels, geometry.out_h, geometry.out_w];
+            return FlexTensor::from_data(TensorData::new(y, Shape::new(shape)));
+        }
+        // Other convolutions (grouped) are burn's, the epilogue one pass over their output.
         let y = burn_conv2d::<Flex>(x, weight, options).to_contiguous();
         let shape = y.shape();
         let [_, channels, h, w] = shape.dims();
@@ -450,10 +465,7 @@ impl DeepKernels for Flex {
         out_grad: FlexTensor,
         options: ConvOptions<2>,
     ) -> (FlexTensor, FlexTensor) {
-        if x.dtype() != DType::F32 || weight.dtype() != DType::F32 || out_grad.dtype() != DType::F32 {
-            return burn_backward::<Flex>(x, weight, out_grad, options);
-        }
-        let Some(geometry) = conv_geometry(&x, &weight, Some(&out_grad), &options) else {
+        let Some(geometry) = depthwise_geometry(&x, &weight, Some(&out_grad), &options) else {
             return burn_backward::<Flex>(x, weight, out_grad, options);
         };
         let (x_shape, weight_shape) = (x.shape(), weight.shape());
@@ -521,6 +533,21 @@ fn dense_geometry(
     }
     let weight_in = weight.shape().dims::<4>()[1];
     if weight_in != x.shape().dims::<4>()[1] {
+        return None;
+    }
+    conv_geometry(x, weight, out_grad, options)
+}
+
+/// The shape of a depthwise convolution ([`is_depthwise`]) of f32 tensors, `None` for others.
+fn depthwise_geometry(
+    x: &FlexTensor,
+    weight: &FlexTensor,
+    out_grad: Option<&FlexTensor>,
+    options: &ConvOptions<2>,
+) -> Option<ConvGeometry> {
+    let all_f32 = [Some(x), Some(weight), out_grad].into_iter().flatten().all(|t| t.dtype() == DType::F32);
+    let depthwise = is_depthwise(x.shape().dims::<4>()[1], weight.shape().dims(), options.groups);
+    if !all_f32 || !depthwise {
         return None;
     }
     conv_geometry(x, weight, out_grad, options)
