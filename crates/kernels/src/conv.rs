@@ -70,6 +70,17 @@ impl ConvGeometry {
 
     /// The input position along `axis` that output `o` reads for `tap` (inside the input: see
     /// [`ConvGeometry::valid`]).
+    /// For a stride-1 convolution whose output rows are as long as the input's ("same" width),
+    /// output `i` of tap `(ky, kx)` reads input `i + shift` of the flattened plane wherever it
+    /// reads inside the plane: whole runs of rows are then one copy. `None` for other shapes.
+    pub(crate) fn flat_shift(&self, ky: usize, kx: usize) -> Option<isize> {
+        (self.stride == [1, 1] && self.in_w == self.out_w).then(|| {
+            let dy = (ky * self.dilation[0]) as isize - self.padding[0] as isize;
+            let dx = (kx * self.dilation[1]) as isize - self.padding[1] as isize;
+            dy * self.in_w as isize + dx
+        })
+    }
+
     pub(crate) fn input_index(&self, axis: usize, tap: usize, o: usize) -> usize {
         (o * self.stride[axis] + tap * self.dilation[axis]) - self.padding[axis]
     }
@@ -295,6 +306,10 @@ fn im2col_body(g: &ConvGeometry, image: &[f32], col: &mut [f32], row_stride: usi
                 let first_ix = (cols.start * g.stride[1] + kx * g.dilation[1]).wrapping_sub(g.padding[1]);
                 let row = (channel * kh + ky) * kw + kx;
                 let dst = &mut col[row * row_stride..][..g.out_plane()];
+                if let Some(shift) = g.flat_shift(ky, kx) {
+                    copy_shifted(g, plane, dst, shift, rows.clone(), cols);
+                    continue;
+                }
                 for oy in 0..g.out_h {
                     let out = &mut dst[oy * out_w..][..out_w];
                     if !rows.contains(&oy) || cols.is_empty() {
@@ -318,14 +333,79 @@ fn im2col_body(g: &ConvGeometry, image: &[f32], col: &mut [f32], row_stride: usi
     }
 }
 
+/// The part of `dst` (one row of `col(x)`, `out_h × out_w`) that [`ConvGeometry::flat_shift`]
+/// maps onto the input plane: the valid `rows` copied in one run from `plane` at `shift`, then
+/// the padding — rows outside `rows`, columns outside `cols` — written as 0.
+#[inline(always)]
+fn copy_shifted(
+    g: &ConvGeometry,
+    plane: &[f32],
+    dst: &mut [f32],
+    shift: isize,
+    rows: std::ops::Range<usize>,
+    cols: std::ops::Range<usize>,
+) {
+    let w = g.out_w;
+    let (head, rest) = dst.split_at_mut(rows.start * w);
+    let (block, tail) = rest.split_at_mut(rows.len() * w);
+    head.fill(0.0);
+    tail.fill(0.0);
+    let (lo, hi) = shifted_run(g, rows.start * w, block.len(), shift);
+    block[..lo].fill(0.0);
+    block[hi..].fill(0.0);
+    block[lo..hi].copy_from_slice(&plane[(((rows.start * w + lo) as isize) + shift) as usize..][..hi - lo]);
+    if cols.len() < w {
+        for row in block.chunks_exact_mut(w) {
+            row[..cols.start].fill(0.0);
+            row[cols.end..].fill(0.0);
+        }
+    }
+}
+
+/// The adjoint of [`copy_shifted`]: the valid entries of `src` added to `plane` in one run (the
+/// padding columns of `src`, scratch, are zeroed first so the run can cover them).
+#[inline(always)]
+fn add_shifted(
+    g: &ConvGeometry,
+    src: &mut [f32],
+    plane: &mut [f32],
+    shift: isize,
+    rows: std::ops::Range<usize>,
+    cols: std::ops::Range<usize>,
+) {
+    let w = g.out_w;
+    let block = &mut src[rows.start * w..rows.end * w];
+    if cols.len() < w {
+        for row in block.chunks_exact_mut(w) {
+            row[..cols.start].fill(0.0);
+            row[cols.end..].fill(0.0);
+        }
+    }
+    let (lo, hi) = shifted_run(g, rows.start * w, block.len(), shift);
+    let dst = &mut plane[(((rows.start * w + lo) as isize) + shift) as usize..][..hi - lo];
+    for (d, &v) in dst.iter_mut().zip(&block[lo..hi]) {
+        *d += v;
+    }
+}
+
+/// The entries `lo..hi` of a run of `len` values starting at flat output index `start` whose
+/// input index (output index + `shift`) is inside the input plane.
+#[inline(always)]
+fn shifted_run(g: &ConvGeometry, start: usize, len: usize, shift: isize) -> (usize, usize) {
+    let base = start as isize + shift;
+    let lo = (-base).clamp(0, len as isize) as usize;
+    let hi = (g.in_plane() as isize - base).clamp(lo as isize, len as isize) as usize;
+    (lo, hi)
+}
+
 /// The adjoint of [`im2col`]: adds every entry of one image's `col` gradient to the input pixel
 /// it was read from.
-fn col2im(g: &ConvGeometry, col: &[f32], row_stride: usize, image: &mut [f32]) {
+fn col2im(g: &ConvGeometry, col: &mut [f32], row_stride: usize, image: &mut [f32]) {
     widest(|| col2im_body(g, col, row_stride, image))
 }
 
 #[inline(always)]
-fn col2im_body(g: &ConvGeometry, col: &[f32], row_stride: usize, image: &mut [f32]) {
+fn col2im_body(g: &ConvGeometry, col: &mut [f32], row_stride: usize, image: &mut [f32]) {
     let [kh, kw] = g.kernel;
     let (in_plane, out_w) = (g.in_plane(), g.out_w);
     for channel in 0..g.in_channels {
@@ -339,7 +419,11 @@ fn col2im_body(g: &ConvGeometry, col: &[f32], row_stride: usize, image: &mut [f3
                 }
                 let first_ix = cols.start * g.stride[1] + kx * g.dilation[1] - g.padding[1];
                 let row = (channel * kh + ky) * kw + kx;
-                let src = &col[row * row_stride..][..g.out_plane()];
+                let src = &mut col[row * row_stride..][..g.out_plane()];
+                if let Some(shift) = g.flat_shift(ky, kx) {
+                    add_shifted(g, src, plane, shift, rows.clone(), cols);
+                    continue;
+                }
                 for oy in rows.clone() {
                     let iy = oy * g.stride[0] + ky * g.dilation[0] - g.padding[0];
                     let dst = &mut plane[iy * g.in_w..][..g.in_w];
@@ -554,7 +638,7 @@ pub fn backward(
                     plan.product_parallelism(),
                 );
                 for (j, image) in input_part.chunks_mut(in_image).enumerate() {
-                    col2im(g, &col_grad[j * plane..], columns, image);
+                    col2im(g, &mut col_grad[j * plane..], columns, image);
                 }
             }
         }
@@ -667,6 +751,8 @@ mod tests {
             geometry(2, [3, 4], [12, 12], 7, 2, [3, 0], 1),
             geometry(3, [4, 3], [10, 9], 3, 1, [2, 0], 2),
             geometry(2, [3, 5], [8, 8], 3, 2, [0, 1], 1),
+            geometry(2, [3, 4], [6, 11], 5, 1, [2, 0], 1), // "same" 5×5: two padding columns each side
+            geometry(2, [3, 4], [7, 8], 3, 1, [0, 0], 1),  // stride 1 without padding: rows shrink
             // Batches of tiny planes: several images share one product.
             geometry(9, [8, 16], [2, 2], 3, 1, [1, 0], 1),
             geometry(1, [8, 4], [3, 3], 3, 1, [1, 0], 1),
