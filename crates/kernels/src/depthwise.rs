@@ -191,101 +191,234 @@ fn write_row(row: &mut [MaybeUninit<f32>], values: &[f32], channel: usize, epilo
     }
 }
 
+/// Most taps a filter may have for the phase-layout backward (7×7); larger filters go by rows.
+const MAX_TAPS: usize = 49;
+
 /// Gradient of the loss with respect to the input, `[batch, channels, in_h, in_w]`, from the
 /// filters `[channels, kh, kw]` and the output gradient `[batch, channels, out_h, out_w]`.
+///
+/// The adjoint of [`forward`]'s flat filter: the output gradient is laid out "wide" (zeros in the
+/// discarded columns), each phase plane's gradient is a flat filter of it with the offsets
+/// negated (64 values accumulated in registers over the phase's taps), and the phases are
+/// scattered back onto the input plane. A channel with a non-finite weight goes row by row, so
+/// that the wide layout's zeros never meet it (`0 · ∞` would add a NaN PyTorch does not have).
 pub fn input_grad(g: &ConvGeometry, weight: &[f32], out_grad: &[f32]) -> Vec<f32> {
     assert_eq!(weight.len(), g.in_channels * g.taps(), "depthwise weight size");
     assert_eq!(out_grad.len(), g.batch * g.in_channels * g.out_plane(), "depthwise output-gradient size");
     let mut grad = vec![0.0f32; g.batch * g.in_channels * g.in_plane()];
-    if grad.is_empty() {
+    if grad.is_empty() || g.out_plane() == 0 {
         return grad;
     }
+    let layout = PhaseLayout::new(g);
     grad.par_chunks_mut(g.in_plane()).enumerate().for_each(|(plane, gx)| {
-        widest(|| {
-            let channel = plane % g.in_channels;
-            let gy = &out_grad[plane * g.out_plane()..(plane + 1) * g.out_plane()];
-            let w = &weight[channel * g.taps()..(channel + 1) * g.taps()];
-            for i in 0..g.kernel[0] {
-                let rows = g.valid(0, i, g.out_h, g.in_h);
-                for j in 0..g.kernel[1] {
-                    let tap = w[i * g.kernel[1] + j];
-                    let cols = g.valid(1, j, g.out_w, g.in_w);
-                    if cols.is_empty() {
-                        continue;
-                    }
-                    let first_col = g.input_index(1, j, cols.start);
-                    for oh in rows.clone() {
-                        let ih = g.input_index(0, i, oh);
-                        let gy_row = &gy[oh * g.out_w + cols.start..oh * g.out_w + cols.end];
-                        let gx_row = &mut gx[ih * g.in_w..(ih + 1) * g.in_w];
-                        if g.stride[1] == 1 {
-                            let gx_run = &mut gx_row[first_col..first_col + gy_row.len()];
-                            for (x, &y) in gx_run.iter_mut().zip(gy_row) {
-                                *x += tap * y;
-                            }
-                        } else {
-                            for (k, &y) in gy_row.iter().enumerate() {
-                                gx_row[first_col + k * g.stride[1]] += tap * y;
-                            }
-                        }
-                    }
+        widest(
+            #[inline(always)]
+            || {
+                let channel = plane % g.in_channels;
+                let gy = &out_grad[plane * g.out_plane()..(plane + 1) * g.out_plane()];
+                let w = &weight[channel * g.taps()..(channel + 1) * g.taps()];
+                if g.taps() <= MAX_TAPS && w.iter().all(|v| v.is_finite()) {
+                    layout.input_grad_plane(g, w, gy, gx);
+                } else {
+                    input_grad_by_rows(g, w, gy, gx);
                 }
-            }
-        })
+            },
+        )
     });
     grad
 }
 
+/// [`input_grad`] of one plane, one tap and output row at a time (`gx` zero on entry).
+#[inline(always)]
+fn input_grad_by_rows(g: &ConvGeometry, w: &[f32], gy: &[f32], gx: &mut [f32]) {
+    for i in 0..g.kernel[0] {
+        let rows = g.valid(0, i, g.out_h, g.in_h);
+        for j in 0..g.kernel[1] {
+            let tap = w[i * g.kernel[1] + j];
+            let cols = g.valid(1, j, g.out_w, g.in_w);
+            if cols.is_empty() {
+                continue;
+            }
+            let first_col = g.input_index(1, j, cols.start);
+            for oh in rows.clone() {
+                let ih = g.input_index(0, i, oh);
+                let gy_row = &gy[oh * g.out_w + cols.start..oh * g.out_w + cols.end];
+                let gx_row = &mut gx[ih * g.in_w..(ih + 1) * g.in_w];
+                if g.stride[1] == 1 {
+                    let gx_run = &mut gx_row[first_col..first_col + gy_row.len()];
+                    for (x, &y) in gx_run.iter_mut().zip(gy_row) {
+                        *x += tap * y;
+                    }
+                } else {
+                    for (k, &y) in gy_row.iter().enumerate() {
+                        gx_row[first_col + k * g.stride[1]] += tap * y;
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl PhaseLayout {
+    /// `gy` (`out_h × out_w`) as the wide plane (`out_h × cols`, zeros in the discarded columns)
+    /// after `front` zeros, then zeros to the end of `buf`.
+    #[inline(always)]
+    fn write_wide(&self, g: &ConvGeometry, gy: &[f32], front: usize, buf: &mut [f32]) {
+        let (head, rest) = buf.split_at_mut(front);
+        head.fill(0.0);
+        let (body, tail) = rest.split_at_mut(g.out_h * self.cols);
+        tail.fill(0.0);
+        for (row, values) in body.chunks_exact_mut(self.cols).zip(gy.chunks_exact(g.out_w)) {
+            row[..g.out_w].copy_from_slice(values);
+            row[g.out_w..].fill(0.0);
+        }
+    }
+
+    /// [`input_grad`] of one plane by phases (`gx` zero on entry; `w` finite).
+    #[inline(always)]
+    fn input_grad_plane(&self, g: &ConvGeometry, w: &[f32], gy: &[f32], gx: &mut [f32]) {
+        let ([sh, sw], [pad_h, pad_w]) = (g.stride, g.padding);
+        let body = (self.rows * self.cols).next_multiple_of(LANES);
+        // Each tap's offset within its phase; the wide plane starts after the largest, so that
+        // phase value `j` reads wide value `j − offset` at `front + j − offset` ≥ 0.
+        let local = |t: usize| self.offsets[t] % self.phase_len;
+        let front = (0..g.taps()).map(local).max().unwrap_or(0);
+        let mut wide = Scratch::stale(front + body + LANES);
+        self.write_wide(g, gy, front, &mut wide);
+        let mut phase_grad = Scratch::stale(body);
+        let (mut offsets, mut taps) = ([0usize; MAX_TAPS], [0.0f32; MAX_TAPS]);
+        for phase in 0..sh * sw {
+            let mut count = 0;
+            for t in (0..g.taps()).filter(|&t| self.offsets[t] / self.phase_len == phase) {
+                (offsets[count], taps[count]) = (front - local(t), w[t]);
+                count += 1;
+            }
+            if count == 0 {
+                continue; // no tap reads this phase: its pixels' gradient is 0
+            }
+            filter_flat(&mut phase_grad, &wide, &offsets[..count], &taps[..count]);
+            let (py, px) = (phase / sw, phase % sw);
+            let first = pad_w.saturating_sub(px).div_ceil(sw).min(self.cols);
+            let end = (g.in_w + pad_w).saturating_sub(px).div_ceil(sw).clamp(first, self.cols);
+            let x0 = (px + sw * first).wrapping_sub(pad_w);
+            for (r, values) in phase_grad[..self.rows * self.cols].chunks_exact(self.cols).enumerate() {
+                let y = (py + sh * r).wrapping_sub(pad_h);
+                if y >= g.in_h {
+                    continue;
+                }
+                let gx_row = &mut gx[y * g.in_w..(y + 1) * g.in_w];
+                for (k, &v) in values[first..end].iter().enumerate() {
+                    gx_row[x0 + k * sw] = v;
+                }
+            }
+        }
+    }
+
+    /// Adds to `sums[t]` the products of the output gradient `gy` with what tap `t` read from
+    /// the input plane whose phases are in `phases` (zeros of the wide layout times input
+    /// values: callers keep non-finite inputs away).
+    #[inline(always)]
+    fn weight_grad_plane(&self, g: &ConvGeometry, phases: &[f32], gy: &[f32], wide: &mut [f32], sums: &mut [f64]) {
+        self.write_wide(g, gy, 0, wide);
+        let wide = &wide[..(g.out_h * self.cols).next_multiple_of(LANES)];
+        match g.taps() {
+            9 => tap_dots::<9>(wide, phases, &self.offsets, sums),
+            25 => tap_dots::<25>(wide, phases, &self.offsets, sums),
+            _ => {
+                for (t, &offset) in self.offsets.iter().enumerate() {
+                    sums[t] += lane_sum(wide, &phases[offset..offset + wide.len()], |a, b| a * b);
+                }
+            }
+        }
+    }
+}
+
+/// `sums[t] += Σᵢ wide[i] · src[i + offsets[t]]` for `T` taps at once: each vector of `wide`
+/// loaded once, `T` vector accumulators (9 or 25 of AVX-512's 32 registers).
+#[inline(always)]
+fn tap_dots<const T: usize>(wide: &[f32], src: &[f32], offsets: &[usize], sums: &mut [f64]) {
+    let offsets: &[usize; T] = offsets.try_into().unwrap();
+    let mut acc = [[0.0f32; LANES]; T];
+    for start in (0..wide.len()).step_by(LANES) {
+        let gy: &[f32; LANES] = wide[start..start + LANES].try_into().unwrap();
+        for t in 0..T {
+            let x: &[f32; LANES] = src[start + offsets[t]..][..LANES].try_into().unwrap();
+            for l in 0..LANES {
+                acc[t][l] = gy[l].mul_add(x[l], acc[t][l]);
+            }
+        }
+    }
+    for (sum, lanes) in sums.iter_mut().zip(&acc) {
+        *sum += lanes.iter().map(|&v| v as f64).sum::<f64>();
+    }
+}
+
 /// Gradient of the loss with respect to the filters, `[channels, kh, kw]`, from the input
-/// `[batch, channels, in_h, in_w]` and the output gradient. Sums over the batch and positions
-/// in `f64` per row, so the result does not depend on how the work is split.
+/// `[batch, channels, in_h, in_w]` and the output gradient. Per channel: for each image, the
+/// input plane in [`PhaseLayout`] and the output gradient in the wide layout, then one pass in
+/// which every vector of the gradient meets all taps ([`tap_dots`]); per plane sums in `f32`
+/// lanes, across the batch in `f64`. The work is split by channel, so the result does not depend
+/// on the number of threads. Planes with a non-finite input value go row by row.
 pub fn weight_grad(g: &ConvGeometry, input: &[f32], out_grad: &[f32]) -> Vec<f32> {
     assert_eq!(input.len(), g.batch * g.in_channels * g.in_plane(), "depthwise input size");
     assert_eq!(out_grad.len(), g.batch * g.in_channels * g.out_plane(), "depthwise output-gradient size");
     let mut grad = vec![0.0f32; g.in_channels * g.taps()];
-    if grad.is_empty() {
+    if grad.is_empty() || g.out_plane() == 0 {
         return grad;
     }
+    let layout = PhaseLayout::new(g);
     grad.par_chunks_mut(g.taps()).enumerate().for_each(|(channel, gw)| {
-        widest(|| {
-            let mut sums = vec![0.0f64; g.taps()];
-            for n in 0..g.batch {
-                let plane = n * g.in_channels + channel;
-                let x = &input[plane * g.in_plane()..(plane + 1) * g.in_plane()];
-                let gy = &out_grad[plane * g.out_plane()..(plane + 1) * g.out_plane()];
-                for i in 0..g.kernel[0] {
-                    let rows = g.valid(0, i, g.out_h, g.in_h);
-                    for j in 0..g.kernel[1] {
-                        let cols = g.valid(1, j, g.out_w, g.in_w);
-                        if cols.is_empty() {
-                            continue;
-                        }
-                        let first_col = g.input_index(1, j, cols.start);
-                        let mut acc = 0.0f64;
-                        for oh in rows.clone() {
-                            let ih = g.input_index(0, i, oh);
-                            let gy_row = &gy[oh * g.out_w + cols.start..oh * g.out_w + cols.end];
-                            let x_row = &x[ih * g.in_w..(ih + 1) * g.in_w];
-                            acc += if g.stride[1] == 1 {
-                                lane_sum(&x_row[first_col..first_col + gy_row.len()], gy_row, |a, b| a * b)
-                            } else {
-                                gy_row
-                                    .iter()
-                                    .enumerate()
-                                    .map(|(k, &y)| y * x_row[first_col + k * g.stride[1]])
-                                    .sum::<f32>() as f64
-                            };
-                        }
-                        sums[i * g.kernel[1] + j] += acc;
+        widest(
+            #[inline(always)]
+            || {
+                let mut sums = vec![0.0f64; g.taps()];
+                let mut phases = Scratch::stale(layout.len(g));
+                let mut wide = Scratch::stale(g.out_h * layout.cols + LANES);
+                for n in 0..g.batch {
+                    let plane = n * g.in_channels + channel;
+                    let x = &input[plane * g.in_plane()..(plane + 1) * g.in_plane()];
+                    let gy = &out_grad[plane * g.out_plane()..(plane + 1) * g.out_plane()];
+                    if x.iter().all(|v| v.is_finite()) {
+                        layout.fill(g, x, &mut phases);
+                        layout.weight_grad_plane(g, &phases, gy, &mut wide, &mut sums);
+                    } else {
+                        weight_grad_by_rows(g, x, gy, &mut sums);
                     }
                 }
-            }
-            for (out, sum) in gw.iter_mut().zip(sums) {
-                *out = sum as f32;
-            }
-        })
+                for (out, sum) in gw.iter_mut().zip(sums) {
+                    *out = sum as f32;
+                }
+            },
+        )
     });
     grad
+}
+
+/// [`weight_grad`]'s sums for one plane, one tap and output row at a time.
+#[inline(always)]
+fn weight_grad_by_rows(g: &ConvGeometry, x: &[f32], gy: &[f32], sums: &mut [f64]) {
+    for i in 0..g.kernel[0] {
+        let rows = g.valid(0, i, g.out_h, g.in_h);
+        for j in 0..g.kernel[1] {
+            let cols = g.valid(1, j, g.out_w, g.in_w);
+            if cols.is_empty() {
+                continue;
+            }
+            let first_col = g.input_index(1, j, cols.start);
+            let mut acc = 0.0f64;
+            for oh in rows.clone() {
+                let ih = g.input_index(0, i, oh);
+                let gy_row = &gy[oh * g.out_w + cols.start..oh * g.out_w + cols.end];
+                let x_row = &x[ih * g.in_w..(ih + 1) * g.in_w];
+                acc += if g.stride[1] == 1 {
+                    lane_sum(&x_row[first_col..first_col + gy_row.len()], gy_row, |a, b| a * b)
+                } else {
+                    gy_row.iter().enumerate().map(|(k, &y)| y * x_row[first_col + k * g.stride[1]]).sum::<f32>() as f64
+                };
+            }
+            sums[i * g.kernel[1] + j] += acc;
+        }
+    }
 }
 
 #[cfg(test)]
@@ -419,6 +552,40 @@ mod tests {
         check(3, 1, [1, 1], 1, [40, 37], [1, 1]); // planes of several 64-value blocks
         check(5, 2, [1, 2], 1, [23, 30], [2, 1]); // asymmetric, different per axis
         check(3, 3, [1, 1], 2, [17, 19], [0, 1]); // stride 3 with dilation 2: phases mixed
+    }
+
+    /// Non-finite weights or inputs take the row-by-row backward: the phase layout's zeros (the
+    /// discarded columns) must not turn an infinite gradient into NaN. The infinities sit where
+    /// those zeros would meet them: the top-left tap, and the last column of a row.
+    #[test]
+    fn non_finite_values_keep_their_gradients() {
+        let g = ConvGeometry {
+            batch: 2,
+            in_channels: 2,
+            out_channels: 2,
+            in_h: 5,
+            in_w: 6,
+            out_h: 5,
+            out_w: 6,
+            kernel: [3, 3],
+            stride: [1, 1],
+            padding: [1, 1],
+            dilation: [1, 1],
+        };
+        let mut x = values(g.batch * g.in_channels * g.in_plane(), 1);
+        let mut w = values(g.in_channels * g.taps(), 2);
+        let gy: Vec<f32> = values(g.batch * g.in_channels * g.out_plane(), 3).iter().map(|v| v.abs() + 0.1).collect();
+        w[0] = f32::INFINITY; // channel 0's top-left tap
+        x[11] = f32::INFINITY; // image 0, channel 0, row 1, last column
+        let (gx_ref, gw_ref) = naive(&g, &x, &w, &gy);
+        let same = |a: f32, b: f32| a == b || (a.is_nan() && b.is_nan()) || (a - b).abs() <= 1e-4 * (1.0 + b.abs());
+        for (a, b) in input_grad(&g, &w, &gy).iter().zip(&gx_ref) {
+            assert!(same(*a, *b), "input grad {a} vs {b}");
+        }
+        for (a, b) in weight_grad(&g, &x, &gy).iter().zip(&gw_ref) {
+            assert!(same(*a, *b), "weight grad {a} vs {b}");
+        }
+        assert!(gx_ref.iter().any(|v| *v == f32::INFINITY), "the test must see infinities");
     }
 
     /// PyTorch multiplies the zero padding by the weights too: an infinite weight over padding

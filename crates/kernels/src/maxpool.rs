@@ -11,7 +11,7 @@
 
 use rayon::prelude::*;
 
-use crate::conv::{Scratch, valid_outputs};
+use crate::conv::Scratch;
 use crate::simd::{par_filled, widest};
 
 /// Input `[planes, in_h, in_w]` (`planes` = batch · channels), output `[planes, out_h, out_w]`.
@@ -34,14 +34,6 @@ impl PoolGeometry {
 
     fn out_plane(&self) -> usize {
         self.out_h * self.out_w
-    }
-
-    fn rows(&self, ky: usize) -> std::ops::Range<usize> {
-        valid_outputs(self.stride[0], ky, self.padding[0], self.out_h, self.in_h)
-    }
-
-    fn cols(&self, kx: usize) -> std::ops::Range<usize> {
-        valid_outputs(self.stride[1], kx, self.padding[1], self.out_w, self.in_w)
     }
 }
 
