@@ -307,8 +307,12 @@ impl PhaseLayout {
                     continue;
                 }
                 let gx_row = &mut gx[y * g.in_w..(y + 1) * g.in_w];
-                for (k, &v) in values[first..end].iter().enumerate() {
-                    gx_row[x0 + k * sw] = v;
+                if sw == 1 {
+                    gx_row[x0..x0 + end - first].copy_from_slice(&values[first..end]);
+                } else {
+                    for (k, &v) in values[first..end].iter().enumerate() {
+                        gx_row[x0 + k * sw] = v;
+                    }
                 }
             }
         }
@@ -321,43 +325,19 @@ impl PhaseLayout {
     fn weight_grad_plane(&self, g: &ConvGeometry, phases: &[f32], gy: &[f32], wide: &mut [f32], sums: &mut [f64]) {
         self.write_wide(g, gy, 0, wide);
         let wide = &wide[..(g.out_h * self.cols).next_multiple_of(LANES)];
-        match g.taps() {
-            9 => tap_dots::<9>(wide, phases, &self.offsets, sums),
-            25 => tap_dots::<25>(wide, phases, &self.offsets, sums),
-            _ => {
-                for (t, &offset) in self.offsets.iter().enumerate() {
-                    sums[t] += lane_sum(wide, &phases[offset..offset + wide.len()], |a, b| a * b);
-                }
-            }
+        // One long dot product per tap. (All taps per gradient vector at once, 9 accumulators,
+        // was not vectorised by the compiler: scalar sums on the stack.)
+        for (t, &offset) in self.offsets.iter().enumerate() {
+            sums[t] += lane_sum(wide, &phases[offset..offset + wide.len()], |a, b| a * b);
         }
-    }
-}
-
-/// `sums[t] += Σᵢ wide[i] · src[i + offsets[t]]` for `T` taps at once: each vector of `wide`
-/// loaded once, `T` vector accumulators (9 or 25 of AVX-512's 32 registers).
-#[inline(always)]
-fn tap_dots<const T: usize>(wide: &[f32], src: &[f32], offsets: &[usize], sums: &mut [f64]) {
-    let offsets: &[usize; T] = offsets.try_into().unwrap();
-    let mut acc = [[0.0f32; LANES]; T];
-    for start in (0..wide.len()).step_by(LANES) {
-        let gy: &[f32; LANES] = wide[start..start + LANES].try_into().unwrap();
-        for t in 0..T {
-            let x: &[f32; LANES] = src[start + offsets[t]..][..LANES].try_into().unwrap();
-            for l in 0..LANES {
-                acc[t][l] = gy[l].mul_add(x[l], acc[t][l]);
-            }
-        }
-    }
-    for (sum, lanes) in sums.iter_mut().zip(&acc) {
-        *sum += lanes.iter().map(|&v| v as f64).sum::<f64>();
     }
 }
 
 /// Gradient of the loss with respect to the filters, `[channels, kh, kw]`, from the input
 /// `[batch, channels, in_h, in_w]` and the output gradient. Per channel: for each image, the
 /// input plane in [`PhaseLayout`] and the output gradient in the wide layout, then one pass in
-/// which every vector of the gradient meets all taps ([`tap_dots`]); per plane sums in `f32`
-/// lanes, across the batch in `f64`. The work is split by channel, so the result does not depend
+/// which the whole gradient plane is one dot product per tap; per plane sums in `f32` lanes,
+/// across the batch in `f64`. The work is split by channel, so the result does not depend
 /// on the number of threads. Planes with a non-finite input value go row by row.
 pub fn weight_grad(g: &ConvGeometry, input: &[f32], out_grad: &[f32]) -> Vec<f32> {
     assert_eq!(input.len(), g.batch * g.in_channels * g.in_plane(), "depthwise input size");
@@ -378,7 +358,9 @@ pub fn weight_grad(g: &ConvGeometry, input: &[f32], out_grad: &[f32]) -> Vec<f32
                     let plane = n * g.in_channels + channel;
                     let x = &input[plane * g.in_plane()..(plane + 1) * g.in_plane()];
                     let gy = &out_grad[plane * g.out_plane()..(plane + 1) * g.out_plane()];
-                    if x.iter().all(|v| v.is_finite()) {
+                    // `v − v` is 0 for finite values, NaN otherwise (a short-circuiting
+                    // `all(is_finite)` is a scalar loop).
+                    if lane_sum(x, x, |v, _| v - v) == 0.0 {
                         layout.fill(g, x, &mut phases);
                         layout.weight_grad_plane(g, &phases, gy, &mut wide, &mut sums);
                     } else {
