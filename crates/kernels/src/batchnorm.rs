@@ -15,7 +15,7 @@ use rayon::prelude::*;
 
 use std::mem::MaybeUninit;
 
-use crate::simd::{lane_sum, par_filled, widest};
+use crate::simd::{lane_sums2, par_filled, widest};
 
 /// Input `[batch, channels, plane]` (`plane` = height · width).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,7 +62,10 @@ fn per_plane(g: &NormGeometry, f: impl Fn(usize, usize, &mut [MaybeUninit<f32>])
     let plane = g.plane.max(1);
     par_filled(g.len(), plane, |offset, out| {
         let index = offset / plane;
-        widest(|| f(index, index % g.channels, out))
+        widest(
+            #[inline(always)]
+            || f(index, index % g.channels, out),
+        )
     })
 }
 
@@ -73,14 +76,18 @@ pub fn forward(g: &NormGeometry, x: &[f32], gamma: &[f32], beta: &[f32], epsilon
     let stats: Vec<(f64, f64)> = (0..g.channels)
         .into_par_iter()
         .map(|c| {
-            widest(|| {
-                let sum: f64 = g.planes(x, c).map(|p| lane_sum(p, p, |v, _| v)).sum();
-                let mean = sum / count;
-                // The two-pass variance: no cancellation for channels with a large mean.
-                let m = mean as f32;
-                let squares: f64 = g.planes(x, c).map(|p| lane_sum(p, p, |v, _| (v - m) * (v - m))).sum();
-                (mean, squares / count)
-            })
+            widest(
+                #[inline(always)]
+                || {
+                    let planes = || g.planes(x, c).map(|p| (p, p));
+                    let (sum, _) = lane_sums2(planes(), |v, _| (v, 0.0));
+                    let mean = sum / count;
+                    // The two-pass variance: no cancellation for channels with a large mean.
+                    let m = mean as f32;
+                    let (squares, _) = lane_sums2(planes(), |v, _| ((v - m) * (v - m), 0.0));
+                    (mean, squares / count)
+                },
+            )
         })
         .collect();
     // (x − μ)·(γ/σ) + β: subtracting the mean first matches PyTorch's rounding; the folded
@@ -88,12 +95,16 @@ pub fn forward(g: &NormGeometry, x: &[f32], gamma: &[f32], beta: &[f32], epsilon
     // fixtures (rounding differences amplified through the ReLUs).
     let scales: Vec<f32> =
         stats.iter().zip(gamma).map(|(&(_, var), &gamma)| (gamma as f64 / (var + epsilon).sqrt()) as f32).collect();
-    let output = per_plane(g, |index, c, out| {
-        let (mean, scale, shift) = (stats[c].0 as f32, scales[c], beta[c]);
-        for (o, &v) in out.iter_mut().zip(&x[index * g.plane..][..g.plane]) {
-            o.write((v - mean) * scale + shift);
-        }
-    });
+    let output = per_plane(
+        g,
+        #[inline(always)]
+        |index, c, out| {
+            let (mean, scale, shift) = (stats[c].0 as f32, scales[c], beta[c]);
+            for (o, &v) in out.iter_mut().zip(&x[index * g.plane..][..g.plane]) {
+                o.write((v - mean) * scale + shift);
+            }
+        },
+    );
     NormForward {
         output,
         mean: stats.iter().map(|s| s.0 as f32).collect(),
@@ -119,11 +130,14 @@ pub fn backward(
         .into_par_iter()
         .map(|c| {
             let (m, s) = (mean[c], inv_std[c] as f32);
-            widest(|| {
-                g.planes(out_grad, c).zip(g.planes(x, c)).fold((0.0f64, 0.0f64), |(sum, dot), (dy, x)| {
-                    (sum + lane_sum(dy, x, |d, _| d), dot + lane_sum(dy, x, |d, v| d * (v - m) * s))
-                })
-            })
+            widest(
+                #[inline(always)]
+                || {
+                    // One pass for both sums; `Σ dy·x̂ = σ⁻¹ · Σ dy·(x − μ)`.
+                    let (sum, dot) = lane_sums2(g.planes(out_grad, c).zip(g.planes(x, c)), |d, v| (d, d * (v - m)));
+                    (sum, dot * s as f64)
+                },
+            )
         })
         .collect();
     // dx = k·(dy − a − x̂·b) = k·(dy − a) + c·(x − μ), c = −k·b/σ, per channel; x − μ first (as
@@ -136,14 +150,18 @@ pub fn backward(
             (k as f32, a as f32, (-k * b * inv_std[c]) as f32)
         })
         .collect();
-    let x_grad = per_plane(g, |index, c, out| {
-        let (k, a, slope) = coefficients[c];
-        let m = mean[c];
-        let range = index * g.plane..(index + 1) * g.plane;
-        for ((o, &d), &v) in out.iter_mut().zip(&out_grad[range.clone()]).zip(&x[range]) {
-            o.write(k * (d - a) + slope * (v - m));
-        }
-    });
+    let x_grad = per_plane(
+        g,
+        #[inline(always)]
+        |index, c, out| {
+            let (k, a, slope) = coefficients[c];
+            let m = mean[c];
+            let range = index * g.plane..(index + 1) * g.plane;
+            for ((o, &d), &v) in out.iter_mut().zip(&out_grad[range.clone()]).zip(&x[range]) {
+                o.write(k * (d - a) + slope * (v - m));
+            }
+        },
+    );
     NormBackward {
         x_grad,
         gamma_grad: sums.iter().map(|s| s.1 as f32).collect(),

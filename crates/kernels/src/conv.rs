@@ -290,7 +290,10 @@ fn multiply(
 /// Writes one image's `col(x)` (`patch_len` rows of `out_plane` values) into `col`, row `r`
 /// starting at `r · row_stride`. Taps that fall in the padding read as 0.
 fn im2col(g: &ConvGeometry, image: &[f32], col: &mut [f32], row_stride: usize) {
-    widest(|| im2col_body(g, image, col, row_stride))
+    widest(
+        #[inline(always)]
+        || im2col_body(g, image, col, row_stride),
+    )
 }
 
 #[inline(always)]
@@ -401,7 +404,10 @@ fn shifted_run(g: &ConvGeometry, start: usize, len: usize, shift: isize) -> (usi
 /// The adjoint of [`im2col`]: adds every entry of one image's `col` gradient to the input pixel
 /// it was read from.
 fn col2im(g: &ConvGeometry, col: &mut [f32], row_stride: usize, image: &mut [f32]) {
-    widest(|| col2im_body(g, col, row_stride, image))
+    widest(
+        #[inline(always)]
+        || col2im_body(g, col, row_stride, image),
+    )
 }
 
 #[inline(always)]
@@ -468,6 +474,7 @@ pub struct Epilogue<'a> {
 impl Epilogue<'_> {
     /// Applies it to `planes` (consecutive output planes of `plane` values), the first of which is
     /// plane number `first` of the tensor (`channels` planes per image).
+    #[inline(always)]
     pub fn apply(&self, planes: &mut [f32], plane: usize, first: usize, channels: usize) {
         for (i, out) in planes.chunks_mut(plane.max(1)).enumerate() {
             let c = (first + i) % channels;
@@ -495,9 +502,12 @@ impl Epilogue<'_> {
     /// [`Epilogue::apply`] to a whole `[batch, channels, plane]` tensor, in parallel.
     pub fn apply_all(&self, y: &mut [f32], plane: usize, channels: usize) {
         const PLANES_PER_TASK: usize = 8;
-        y.par_chunks_mut(plane.max(1) * PLANES_PER_TASK)
-            .enumerate()
-            .for_each(|(task, planes)| widest(|| self.apply(planes, plane, task * PLANES_PER_TASK, channels)));
+        y.par_chunks_mut(plane.max(1) * PLANES_PER_TASK).enumerate().for_each(|(task, planes)| {
+            widest(
+                #[inline(always)]
+                || self.apply(planes, plane, task * PLANES_PER_TASK, channels),
+            )
+        });
     }
 }
 
@@ -547,7 +557,10 @@ pub fn forward_with(g: &ConvGeometry, x: &[f32], weight: &[f32], epilogue: Optio
         }
         if let Some(epilogue) = epilogue {
             // Chunks start at an image boundary: plane 0 of the chunk is channel 0.
-            widest(|| epilogue.apply(y_chunk, plane, 0, g.out_channels));
+            widest(
+                #[inline(always)]
+                || epilogue.apply(y_chunk, plane, 0, g.out_channels),
+            );
         }
     };
     let chunks = y.chunks_mut(plan.images_per_chunk * out_image).enumerate();

@@ -427,36 +427,54 @@ impl DeepKernels for Flex {
             return burn_clamped_relu::<Flex>(x, cap);
         }
         // Selects, not f32::max/min, so it vectorises; a NaN passes through as in PyTorch.
-        map_f32(&x, move |v| {
-            let v = if v < 0.0 { 0.0 } else { v };
-            if v > cap { cap } else { v }
-        })
+        map_f32(
+            &x,
+            #[inline(always)]
+            move |v| {
+                let v = if v < 0.0 { 0.0 } else { v };
+                if v > cap { cap } else { v }
+            },
+        )
     }
 
     fn clamped_relu_backward(output: FlexTensor, grad: FlexTensor, cap: f32) -> FlexTensor {
         if output.dtype() != DType::F32 || grad.dtype() != DType::F32 || output.shape() != grad.shape() {
             return burn_clamped_relu_backward::<Flex>(output, grad, cap);
         }
-        zip_map_f32(&grad, &output, move |g, y| if (y > 0.0) & (y < cap) { g } else { 0.0 })
+        zip_map_f32(
+            &grad,
+            &output,
+            #[inline(always)]
+            move |g, y| if (y > 0.0) & (y < cap) { g } else { 0.0 },
+        )
     }
 
     fn silu(x: FlexTensor) -> FlexTensor {
         if x.dtype() != DType::F32 {
             return burn_silu::<Flex>(x);
         }
-        map_f32(&x, |v| v / (1.0 + crate::simd::exp(-v)))
+        map_f32(
+            &x,
+            #[inline(always)]
+            |v| v / (1.0 + crate::simd::exp(-v)),
+        )
     }
 
     fn silu_backward(x: FlexTensor, grad: FlexTensor) -> FlexTensor {
         if x.dtype() != DType::F32 || grad.dtype() != DType::F32 || x.shape() != grad.shape() {
             return burn_silu_backward::<Flex>(x, grad);
         }
-        zip_map_f32(&grad, &x, |g, v| {
-            // libm's exp here: `simd::exp` in this two-input loop measured 30 % slower training
-            // (EfficientNet-B0), where in the forward it is 12–20 % faster inference.
-            let s = 1.0 / (1.0 + (-v).exp());
-            g * s * (1.0 + v * (1.0 - s))
-        })
+        zip_map_f32(
+            &grad,
+            &x,
+            #[inline(always)]
+            |g, v| {
+                // libm's exp here: `simd::exp` in this two-input loop measured 30 % slower training
+                // (EfficientNet-B0), where in the forward it is 12–20 % faster inference.
+                let s = 1.0 / (1.0 + (-v).exp());
+                g * s * (1.0 + v * (1.0 - s))
+            },
+        )
     }
 
     fn depthwise_conv2d_backward(
@@ -596,11 +614,14 @@ fn map_f32(x: &FlexTensor, f: impl Fn(f32) -> f32 + Sync) -> FlexTensor {
     let x = x.to_contiguous();
     let input = f32s(&x);
     let out = par_filled(input.len(), ELEMENTWISE_CHUNK, |offset, out| {
-        crate::simd::widest(|| {
-            for (o, &v) in out.iter_mut().zip(&input[offset..]) {
-                o.write(f(v));
-            }
-        })
+        crate::simd::widest(
+            #[inline(always)]
+            || {
+                for (o, &v) in out.iter_mut().zip(&input[offset..]) {
+                    o.write(f(v));
+                }
+            },
+        )
     });
     FlexTensor::from_data(TensorData::new(out, x.shape()))
 }
@@ -610,11 +631,14 @@ fn zip_map_f32(a: &FlexTensor, b: &FlexTensor, f: impl Fn(f32, f32) -> f32 + Syn
     let (a, b) = (a.to_contiguous(), b.to_contiguous());
     let (left, right) = (f32s(&a), f32s(&b));
     let out = par_filled(left.len(), ELEMENTWISE_CHUNK, |offset, out| {
-        crate::simd::widest(|| {
-            for ((o, &l), &r) in out.iter_mut().zip(&left[offset..]).zip(&right[offset..]) {
-                o.write(f(l, r));
-            }
-        })
+        crate::simd::widest(
+            #[inline(always)]
+            || {
+                for ((o, &l), &r) in out.iter_mut().zip(&left[offset..]).zip(&right[offset..]) {
+                    o.write(f(l, r));
+                }
+            },
+        )
     });
     FlexTensor::from_data(TensorData::new(out, a.shape()))
 }

@@ -29,6 +29,10 @@ pub(crate) fn par_filled(len: usize, chunk: usize, fill: impl Fn(usize, &mut [Ma
 /// floats per instruction); `f` is inlined into one of pulp's `#[target_feature]` functions, so
 /// the compiler vectorises its loops for that CPU instead. Call it inside each parallel task,
 /// around the loops, not around the `rayon` call (the tasks are separate functions).
+///
+/// Mark the closure `#[inline(always)]` (and any closure it calls that holds a loop): otherwise
+/// the compiler may keep it a separate function, compiled for baseline SSE2 — profiles showed
+/// batch norm's sums, im2col and the depthwise forward that way (`f32::mul_add` a libm call).
 #[inline(always)]
 pub(crate) fn widest<R>(f: impl FnOnce() -> R) -> R {
     pulp::Arch::new().dispatch(f)
@@ -48,6 +52,42 @@ pub(crate) fn lane_sum(a: &[f32], b: &[f32], f: impl Fn(f32, f32) -> f32) -> f64
         }
     }
     lanes.iter().map(|&v| v as f64).sum::<f64>() + tail
+}
+
+/// Two sums `Σ f(a[i], b[i])` (`f` gives a pair) over several pairs of equally long slices (e.g.
+/// a channel's planes across the batch): each pair of slices summed in 16 f32 lanes as
+/// [`lane_sum`] does, the lanes carried across slices in f64 and reduced once at the end. For
+/// small planes (a 7×7 plane is three vectors) a reduction per slice would cost as much as the
+/// sums. (Separate one-dimensional lane arrays: a `[[f32; 16]; N]` was not vectorised.)
+#[inline(always)]
+pub(crate) fn lane_sums2<'a>(
+    pairs: impl Iterator<Item = (&'a [f32], &'a [f32])>,
+    f: impl Fn(f32, f32) -> (f32, f32),
+) -> (f64, f64) {
+    const LANES: usize = 16;
+    let (mut wide_p, mut wide_q) = ([0.0f64; LANES], [0.0f64; LANES]);
+    let (mut tail_p, mut tail_q) = (0.0f64, 0.0f64);
+    for (a, b) in pairs {
+        let (mut lanes_p, mut lanes_q) = ([0.0f32; LANES], [0.0f32; LANES]);
+        let (a_chunks, b_chunks) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
+        for (&x, &y) in a_chunks.remainder().iter().zip(b_chunks.remainder()) {
+            let (p, q) = f(x, y);
+            tail_p += p as f64;
+            tail_q += q as f64;
+        }
+        for (x, y) in a_chunks.zip(b_chunks) {
+            for lane in 0..LANES {
+                let (p, q) = f(x[lane], y[lane]);
+                lanes_p[lane] += p;
+                lanes_q[lane] += q;
+            }
+        }
+        for lane in 0..LANES {
+            wide_p[lane] += lanes_p[lane] as f64;
+            wide_q[lane] += lanes_q[lane] as f64;
+        }
+    }
+    (wide_p.iter().sum::<f64>() + tail_p, wide_q.iter().sum::<f64>() + tail_q)
 }
 
 /// `eˣ` in f32 without a libm call, so loops around it vectorise (`f32::exp` is a scalar call per
