@@ -281,50 +281,145 @@ fn multiply(
     }
 }
 
+/// Zeros after each phase plane, read by the last partial vector of a flat filter.
+pub(crate) const PHASE_TAIL: usize = 16;
+
+/// The zero-padded input plane cut into `stride[0]·stride[1]` phase planes, so that every tap of
+/// the filter reads a contiguous run: phase `(py, px)` holds padded rows `py, py + sh, …` and
+/// columns `px, px + sw, …`. Output `(oy, ox)` then reads tap `(ky, kx)` at row
+/// `oy + ky·dh / sh`, column `ox + kx·dw / sw` of phase `(ky·dh % sh, kx·dw % sw)`, and with
+/// every phase `cols` wide, output `oy·cols + ox` of a "wide" plane reads phase value
+/// `oy·cols + ox + offset(tap)`: a 1-D filter over the flattened plane, vectorised across rows.
+/// The wide plane's last `cols − out_w` columns of each row are discarded.
+pub(crate) struct PhaseLayout {
+    pub(crate) rows: usize,
+    pub(crate) cols: usize,
+    /// Values per phase: `rows·cols`, then zeros that the discarded columns of the last rows and
+    /// the last partial vector read past the end.
+    pub(crate) phase_len: usize,
+    /// Where each tap (row-major over the filter) starts reading in the phase buffer.
+    pub(crate) offsets: Vec<usize>,
+}
+
+impl PhaseLayout {
+    pub(crate) fn new(g: &ConvGeometry) -> PhaseLayout {
+        let ([sh, sw], [dh, dw]) = (g.stride, g.dilation);
+        let rows = g.out_h + (g.kernel[0] - 1) * dh / sh;
+        let cols = g.out_w + (g.kernel[1] - 1) * dw / sw;
+        let phase_len = rows * cols + cols + PHASE_TAIL;
+        let mut offsets = Vec::with_capacity(g.taps());
+        for ky in 0..g.kernel[0] {
+            for kx in 0..g.kernel[1] {
+                let (ry, rx) = (ky * dh, kx * dw);
+                let phase = (ry % sh) * sw + rx % sw;
+                offsets.push(phase * phase_len + (ry / sh) * cols + rx / sw);
+            }
+        }
+        PhaseLayout { rows, cols, phase_len, offsets }
+    }
+
+    pub(crate) fn len(&self, g: &ConvGeometry) -> usize {
+        g.stride[0] * g.stride[1] * self.phase_len
+    }
+
+    /// The wide output plane, rounded up to whole vectors.
+    pub(crate) fn wide_len(&self, g: &ConvGeometry) -> usize {
+        (g.out_h * self.cols).next_multiple_of(PHASE_TAIL)
+    }
+
+    /// Writes the phases of one input plane into `buf` (every value: padding and tails zero).
+    #[inline(always)]
+    pub(crate) fn fill(&self, g: &ConvGeometry, plane: &[f32], buf: &mut [f32]) {
+        let ([sh, sw], [pad_h, pad_w]) = (g.stride, g.padding);
+        for (phase, dst) in buf.chunks_exact_mut(self.phase_len).enumerate() {
+            let (py, px) = (phase / sw, phase % sw);
+            // Phase columns `c` whose input column `px + sw·c − pad_w` is inside the plane.
+            let first = pad_w.saturating_sub(px).div_ceil(sw).min(self.cols);
+            let end = (g.in_w + pad_w).saturating_sub(px).div_ceil(sw).clamp(first, self.cols);
+            let (body, tail) = dst.split_at_mut(self.rows * self.cols);
+            tail.fill(0.0);
+            for (r, row) in body.chunks_exact_mut(self.cols).enumerate() {
+                let y = (py + sh * r).wrapping_sub(pad_h);
+                if y >= g.in_h {
+                    row.fill(0.0);
+                    continue;
+                }
+                let src = &plane[y * g.in_w..(y + 1) * g.in_w];
+                row[..first].fill(0.0);
+                row[end..].fill(0.0);
+                if first < end {
+                    let x0 = px + sw * first - pad_w;
+                    if sw == 1 {
+                        row[first..end].copy_from_slice(&src[x0..x0 + end - first]);
+                    } else {
+                        for (k, v) in row[first..end].iter_mut().enumerate() {
+                            *v = src[x0 + k * sw];
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// Writes one image's `col(x)` (`patch_len` rows of `out_plane` values) into `col`, row `r`
 /// starting at `r · row_stride`. Taps that fall in the padding read as 0.
+///
+/// Stride-1 "same"-width convolutions copy whole runs of rows per tap ([`copy_shifted`]); the
+/// others first cut each input plane into its [`PhaseLayout`] (padding materialised, stride-2
+/// columns deinterleaved), so that every output row of every tap is one contiguous copy — the
+/// stem's 7×7 stride-2 convolution used to gather every value with a stride.
 fn im2col(g: &ConvGeometry, image: &[f32], col: &mut [f32], row_stride: usize) {
-    widest(
-        #[inline(always)]
-        || im2col_body(g, image, col, row_stride),
-    )
+    if g.flat_shift(0, 0).is_some() {
+        widest(
+            #[inline(always)]
+            || im2col_shifted(g, image, col, row_stride),
+        )
+    } else {
+        let layout = PhaseLayout::new(g);
+        let mut phases = Scratch::stale(layout.len(g));
+        widest(
+            #[inline(always)]
+            || im2col_phases(g, &layout, &mut phases, image, col, row_stride),
+        )
+    }
 }
 
 #[inline(always)]
-fn im2col_body(g: &ConvGeometry, image: &[f32], col: &mut [f32], row_stride: usize) {
+fn im2col_shifted(g: &ConvGeometry, image: &[f32], col: &mut [f32], row_stride: usize) {
     let [kh, kw] = g.kernel;
-    let (in_plane, out_w) = (g.in_plane(), g.out_w);
+    let in_plane = g.in_plane();
     for channel in 0..g.in_channels {
         let plane = &image[channel * in_plane..][..in_plane];
         for ky in 0..kh {
             let rows = valid_outputs(g.stride[0], ky * g.dilation[0], g.padding[0], g.out_h, g.in_h);
             for kx in 0..kw {
                 let cols = valid_outputs(g.stride[1], kx * g.dilation[1], g.padding[1], g.out_w, g.in_w);
-                let first_ix = (cols.start * g.stride[1] + kx * g.dilation[1]).wrapping_sub(g.padding[1]);
                 let row = (channel * kh + ky) * kw + kx;
                 let dst = &mut col[row * row_stride..][..g.out_plane()];
-                if let Some(shift) = g.flat_shift(ky, kx) {
-                    copy_shifted(g, plane, dst, shift, rows.clone(), cols);
-                    continue;
-                }
-                for oy in 0..g.out_h {
-                    let out = &mut dst[oy * out_w..][..out_w];
-                    if !rows.contains(&oy) || cols.is_empty() {
-                        out.fill(0.0);
-                        continue;
-                    }
-                    let iy = oy * g.stride[0] + ky * g.dilation[0] - g.padding[0];
-                    let src = &plane[iy * g.in_w..][..g.in_w];
-                    out[..cols.start].fill(0.0);
-                    out[cols.end..].fill(0.0);
-                    if g.stride[1] == 1 {
-                        out[cols.clone()].copy_from_slice(&src[first_ix..][..cols.len()]);
-                    } else {
-                        for (j, o) in out[cols.clone()].iter_mut().enumerate() {
-                            *o = src[first_ix + j * g.stride[1]];
-                        }
-                    }
-                }
+                let shift = g.flat_shift(ky, kx).expect("a stride-1 same-width convolution");
+                copy_shifted(g, plane, dst, shift, rows.clone(), cols);
+            }
+        }
+    }
+}
+
+#[inline(always)]
+fn im2col_phases(
+    g: &ConvGeometry,
+    layout: &PhaseLayout,
+    phases: &mut [f32],
+    image: &[f32],
+    col: &mut [f32],
+    row_stride: usize,
+) {
+    let (in_plane, out_w, taps) = (g.in_plane(), g.out_w, g.taps());
+    for channel in 0..g.in_channels {
+        layout.fill(g, &image[channel * in_plane..][..in_plane], phases);
+        for (tap, &offset) in layout.offsets.iter().enumerate() {
+            let dst = &mut col[(channel * taps + tap) * row_stride..][..g.out_plane()];
+            for (oy, out) in dst.chunks_exact_mut(out_w).enumerate() {
+                out.copy_from_slice(&phases[offset + oy * layout.cols..][..out_w]);
             }
         }
     }
@@ -568,6 +663,9 @@ pub fn forward_with(g: &ConvGeometry, x: &[f32], weight: &[f32], epilogue: Optio
 
 /// The gradients with respect to the input (`[batch, in_channels, in_h, in_w]`) and the weight
 /// (`[out_channels, in_channels, kh, kw]`), each only where asked for.
+/// A chunk of the backward: its index, and its images' part of the input gradient (if wanted).
+type Part<'a> = (usize, Option<&'a mut [f32]>);
+
 pub fn backward(
     g: &ConvGeometry,
     x: &[f32],
@@ -652,7 +750,7 @@ pub fn backward(
         }
     };
 
-    let parts: Vec<(usize, Option<&mut [f32]>)> = match input_grad.as_mut() {
+    let parts: Vec<Part> = match input_grad.as_mut() {
         Some(grad) => grad.chunks_mut(plan.images_per_chunk * in_image).map(Some).enumerate().collect(),
         None => (0..plan.chunks).map(|chunk| (chunk, None)).collect(),
     };
@@ -663,12 +761,12 @@ pub fn backward(
     // thread: for ResNet's last layers, 9 MB each, more traffic than the products.)
     let groups = if plan.chunks_in_parallel { rayon::current_num_threads().clamp(1, parts.len().max(1)) } else { 1 };
     let per_group = parts.len().div_ceil(groups).max(1);
-    let mut grouped: Vec<Vec<(usize, Option<&mut [f32]>)>> = Vec::with_capacity(groups);
+    let mut grouped: Vec<Vec<Part>> = Vec::with_capacity(groups);
     let mut parts = parts.into_iter().peekable();
     while parts.peek().is_some() {
         grouped.push(parts.by_ref().take(per_group).collect());
     }
-    let run_group = |group: Vec<(usize, Option<&mut [f32]>)>| {
+    let run_group = |group: Vec<Part>| {
         let mut acc = Scratch::stale(weight_len);
         for (i, part) in group.into_iter().enumerate() {
             compute(&mut acc, i == 0, part);

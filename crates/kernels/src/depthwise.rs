@@ -18,7 +18,7 @@ use std::mem::MaybeUninit;
 
 use rayon::prelude::*;
 
-use crate::conv::{ConvGeometry, Epilogue, Scratch};
+use crate::conv::{ConvGeometry, Epilogue, PhaseLayout, Scratch};
 use crate::simd::{lane_sum, par_filled, widest};
 
 /// Output values the forward accumulates in registers at a time: four AVX-512 vectors.
@@ -27,84 +27,6 @@ const BLOCK: usize = 64;
 const LANES: usize = 16;
 /// Output values per parallel task of the forward (whole planes, at least one).
 const TASK_OUTPUTS: usize = 1 << 13;
-
-/// The zero-padded input plane cut into `stride[0]·stride[1]` phase planes, so that every tap of
-/// the filter reads a contiguous run: phase `(py, px)` holds padded rows `py, py + sh, …` and
-/// columns `px, px + sw, …`. Output `(oy, ox)` then reads tap `(ky, kx)` at row
-/// `oy + ky·dh / sh`, column `ox + kx·dw / sw` of phase `(ky·dh % sh, kx·dw % sw)`, and with
-/// every phase `cols` wide, output `oy·cols + ox` of a "wide" plane reads phase value
-/// `oy·cols + ox + offset(tap)`: a 1-D filter over the flattened plane, vectorised across rows.
-/// The wide plane's last `cols − out_w` columns of each row are discarded.
-struct PhaseLayout {
-    rows: usize,
-    cols: usize,
-    /// Values per phase: `rows·cols`, then zeros that the discarded columns of the last rows and
-    /// the last partial vector read past the end.
-    phase_len: usize,
-    /// Where each tap (row-major over the filter) starts reading in the phase buffer.
-    offsets: Vec<usize>,
-}
-
-impl PhaseLayout {
-    fn new(g: &ConvGeometry) -> PhaseLayout {
-        let ([sh, sw], [dh, dw]) = (g.stride, g.dilation);
-        let rows = g.out_h + (g.kernel[0] - 1) * dh / sh;
-        let cols = g.out_w + (g.kernel[1] - 1) * dw / sw;
-        let phase_len = rows * cols + cols + LANES;
-        let mut offsets = Vec::with_capacity(g.taps());
-        for ky in 0..g.kernel[0] {
-            for kx in 0..g.kernel[1] {
-                let (ry, rx) = (ky * dh, kx * dw);
-                let phase = (ry % sh) * sw + rx % sw;
-                offsets.push(phase * phase_len + (ry / sh) * cols + rx / sw);
-            }
-        }
-        PhaseLayout { rows, cols, phase_len, offsets }
-    }
-
-    fn len(&self, g: &ConvGeometry) -> usize {
-        g.stride[0] * g.stride[1] * self.phase_len
-    }
-
-    /// The wide output plane, rounded up to whole vectors.
-    fn wide_len(&self, g: &ConvGeometry) -> usize {
-        (g.out_h * self.cols).next_multiple_of(LANES)
-    }
-
-    /// Writes the phases of one input plane into `buf` (every value: padding and tails zero).
-    #[inline(always)]
-    fn fill(&self, g: &ConvGeometry, plane: &[f32], buf: &mut [f32]) {
-        let ([sh, sw], [pad_h, pad_w]) = (g.stride, g.padding);
-        for (phase, dst) in buf.chunks_exact_mut(self.phase_len).enumerate() {
-            let (py, px) = (phase / sw, phase % sw);
-            // Phase columns `c` whose input column `px + sw·c − pad_w` is inside the plane.
-            let first = pad_w.saturating_sub(px).div_ceil(sw).min(self.cols);
-            let end = (g.in_w + pad_w).saturating_sub(px).div_ceil(sw).clamp(first, self.cols);
-            let (body, tail) = dst.split_at_mut(self.rows * self.cols);
-            tail.fill(0.0);
-            for (r, row) in body.chunks_exact_mut(self.cols).enumerate() {
-                let y = (py + sh * r).wrapping_sub(pad_h);
-                if y >= g.in_h {
-                    row.fill(0.0);
-                    continue;
-                }
-                let src = &plane[y * g.in_w..(y + 1) * g.in_w];
-                row[..first].fill(0.0);
-                row[end..].fill(0.0);
-                if first < end {
-                    let x0 = px + sw * first - pad_w;
-                    if sw == 1 {
-                        row[first..end].copy_from_slice(&src[x0..x0 + end - first]);
-                    } else {
-                        for (k, v) in row[first..end].iter_mut().enumerate() {
-                            *v = src[x0 + k * sw];
-                        }
-                    }
-                }
-            }
-        }
-    }
-}
 
 /// `out[i] = Σₜ taps[t] · src[i + offsets[t]]` for the whole of `out` (a multiple of [`LANES`]),
 /// each block of outputs accumulated in registers over every tap and stored once.
