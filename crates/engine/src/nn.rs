@@ -49,18 +49,29 @@ impl BatchNorm2d {
     /// Batch statistics (and running-statistics updates) when training on an autodiff device,
     /// running statistics otherwise — as `model.train()` / `model.eval()` in PyTorch.
     pub fn forward(&self, input: Tensor<4>) -> Tensor<4> {
+        self.forward_act(input, Activation::None)
+    }
+
+    /// [`BatchNorm2d::forward`] then `activation`; in training, ReLU and ReLU6 run inside the
+    /// batch norm's passes (forward and backward) instead of one more pass each way.
+    pub fn forward_act(&self, input: Tensor<4>, activation: Activation) -> Tensor<4> {
         let device = input.device();
         if let Some((scale, shift)) = self.folded(&device) {
             // One scale and shift per channel: two passes over the activations instead of
             // burn's four.
             let channels = scale.dims()[0];
-            return input * scale.reshape([1, channels, 1, 1]) + shift.reshape([1, channels, 1, 1]);
+            return activation.apply(input * scale.reshape([1, channels, 1, 1]) + shift.reshape([1, channels, 1, 1]));
         }
+        let (relu_cap, rest) = match activation {
+            Activation::Relu => (Some(f32::INFINITY), Activation::None),
+            Activation::Relu6 => (Some(6.0), Activation::None),
+            other => (None, other),
+        };
         let [batch, _, height, width] = input.dims();
         let count = (batch * height * width) as f64;
         // Our fused kernel (two passes each way) instead of burn's composition of a dozen.
         let (output, batch_mean, batch_var) =
-            deeptune_kernels::batch_norm_training(input, self.weight.val(), self.bias.val(), self.eps);
+            deeptune_kernels::batch_norm_training(input, self.weight.val(), self.bias.val(), self.eps, relu_cap);
         let unbiased = if count > 1.0 { count / (count - 1.0) } else { 1.0 };
         let m = self.momentum;
         let running_mean = self.running_mean.value_sync().to_device(&device);
@@ -68,7 +79,7 @@ impl BatchNorm2d {
         self.running_mean.update(running_mean.mul_scalar(1.0 - m).add(batch_mean.detach().mul_scalar(m)).detach());
         self.running_var
             .update(running_var.mul_scalar(1.0 - m).add(batch_var.detach().mul_scalar(m * unbiased)).detach());
-        output
+        rest.apply(output)
     }
 }
 
@@ -170,7 +181,7 @@ pub fn conv_bn_act(conv: &Conv2d, bn: &BatchNorm2d, activation: Activation, x: T
         let options = conv_options(conv, height, width);
         return deeptune_kernels::conv2d_scale_shift(x, conv.weight.val(), scale, shift, options, relu_cap);
     }
-    activation.apply(bn.forward(conv_forward(conv, x)))
+    bn.forward_act(conv_forward(conv, x), activation)
 }
 
 /// The options burn's `Conv2d::forward` computes for an input of `height`×`width` (its "same"

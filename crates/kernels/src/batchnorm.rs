@@ -69,7 +69,21 @@ fn per_plane(g: &NormGeometry, f: impl Fn(usize, usize, &mut [MaybeUninit<f32>])
     })
 }
 
-pub fn forward(g: &NormGeometry, x: &[f32], gamma: &[f32], beta: &[f32], epsilon: f64) -> NormForward {
+/// Each channel's `γ/σ` as the forward applies it, from the variance as returned (f32), so that
+/// the backward recomputes the same pre-activation bit for bit.
+fn scales(gamma: &[f32], variance: &[f32], epsilon: f64) -> Vec<f32> {
+    gamma.iter().zip(variance).map(|(&gamma, &var)| (gamma as f64 / (var as f64 + epsilon).sqrt()) as f32).collect()
+}
+
+/// `relu_cap`: ReLU capped there applied to the output in the same pass (∞: ReLU, 6: ReLU6).
+pub fn forward(
+    g: &NormGeometry,
+    x: &[f32],
+    gamma: &[f32],
+    beta: &[f32],
+    epsilon: f64,
+    relu_cap: Option<f32>,
+) -> NormForward {
     assert_eq!(x.len(), g.len(), "batch-norm input size");
     assert_eq!((gamma.len(), beta.len()), (g.channels, g.channels), "batch-norm parameter sizes");
     let count = g.count().max(1) as f64;
@@ -93,55 +107,74 @@ pub fn forward(g: &NormGeometry, x: &[f32], gamma: &[f32], beta: &[f32], epsilon
     // (x − μ)·(γ/σ) + β: subtracting the mean first matches PyTorch's rounding; the folded
     // x·(γ/σ) + (β − μγ/σ) is as cheap but moved a deep ResNet's gradients off the parity
     // fixtures (rounding differences amplified through the ReLUs).
-    let scales: Vec<f32> =
-        stats.iter().zip(gamma).map(|(&(_, var), &gamma)| (gamma as f64 / (var + epsilon).sqrt()) as f32).collect();
+    let variance: Vec<f32> = stats.iter().map(|s| s.1 as f32).collect();
+    let scales = scales(gamma, &variance, epsilon);
     let output = per_plane(
         g,
         #[inline(always)]
         |index, c, out| {
             let (mean, scale, shift) = (stats[c].0 as f32, scales[c], beta[c]);
-            for (o, &v) in out.iter_mut().zip(&x[index * g.plane..][..g.plane]) {
-                o.write((v - mean) * scale + shift);
+            let x = &x[index * g.plane..][..g.plane];
+            match relu_cap {
+                None => out.iter_mut().zip(x).for_each(|(o, &v)| {
+                    o.write((v - mean) * scale + shift);
+                }),
+                Some(cap) => out.iter_mut().zip(x).for_each(|(o, &v)| {
+                    o.write(clamp_relu((v - mean) * scale + shift, cap));
+                }),
             }
         },
     );
-    NormForward {
-        output,
-        mean: stats.iter().map(|s| s.0 as f32).collect(),
-        variance: stats.iter().map(|s| s.1 as f32).collect(),
-    }
+    NormForward { output, mean: stats.iter().map(|s| s.0 as f32).collect(), variance }
 }
 
+/// `min(max(y, 0), cap)`, NaN staying NaN — the activation of [`forward`]'s `relu_cap`.
+#[inline(always)]
+fn clamp_relu(y: f32, cap: f32) -> f32 {
+    let y = if y < 0.0 { 0.0 } else { y };
+    if y > cap { cap } else { y }
+}
+
+/// Gradients of [`forward`] (with the same `relu_cap`; `beta` is needed only with one, to
+/// recompute which outputs the clamp let through: `0 < y < cap`, as the clamp's own backward).
 #[allow(clippy::too_many_arguments)]
 pub fn backward(
     g: &NormGeometry,
     x: &[f32],
     gamma: &[f32],
+    beta: &[f32],
     mean: &[f32],
     variance: &[f32],
     epsilon: f64,
     out_grad: &[f32],
+    relu_cap: Option<f32>,
 ) -> NormBackward {
     assert_eq!((x.len(), out_grad.len()), (g.len(), g.len()), "batch-norm input and gradient sizes");
     let count = g.count().max(1) as f64;
     let inv_std: Vec<f64> = variance.iter().map(|&v| 1.0 / (v as f64 + epsilon).sqrt()).collect();
-    // Σ dy and Σ dy·x̂ per channel.
+    let scales = scales(gamma, variance, epsilon);
     let sums: Vec<(f64, f64)> = (0..g.channels)
         .into_par_iter()
         .map(|c| {
             let (m, s) = (mean[c], inv_std[c] as f32);
+            let (scale, shift) = (scales[c], beta.get(c).copied().unwrap_or(0.0));
             widest(
                 #[inline(always)]
                 || {
+                    let planes = || g.planes(out_grad, c).zip(g.planes(x, c));
                     // One pass for both sums; `Σ dy·x̂ = σ⁻¹ · Σ dy·(x − μ)`.
-                    let (sum, dot) = lane_sums2(g.planes(out_grad, c).zip(g.planes(x, c)), |d, v| (d, d * (v - m)));
+                    let (sum, dot) = match relu_cap {
+                        None => lane_sums2(planes(), |d, v| (d, d * (v - m))),
+                        Some(cap) => lane_sums2(planes(), |d, v| {
+                            let d = passed(d, (v - m) * scale + shift, cap);
+                            (d, d * (v - m))
+                        }),
+                    };
                     (sum, dot * s as f64)
                 },
             )
         })
         .collect();
-    // dx = k·(dy − a − x̂·b) = k·(dy − a) + c·(x − μ), c = −k·b/σ, per channel; x − μ first (as
-    // PyTorch does), so a channel whose mean is large against its spread loses no precision.
     let coefficients: Vec<(f32, f32, f32)> = (0..g.channels)
         .map(|c| {
             let (sum, dot) = sums[c];
@@ -156,9 +189,17 @@ pub fn backward(
         |index, c, out| {
             let (k, a, slope) = coefficients[c];
             let m = mean[c];
+            let (scale, shift) = (scales[c], beta.get(c).copied().unwrap_or(0.0));
             let range = index * g.plane..(index + 1) * g.plane;
-            for ((o, &d), &v) in out.iter_mut().zip(&out_grad[range.clone()]).zip(&x[range]) {
-                o.write(k * (d - a) + slope * (v - m));
+            let pairs = out.iter_mut().zip(&out_grad[range.clone()]).zip(&x[range]);
+            match relu_cap {
+                None => pairs.for_each(|((o, &d), &v)| {
+                    o.write(k * (d - a) + slope * (v - m));
+                }),
+                Some(cap) => pairs.for_each(|((o, &d), &v)| {
+                    let d = passed(d, (v - m) * scale + shift, cap);
+                    o.write(k * (d - a) + slope * (v - m));
+                }),
             }
         },
     );
@@ -167,6 +208,12 @@ pub fn backward(
         gamma_grad: sums.iter().map(|s| s.1 as f32).collect(),
         beta_grad: sums.iter().map(|s| s.0 as f32).collect(),
     }
+}
+
+/// The gradient `d` where the clamp passed the pre-activation `y` (`0 < y < cap`), else 0.
+#[inline(always)]
+fn passed(d: f32, y: f32, cap: f32) -> f32 {
+    if (y > 0.0) & (y < cap) { d } else { 0.0 }
 }
 
 #[cfg(test)]
@@ -184,7 +231,7 @@ mod tests {
 
     /// The definition in f64: y = γ (x − μ)/√(σ² + ε) + β, and its gradients by central
     /// differences of `Σ y·dy` (the loss is smooth, so differences in f64 are exact to ~1e-7).
-    fn loss(g: &NormGeometry, x: &[f64], gamma: &[f64], beta: &[f64], dy: &[f32], eps: f64) -> f64 {
+    fn loss(g: &NormGeometry, x: &[f64], gamma: &[f64], beta: &[f64], dy: &[f32], eps: f64, cap: Option<f64>) -> f64 {
         let n = g.count() as f64;
         let mut total = 0.0;
         for c in 0..g.channels {
@@ -193,14 +240,26 @@ mod tests {
             let mean = idx.iter().map(|&i| x[i]).sum::<f64>() / n;
             let var = idx.iter().map(|&i| (x[i] - mean).powi(2)).sum::<f64>() / n;
             for &i in &idx {
-                total += (gamma[c] * (x[i] - mean) / (var + eps).sqrt() + beta[c]) * dy[i] as f64;
+                let y = gamma[c] * (x[i] - mean) / (var + eps).sqrt() + beta[c];
+                let y = match cap {
+                    Some(cap) => y.clamp(0.0, cap),
+                    None => y,
+                };
+                total += y * dy[i] as f64;
             }
         }
         total
     }
 
+    /// Plain, and with ReLU and a low cap (both sides of the clamp) fused in.
     #[test]
     fn forward_and_gradients_are_the_definition() {
+        for cap in [None, Some(f32::INFINITY), Some(0.5)] {
+            check(cap);
+        }
+    }
+
+    fn check(cap: Option<f32>) {
         let g = NormGeometry { batch: 3, channels: 4, plane: 5 };
         let eps = 1e-5;
         // An offset mean, as real activations have.
@@ -208,17 +267,18 @@ mod tests {
         let gamma = values(g.channels, 2, 1.0);
         let beta = values(g.channels, 3, 0.0);
         let dy = values(g.len(), 4, 0.0);
-        let f = forward(&g, &x, &gamma, &beta, eps);
+        let f = forward(&g, &x, &gamma, &beta, eps, cap);
+        let cap64 = cap.map(f64::from);
         let to64 = |v: &[f32]| v.iter().map(|&v| v as f64).collect::<Vec<_>>();
         let (x64, gamma64, beta64) = (to64(&x), to64(&gamma), to64(&beta));
         // Forward: the loss with one-hot dy is each output.
         for i in 0..g.len() {
             let mut onehot = vec![0.0f32; g.len()];
             onehot[i] = 1.0;
-            let expected = loss(&g, &x64, &gamma64, &beta64, &onehot, eps);
+            let expected = loss(&g, &x64, &gamma64, &beta64, &onehot, eps, cap64);
             assert!((f.output[i] as f64 - expected).abs() < 1e-4, "output {i}: {} vs {expected}", f.output[i]);
         }
-        let b = backward(&g, &x, &gamma, &f.mean, &f.variance, eps, &dy);
+        let b = backward(&g, &x, &gamma, &beta, &f.mean, &f.variance, eps, &dy, cap);
         let h = 1e-4;
         let numeric = |which: usize, i: usize| {
             let (mut xp, mut gp, mut bp) = (x64.clone(), gamma64.clone(), beta64.clone());
@@ -228,11 +288,15 @@ mod tests {
                 1 => (gp[i] += h, gm[i] -= h),
                 _ => (bp[i] += h, bm[i] -= h),
             };
-            (loss(&g, &xp, &gp, &bp, &dy, eps) - loss(&g, &xm, &gm, &bm, &dy, eps)) / (2.0 * h)
+            (loss(&g, &xp, &gp, &bp, &dy, eps, cap64) - loss(&g, &xm, &gm, &bm, &dy, eps, cap64)) / (2.0 * h)
         };
         for i in 0..g.len() {
             let expected = numeric(0, i);
-            assert!((b.x_grad[i] as f64 - expected).abs() < 1e-3, "dx {i}: {} vs {expected}", b.x_grad[i]);
+            assert!((b.x_grad[i] as f64 - expected).abs() < 1e-3, "dx {i} ({cap:?}): {} vs {expected}", b.x_grad[i]);
+        }
+        if let Some(cap) = cap {
+            let clamped = f.output.iter().filter(|&&y| y == 0.0 || y == cap).count();
+            assert!(clamped > 0 && clamped < g.len(), "the clamp must matter ({clamped} clamped)");
         }
         for c in 0..g.channels {
             assert!((b.gamma_grad[c] as f64 - numeric(1, c)).abs() < 1e-3, "dgamma {c}");

@@ -82,28 +82,33 @@ pub trait DeepKernels: Backend {
         burn_pool_max2d_backward::<Self>(x, output, out_grad, kernel, stride, padding)
     }
 
-    /// Training-mode batch normalisation over `[batch, channels, ...]`: the output, and the batch
-    /// mean and biased variance per channel (`[channels]`).
+    /// Training-mode batch normalisation over `[batch, channels, ...]`, then ReLU capped at
+    /// `relu_cap` if there is one (∞: ReLU, 6: ReLU6): the output, and the batch mean and biased
+    /// variance per channel (`[channels]`).
     fn batch_norm_training(
         x: FloatTensor<Self>,
         gamma: FloatTensor<Self>,
         beta: FloatTensor<Self>,
         epsilon: f64,
+        relu_cap: Option<f32>,
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
-        burn_batch_norm_training::<Self>(x, gamma, beta, epsilon)
+        burn_batch_norm_training::<Self>(x, gamma, beta, epsilon, relu_cap)
     }
 
     /// The gradients of [`DeepKernels::batch_norm_training`] with respect to `x`, `gamma` and
     /// `beta`, from the statistics it returned.
+    #[allow(clippy::too_many_arguments)]
     fn batch_norm_training_backward(
         x: FloatTensor<Self>,
         gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
         mean: FloatTensor<Self>,
         variance: FloatTensor<Self>,
         epsilon: f64,
         out_grad: FloatTensor<Self>,
+        relu_cap: Option<f32>,
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
-        burn_batch_norm_training_backward::<Self>(x, gamma, mean, variance, epsilon, out_grad)
+        burn_batch_norm_training_backward::<Self>(x, gamma, beta, mean, variance, epsilon, out_grad, relu_cap)
     }
 
     /// `min(max(x, 0), cap)`: ReLU (`cap` infinite) or ReLU6 (`cap` 6).
@@ -200,19 +205,40 @@ fn burn_batch_norm_training<B: Backend>(
     gamma: FloatTensor<B>,
     beta: FloatTensor<B>,
     epsilon: f64,
+    relu_cap: Option<f32>,
 ) -> (FloatTensor<B>, FloatTensor<B>, FloatTensor<B>) {
     let result = B::batch_norm_train(x, gamma, beta, epsilon);
-    (result.output, result.mean, result.variance)
+    let output = match relu_cap {
+        Some(cap) => burn_clamped_relu::<B>(result.output, cap),
+        None => result.output,
+    };
+    (output, result.mean, result.variance)
 }
 
+#[allow(clippy::too_many_arguments)]
 fn burn_batch_norm_training_backward<B: Backend>(
     x: FloatTensor<B>,
     gamma: FloatTensor<B>,
+    beta: FloatTensor<B>,
     mean: FloatTensor<B>,
     variance: FloatTensor<B>,
     epsilon: f64,
     out_grad: FloatTensor<B>,
+    relu_cap: Option<f32>,
 ) -> (FloatTensor<B>, FloatTensor<B>, FloatTensor<B>) {
+    // With an activation: its gradient first, from the output recomputed with these statistics.
+    let out_grad = match relu_cap {
+        Some(cap) => {
+            let channels = mean.shape().num_elements();
+            let per_channel = |t: FloatTensor<B>| B::float_reshape(t, Shape::new([1, channels, 1, 1]));
+            let std = B::float_sqrt(B::float_add_scalar(variance.clone(), epsilon.into()));
+            let scale = per_channel(B::float_div(gamma.clone(), std));
+            let centred = B::float_sub(x.clone(), per_channel(mean.clone()));
+            let y = B::float_add(B::float_mul(centred, scale), per_channel(beta));
+            burn_clamped_relu_backward::<B>(burn_clamped_relu::<B>(y, cap), out_grad, cap)
+        }
+        None => out_grad,
+    };
     let result = B::batch_norm_train_backward(x, gamma, mean, variance, epsilon, out_grad);
     (result.x_grad, result.gamma_grad, result.beta_grad)
 }
@@ -344,13 +370,14 @@ impl DeepKernels for Flex {
         gamma: FlexTensor,
         beta: FlexTensor,
         epsilon: f64,
+        relu_cap: Option<f32>,
     ) -> (FlexTensor, FlexTensor, FlexTensor) {
         let Some(geometry) = norm_geometry(&[&x, &gamma, &beta]) else {
-            return burn_batch_norm_training::<Flex>(x, gamma, beta, epsilon);
+            return burn_batch_norm_training::<Flex>(x, gamma, beta, epsilon, relu_cap);
         };
         let shape = x.shape();
         let (x, gamma, beta) = (x.to_contiguous(), gamma.to_contiguous(), beta.to_contiguous());
-        let result = batchnorm::forward(&geometry, f32s(&x), f32s(&gamma), f32s(&beta), epsilon);
+        let result = batchnorm::forward(&geometry, f32s(&x), f32s(&gamma), f32s(&beta), epsilon, relu_cap);
         let per_channel =
             |values: Vec<f32>| FlexTensor::from_data(TensorData::new(values, Shape::new([geometry.channels])));
         (
@@ -363,24 +390,31 @@ impl DeepKernels for Flex {
     fn batch_norm_training_backward(
         x: FlexTensor,
         gamma: FlexTensor,
+        beta: FlexTensor,
         mean: FlexTensor,
         variance: FlexTensor,
         epsilon: f64,
         out_grad: FlexTensor,
+        relu_cap: Option<f32>,
     ) -> (FlexTensor, FlexTensor, FlexTensor) {
-        let Some(geometry) = norm_geometry(&[&x, &gamma, &mean, &variance, &out_grad]) else {
-            return burn_batch_norm_training_backward::<Flex>(x, gamma, mean, variance, epsilon, out_grad);
+        let Some(geometry) = norm_geometry(&[&x, &gamma, &beta, &mean, &variance, &out_grad]) else {
+            return burn_batch_norm_training_backward::<Flex>(
+                x, gamma, beta, mean, variance, epsilon, out_grad, relu_cap,
+            );
         };
         let shape = x.shape();
-        let [x, gamma, mean, variance, out_grad] = [x, gamma, mean, variance, out_grad].map(|t| t.to_contiguous());
+        let [x, gamma, beta, mean, variance, out_grad] =
+            [x, gamma, beta, mean, variance, out_grad].map(|t| t.to_contiguous());
         let result = batchnorm::backward(
             &geometry,
             f32s(&x),
             f32s(&gamma),
+            f32s(&beta),
             f32s(&mean),
             f32s(&variance),
             epsilon,
             f32s(&out_grad),
+            relu_cap,
         );
         let per_channel =
             |values: Vec<f32>| FlexTensor::from_data(TensorData::new(values, Shape::new([geometry.channels])));
@@ -706,9 +740,11 @@ struct BatchNormBackward;
 struct BatchNormState<B: Backend> {
     x: FloatTensor<B>,
     gamma: FloatTensor<B>,
+    beta: FloatTensor<B>,
     mean: FloatTensor<B>,
     variance: FloatTensor<B>,
     epsilon: f64,
+    relu_cap: Option<f32>,
 }
 
 impl<B: DeepKernels> Backward<B, 3> for BatchNormBackward {
@@ -717,8 +753,9 @@ impl<B: DeepKernels> Backward<B, 3> for BatchNormBackward {
     fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _checkpointer: &mut Checkpointer) {
         let [node_x, node_gamma, node_beta] = ops.parents;
         let grad = grads.consume::<B>(&ops.node);
-        let BatchNormState { x, gamma, mean, variance, epsilon } = ops.state;
-        let (x_grad, gamma_grad, beta_grad) = B::batch_norm_training_backward(x, gamma, mean, variance, epsilon, grad);
+        let BatchNormState { x, gamma, beta, mean, variance, epsilon, relu_cap } = ops.state;
+        let (x_grad, gamma_grad, beta_grad) =
+            B::batch_norm_training_backward(x, gamma, beta, mean, variance, epsilon, grad, relu_cap);
         for (node, grad) in [(node_x, x_grad), (node_gamma, gamma_grad), (node_beta, beta_grad)] {
             if let Some(node) = node {
                 grads.register::<B>(node.id, grad);
@@ -822,6 +859,7 @@ impl<B: DeepKernels, C: CheckpointStrategy> DeepKernels for Autodiff<B, C> {
         gamma: FloatTensor<Self>,
         beta: FloatTensor<Self>,
         epsilon: f64,
+        relu_cap: Option<f32>,
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
         // The statistics leave the graph: they only feed the running averages.
         match BatchNormBackward.prepare::<C>([x.node(), gamma.node(), beta.node()]).compute_bound().stateful() {
@@ -829,21 +867,29 @@ impl<B: DeepKernels, C: CheckpointStrategy> DeepKernels for Autodiff<B, C> {
                 let (output, mean, variance) = B::batch_norm_training(
                     x.primitive().clone(),
                     gamma.primitive().clone(),
-                    beta.into_primitive(),
+                    beta.primitive().clone(),
                     epsilon,
+                    relu_cap,
                 );
                 let state = BatchNormState {
                     x: x.into_primitive(),
                     gamma: gamma.into_primitive(),
+                    beta: beta.into_primitive(),
                     mean: mean.clone(),
                     variance: variance.clone(),
                     epsilon,
+                    relu_cap,
                 };
                 (prep.finish(state, output), FloatTensor::<Self>::new(mean), FloatTensor::<Self>::new(variance))
             }
             OpsKind::UnTracked(prep) => {
-                let (output, mean, variance) =
-                    B::batch_norm_training(x.into_primitive(), gamma.into_primitive(), beta.into_primitive(), epsilon);
+                let (output, mean, variance) = B::batch_norm_training(
+                    x.into_primitive(),
+                    gamma.into_primitive(),
+                    beta.into_primitive(),
+                    epsilon,
+                    relu_cap,
+                );
                 (prep.finish(output), FloatTensor::<Self>::new(mean), FloatTensor::<Self>::new(variance))
             }
         }
@@ -923,19 +969,22 @@ pub fn conv2d_scale_shift(
 }
 
 /// Training-mode batch normalisation of `[batch, channels, height, width]` on whatever device
-/// the tensors are: the output, and the batch mean and biased variance per channel (outside the
+/// the tensors are, then ReLU capped at `relu_cap` if there is one (∞: ReLU, 6: ReLU6) in the
+/// same passes: the output, and the batch mean and biased variance per channel (outside the
 /// autodiff graph).
 pub fn batch_norm_training(
     x: Tensor<4>,
     gamma: Tensor<1>,
     beta: Tensor<1>,
     epsilon: f64,
+    relu_cap: Option<f32>,
 ) -> (Tensor<4>, Tensor<1>, Tensor<1>) {
     let (output, mean, variance) = <Dispatch as DeepKernels>::batch_norm_training(
         x.into_dispatch(),
         gamma.into_dispatch(),
         beta.into_dispatch(),
         epsilon,
+        relu_cap,
     );
     (Tensor::from_dispatch(output), Tensor::from_dispatch(mean), Tensor::from_dispatch(variance))
 }

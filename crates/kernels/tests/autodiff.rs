@@ -154,34 +154,54 @@ fn silu_matches_burns_activation_and_gradient() {
     }
 }
 
+/// Batch norm alone, and with ReLU / a clamp at 1.5 (both sides of ReLU6-like clamping) fused
+/// in, against burn's batch norm followed by burn's activation.
 #[test]
 fn batch_norm_training_and_its_gradients_equal_burns() {
+    use burn::tensor::activation::relu;
     use burn::tensor::module::batch_norm_train;
     let device = Device::flex().autodiff();
-    for shape in [[4, 6, 5, 7], [16, 3, 1, 1], [2, 8, 12, 12]] {
+    let cases = [[4, 6, 5, 7], [16, 3, 1, 1], [2, 8, 12, 12]]
+        .into_iter()
+        .flat_map(|shape| [None, Some(f32::INFINITY), Some(1.5)].map(|cap| (shape, cap)));
+    for (shape, cap) in cases {
         let channels = shape[1];
         // Offset activations, as real ones are.
         let x = Tensor::<4>::random(shape, Distribution::Normal(2.0, 3.0), &device).require_grad();
         let gamma = Tensor::<1>::random([channels], Distribution::Normal(1.0, 0.5), &device).require_grad();
         let beta = Tensor::<1>::random([channels], Distribution::Normal(0.0, 0.5), &device).require_grad();
         let (ours, mean, variance) =
-            deeptune_kernels::batch_norm_training(x.clone(), gamma.clone(), beta.clone(), 1e-5);
-        let theirs = batch_norm_train(x.clone(), gamma.clone(), beta.clone(), 1e-5);
-        assert!(max_difference(ours.clone(), theirs.output.clone()) < 1e-4, "forward differs for {shape:?}");
+            deeptune_kernels::batch_norm_training(x.clone(), gamma.clone(), beta.clone(), 1e-5, cap);
+        let mut theirs = batch_norm_train(x.clone(), gamma.clone(), beta.clone(), 1e-5);
+        theirs.output = match cap {
+            Some(cap) if cap.is_finite() => relu(theirs.output).clamp_max(cap),
+            Some(_) => relu(theirs.output),
+            None => theirs.output,
+        };
+        assert!(
+            max_difference(ours.clone(), theirs.output.clone()) < 1e-4,
+            "forward differs for {shape:?}, cap {cap:?}"
+        );
         let flat = |t: Tensor<1>| t.into_data().try_to_vec::<f32>().unwrap();
         for (a, b) in flat(mean).iter().zip(flat(theirs.mean)).chain(flat(variance).iter().zip(flat(theirs.variance))) {
-            assert!((a - b).abs() < 1e-4 * b.abs().max(1.0), "statistics differ for {shape:?}: {a} vs {b}");
+            assert!(
+                (a - b).abs() < 1e-4 * b.abs().max(1.0),
+                "statistics differ for {shape:?}, cap {cap:?}: {a} vs {b}"
+            );
         }
         let weights = Tensor::<4>::random(shape, Distribution::Normal(0.0, 1.0), &device);
         let ours_grads = (ours * weights.clone()).sum().backward();
         let theirs_grads = (theirs.output * weights).sum().backward();
         let plain = |t: Tensor<4>| Tensor::<4>::from_data(t.to_data(), &Device::flex());
         let dx = max_difference(plain(x.grad(&ours_grads).unwrap()), plain(x.grad(&theirs_grads).unwrap()));
-        assert!(dx < 1e-4, "input gradient differs by {dx} for {shape:?}");
+        assert!(dx < 1e-4, "input gradient differs by {dx} for {shape:?}, cap {cap:?}");
         for (param, name) in [(&gamma, "gamma"), (&beta, "beta")] {
             let (a, b) = (flat(param.grad(&ours_grads).unwrap()), flat(param.grad(&theirs_grads).unwrap()));
             for (a, b) in a.iter().zip(&b) {
-                assert!((a - b).abs() < 1e-3 * b.abs().max(1.0), "{name} gradient differs for {shape:?}: {a} vs {b}");
+                assert!(
+                    (a - b).abs() < 1e-3 * b.abs().max(1.0),
+                    "{name} gradient differs for {shape:?}, cap {cap:?}: {a} vs {b}"
+                );
             }
         }
     }
