@@ -4,6 +4,7 @@ use burn::module::{Module, Param, RunningState};
 use burn::nn::PaddingConfig2d;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::prelude::*;
+use deeptune_kernels::EpilogueActivation;
 
 /// `torch.nn.BatchNorm2d`: the same parameter names (`weight`, `bias`, `running_mean`,
 /// `running_var`) and the same running-variance update, which uses the unbiased batch variance
@@ -158,19 +159,12 @@ pub fn conv_forward(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
 }
 
 /// `activation(bn(conv(x)))`. For inference (a plain device, the batch norm on running
-/// statistics, a ReLU/ReLU6 or no activation) one operation on our kernels: the batch norm's
+/// statistics) one operation on our kernels: the batch norm's
 /// scale and shift and the activation are applied to each chunk of the convolution's output while
 /// it is in cache, instead of two to three more passes over the activations.
 pub fn conv_bn_act(conv: &Conv2d, bn: &BatchNorm2d, activation: Activation, x: Tensor<4>) -> Tensor<4> {
     let device = x.device();
-    let relu_cap = match activation {
-        Activation::None => Some(None),
-        Activation::Relu => Some(Some(f32::INFINITY)),
-        Activation::Relu6 => Some(Some(6.0)),
-        Activation::Silu => None,
-    };
     if !device.is_autodiff()
-        && let Some(relu_cap) = relu_cap
         && let Some((scale, shift)) = bn.folded(&device)
     {
         let [_, _, height, width] = x.dims();
@@ -179,7 +173,13 @@ pub fn conv_bn_act(conv: &Conv2d, bn: &BatchNorm2d, activation: Activation, x: T
             None => shift,
         };
         let options = conv_options(conv, height, width);
-        return deeptune_kernels::conv2d_scale_shift(x, conv.weight.val(), scale, shift, options, relu_cap);
+        let activation = match activation {
+            Activation::None => EpilogueActivation::Identity,
+            Activation::Relu => EpilogueActivation::Relu { cap: f32::INFINITY },
+            Activation::Relu6 => EpilogueActivation::Relu { cap: 6.0 },
+            Activation::Silu => EpilogueActivation::Silu,
+        };
+        return deeptune_kernels::conv2d_scale_shift(x, conv.weight.val(), scale, shift, options, activation);
     }
     bn.forward_act(conv_forward(conv, x), activation)
 }

@@ -21,6 +21,8 @@ use std::cell::RefCell;
 use std::ops::{Deref, DerefMut};
 
 use gemm::Parallelism;
+use std::mem::MaybeUninit;
+
 use rayon::prelude::*;
 
 use crate::simd::widest;
@@ -557,7 +559,32 @@ fn chunk_col(g: &ConvGeometry, x: &[f32], images: std::ops::Range<usize>) -> Scr
 pub struct Epilogue<'a> {
     pub scale: &'a [f32],
     pub shift: &'a [f32],
-    pub relu_cap: Option<f32>,
+    pub activation: EpilogueActivation,
+}
+
+/// `min(max(y, 0), cap)`, branch-free; NaN stays NaN.
+#[inline(always)]
+pub(crate) fn clamp_relu(y: f32, cap: f32) -> f32 {
+    let y = if y < 0.0 { 0.0 } else { y };
+    if y > cap { cap } else { y }
+}
+
+/// `y · sigmoid(y)` as flex's SiLU kernel computes it (so fused and unfused agree bit for bit).
+#[inline(always)]
+pub(crate) fn silu(y: f32) -> f32 {
+    y / (1.0 + crate::simd::exp(-y))
+}
+
+/// What an inference epilogue applies after the scale and shift.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum EpilogueActivation {
+    Identity,
+    /// `min(max(y, 0), cap)`: ReLU (`cap` infinite) or ReLU6 (`cap` 6).
+    Relu {
+        cap: f32,
+    },
+    /// `y · sigmoid(y)` (EfficientNet's swish), with the vectorisable [`crate::simd::exp`].
+    Silu,
 }
 
 impl Epilogue<'_> {
@@ -568,23 +595,43 @@ impl Epilogue<'_> {
         for (i, out) in planes.chunks_mut(plane.max(1)).enumerate() {
             let c = (first + i) % channels;
             let (scale, shift) = (self.scale[c], self.shift[c]);
-            match self.relu_cap {
-                Some(_) => out.iter_mut().for_each(|v| *v = self.activate(*v * scale + shift)),
-                None => out.iter_mut().for_each(|v| *v = *v * scale + shift),
+            // One loop per activation, so that each is branch-free and vectorises.
+            match self.activation {
+                EpilogueActivation::Identity => out.iter_mut().for_each(|v| *v = *v * scale + shift),
+                EpilogueActivation::Relu { cap } => {
+                    out.iter_mut().for_each(|v| *v = clamp_relu(*v * scale + shift, cap))
+                }
+                EpilogueActivation::Silu => out.iter_mut().for_each(|v| *v = silu(*v * scale + shift)),
             }
         }
     }
 
-    /// The activation part: ReLU clamped at `relu_cap` if there is one (branch-free; NaN stays
-    /// NaN), else the identity.
+    /// The activation part (ReLU's clamp branch-free, NaN staying NaN).
     #[inline(always)]
     pub fn activate(&self, y: f32) -> f32 {
-        match self.relu_cap {
-            Some(cap) => {
-                let y = if y < 0.0 { 0.0 } else { y };
-                if y > cap { cap } else { y }
-            }
-            None => y,
+        match self.activation {
+            EpilogueActivation::Identity => y,
+            EpilogueActivation::Relu { cap } => clamp_relu(y, cap),
+            EpilogueActivation::Silu => silu(y),
+        }
+    }
+
+    /// `scale·v + shift` of `channel` through the activation, for each of `values` into `row`: one
+    /// loop per activation (a `match` per element keeps the compiler from vectorising SiLU).
+    #[inline(always)]
+    pub(crate) fn write(&self, row: &mut [MaybeUninit<f32>], values: &[f32], channel: usize) {
+        let (scale, shift) = (self.scale[channel], self.shift[channel]);
+        let pairs = row.iter_mut().zip(values);
+        match self.activation {
+            EpilogueActivation::Identity => pairs.for_each(|(o, &v)| {
+                o.write(v * scale + shift);
+            }),
+            EpilogueActivation::Relu { cap } => pairs.for_each(|(o, &v)| {
+                o.write(clamp_relu(v * scale + shift, cap));
+            }),
+            EpilogueActivation::Silu => pairs.for_each(|(o, &v)| {
+                o.write(silu(v * scale + shift));
+            }),
         }
     }
 

@@ -104,12 +104,7 @@ fn write_row(row: &mut [MaybeUninit<f32>], values: &[f32], channel: usize, epilo
         None => row.iter_mut().zip(values).for_each(|(o, &v)| {
             o.write(v);
         }),
-        Some(e) => {
-            let (scale, shift) = (e.scale[channel], e.shift[channel]);
-            row.iter_mut().zip(values).for_each(|(o, &v)| {
-                o.write(e.activate(v * scale + shift));
-            })
-        }
+        Some(e) => e.write(row, values, channel),
     }
 }
 
@@ -328,6 +323,7 @@ fn weight_grad_by_rows(g: &ConvGeometry, x: &[f32], gy: &[f32], sums: &mut [f64]
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::conv::EpilogueActivation;
 
     /// The definition, one multiply-add at a time, in f64.
     fn naive(g: &ConvGeometry, x: &[f32], w: &[f32], gy: &[f32]) -> (Vec<f32>, Vec<f32>) {
@@ -425,13 +421,19 @@ mod tests {
             assert!((a - b).abs() <= 1e-5 * (1.0 + b.abs()), "output {a} vs {b} for {g:?}");
         }
         let (scale, shift) = (values(g.in_channels, 4), values(g.in_channels, 5));
-        for relu_cap in [None, Some(0.3), Some(f32::INFINITY)] {
-            let epilogue = Epilogue { scale: &scale, shift: &shift, relu_cap };
+        let activations = [
+            EpilogueActivation::Identity,
+            EpilogueActivation::Relu { cap: 0.3 },
+            EpilogueActivation::Relu { cap: f32::INFINITY },
+            EpilogueActivation::Silu,
+        ];
+        for activation in activations {
+            let epilogue = Epilogue { scale: &scale, shift: &shift, activation };
             let y = forward(&g, &x, &w, Some(&epilogue));
             for (i, (a, b)) in y.iter().zip(&y_ref).enumerate() {
                 let c = i / g.out_plane() % g.in_channels;
                 let b = epilogue.activate(b * scale[c] + shift[c]);
-                assert!((a - b).abs() <= 1e-5 * (1.0 + b.abs()), "output {a} vs {b} ({relu_cap:?}) for {g:?}");
+                assert!((a - b).abs() <= 1e-5 * (1.0 + b.abs()), "output {a} vs {b} ({activation:?}) for {g:?}");
             }
         }
         let gx = input_grad(&g, &w, &gy);

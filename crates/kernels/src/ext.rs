@@ -12,7 +12,7 @@ use burn_autodiff::grads::Gradients;
 use burn_autodiff::ops::{Backward, Ops, OpsKind};
 
 use crate::batchnorm::{self, NormGeometry};
-use crate::conv::{self, ConvGeometry, Epilogue};
+use crate::conv::{self, ConvGeometry, Epilogue, EpilogueActivation};
 use crate::depthwise;
 use crate::maxpool::{self, PoolGeometry};
 use crate::simd::par_filled;
@@ -45,19 +45,18 @@ pub trait DeepKernels: Backend {
         burn_dense_backward::<Self>(x, weight, out_grad, options, want_x, want_weight)
     }
 
-    /// Inference: `conv(x, weight)·scale[c] + shift[c]`, then ReLU capped at `relu_cap` if
-    /// `relu` (infinite cap: ReLU; 6: ReLU6) — a convolution, a batch norm with running
-    /// statistics folded into `scale` and `shift`, and its activation, as one operation.
+    /// Inference: `conv(x, weight)·scale[c] + shift[c]`, then `activation` — a convolution, a
+    /// batch norm with running statistics folded into `scale` and `shift`, and its activation,
+    /// as one operation.
     fn conv2d_scale_shift(
         x: FloatTensor<Self>,
         weight: FloatTensor<Self>,
         scale: FloatTensor<Self>,
         shift: FloatTensor<Self>,
         options: ConvOptions<2>,
-        relu: bool,
-        relu_cap: f32,
+        activation: EpilogueActivation,
     ) -> FloatTensor<Self> {
-        burn_conv2d_scale_shift::<Self>(x, weight, scale, shift, options, relu, relu_cap)
+        burn_conv2d_scale_shift::<Self>(x, weight, scale, shift, options, activation)
     }
 
     /// 2-D max pooling (no dilation, floor mode), padding counting as −∞.
@@ -167,8 +166,7 @@ fn burn_conv2d_scale_shift<B: Backend>(
     scale: FloatTensor<B>,
     shift: FloatTensor<B>,
     options: ConvOptions<2>,
-    relu: bool,
-    relu_cap: f32,
+    activation: EpilogueActivation,
 ) -> FloatTensor<B> {
     let y = B::conv2d(x, weight, None, options);
     let per_channel = |t: FloatTensor<B>| {
@@ -176,7 +174,11 @@ fn burn_conv2d_scale_shift<B: Backend>(
         B::float_reshape(t, Shape::new([1, channels, 1, 1]))
     };
     let y = B::float_add(B::float_mul(y, per_channel(scale)), per_channel(shift));
-    if relu { burn_clamped_relu::<B>(y, relu_cap) } else { y }
+    match activation {
+        EpilogueActivation::Identity => y,
+        EpilogueActivation::Relu { cap } => burn_clamped_relu::<B>(y, cap),
+        EpilogueActivation::Silu => burn_silu::<B>(y),
+    }
 }
 
 fn burn_pool_max2d<B: Backend>(
@@ -333,17 +335,16 @@ impl DeepKernels for Flex {
         scale: FlexTensor,
         shift: FlexTensor,
         options: ConvOptions<2>,
-        relu: bool,
-        relu_cap: f32,
+        activation: EpilogueActivation,
     ) -> FlexTensor {
         let out_channels = weight.shape().dims::<4>()[0];
         let per_channel_f32 =
             [&scale, &shift].iter().all(|t| t.dtype() == DType::F32 && t.shape().num_elements() == out_channels);
         if !per_channel_f32 || x.dtype() != DType::F32 {
-            return burn_conv2d_scale_shift::<Flex>(x, weight, scale, shift, options, relu, relu_cap);
+            return burn_conv2d_scale_shift::<Flex>(x, weight, scale, shift, options, activation);
         }
         let (scale, shift) = (scale.to_contiguous(), shift.to_contiguous());
-        let epilogue = Epilogue { scale: f32s(&scale), shift: f32s(&shift), relu_cap: relu.then_some(relu_cap) };
+        let epilogue = Epilogue { scale: f32s(&scale), shift: f32s(&shift), activation };
         if let Some(geometry) = dense_geometry(&x, &weight, None, &options) {
             let (x, weight) = (x.to_contiguous(), weight.to_contiguous());
             let y = conv::forward_with(&geometry, f32s(&x), f32s(&weight), Some(&epilogue));
@@ -487,11 +488,7 @@ impl DeepKernels for Flex {
         if x.dtype() != DType::F32 {
             return burn_silu::<Flex>(x);
         }
-        map_f32(
-            &x,
-            #[inline(always)]
-            |v| v / (1.0 + crate::simd::exp(-v)),
-        )
+        map_f32(&x, crate::conv::silu)
     }
 
     fn silu_backward(x: FlexTensor, grad: FlexTensor) -> FlexTensor {
@@ -947,15 +944,15 @@ pub fn max_pool2d(x: Tensor<4>, kernel: [usize; 2], stride: [usize; 2], padding:
 }
 
 /// Inference through a convolution (no bias) and what follows it: `conv(x, weight)·scale[c] +
-/// shift[c]`, then ReLU capped at `relu_cap` (infinite: ReLU; 6: ReLU6) if given. On flex the
-/// scale, shift and activation are applied to each chunk of output while it is in cache.
+/// shift[c]`, then `activation`. On flex the scale, shift and activation are applied to each chunk
+/// of output while it is in cache.
 pub fn conv2d_scale_shift(
     x: Tensor<4>,
     weight: Tensor<4>,
     scale: Tensor<1>,
     shift: Tensor<1>,
     options: ConvOptions<2>,
-    relu_cap: Option<f32>,
+    activation: EpilogueActivation,
 ) -> Tensor<4> {
     Tensor::from_dispatch(<Dispatch as DeepKernels>::conv2d_scale_shift(
         x.into_dispatch(),
@@ -963,8 +960,7 @@ pub fn conv2d_scale_shift(
         scale.into_dispatch(),
         shift.into_dispatch(),
         options,
-        relu_cap.is_some(),
-        relu_cap.unwrap_or(f32::INFINITY),
+        activation,
     ))
 }
 

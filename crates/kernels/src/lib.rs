@@ -13,6 +13,7 @@ mod ext;
 pub mod maxpool;
 mod simd;
 
+pub use conv::EpilogueActivation;
 pub use ext::{
     DeepKernels, batch_norm_training, conv2d_scale_shift, dense_conv2d, depthwise_conv2d, is_depthwise, max_pool2d,
     relu, relu6, silu,

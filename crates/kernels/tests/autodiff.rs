@@ -209,12 +209,13 @@ fn batch_norm_training_and_its_gradients_equal_burns() {
 
 #[test]
 fn inference_conv_with_scale_shift_and_relu_equals_burns_composition() {
-    use burn::tensor::activation::{relu, relu6};
+    use burn::tensor::activation::{relu, relu6, silu};
+    use deeptune_kernels::EpilogueActivation;
     let device = Device::flex();
     let cases = [
         (ConvOptions::new([1, 1], [1, 1], [1, 1], 1), [3, 5, 9, 8], [7, 5, 3, 3]),
         (ConvOptions::new([2, 2], [0, 0], [1, 1], 1), [16, 6, 4, 4], [5, 6, 1, 1]),
-        // Depthwise: burn's convolution, our epilogue.
+        // Depthwise (our kernel with the epilogue in its row copy).
         (ConvOptions::new([1, 1], [1, 1], [1, 1], 6), [2, 6, 7, 7], [6, 1, 3, 3]),
     ];
     for (options, input, weight_shape) in cases {
@@ -225,18 +226,22 @@ fn inference_conv_with_scale_shift_and_relu_equals_burns_composition() {
         let shift = Tensor::<1>::random([channels], Distribution::Normal(0.0, 1.0), &device);
         let affine = conv2d(x.clone(), w.clone(), None, options.clone()) * scale.clone().reshape([1, channels, 1, 1])
             + shift.clone().reshape([1, channels, 1, 1]);
-        for (cap, expected) in
-            [(None, affine.clone()), (Some(f32::INFINITY), relu(affine.clone())), (Some(6.0), relu6(affine.clone()))]
-        {
+        let cases = [
+            (EpilogueActivation::Identity, affine.clone()),
+            (EpilogueActivation::Relu { cap: f32::INFINITY }, relu(affine.clone())),
+            (EpilogueActivation::Relu { cap: 6.0 }, relu6(affine.clone())),
+            (EpilogueActivation::Silu, silu(affine.clone())),
+        ];
+        for (activation, expected) in cases {
             let ours = deeptune_kernels::conv2d_scale_shift(
                 x.clone(),
                 w.clone(),
                 scale.clone(),
                 shift.clone(),
                 options.clone(),
-                cap,
+                activation,
             );
-            assert!(max_difference(ours, expected) < 1e-4, "differs for {options:?} with cap {cap:?}");
+            assert!(max_difference(ours, expected) < 1e-4, "differs for {options:?} with {activation:?}");
         }
     }
 }
