@@ -21,7 +21,6 @@ use std::cell::RefCell;
 use std::ops::{Deref, DerefMut};
 
 use gemm::Parallelism;
-use std::mem::MaybeUninit;
 
 use rayon::prelude::*;
 
@@ -593,16 +592,21 @@ impl Epilogue<'_> {
     #[inline(always)]
     pub fn apply(&self, planes: &mut [f32], plane: usize, first: usize, channels: usize) {
         for (i, out) in planes.chunks_mut(plane.max(1)).enumerate() {
-            let c = (first + i) % channels;
-            let (scale, shift) = (self.scale[c], self.shift[c]);
-            // One loop per activation, so that each is branch-free and vectorises.
-            match self.activation {
-                EpilogueActivation::Identity => out.iter_mut().for_each(|v| *v = *v * scale + shift),
-                EpilogueActivation::Relu { cap } => {
-                    out.iter_mut().for_each(|v| *v = clamp_relu(*v * scale + shift, cap))
-                }
-                EpilogueActivation::Silu => out.iter_mut().for_each(|v| *v = silu(*v * scale + shift)),
+            self.apply_channel(out, (first + i) % channels);
+        }
+    }
+
+    /// Applies it to `values`, all of `channel`: one loop per activation, so that each is
+    /// branch-free and vectorises.
+    #[inline(always)]
+    pub fn apply_channel(&self, values: &mut [f32], channel: usize) {
+        let (scale, shift) = (self.scale[channel], self.shift[channel]);
+        match self.activation {
+            EpilogueActivation::Identity => values.iter_mut().for_each(|v| *v = *v * scale + shift),
+            EpilogueActivation::Relu { cap } => {
+                values.iter_mut().for_each(|v| *v = clamp_relu(*v * scale + shift, cap))
             }
+            EpilogueActivation::Silu => values.iter_mut().for_each(|v| *v = silu(*v * scale + shift)),
         }
     }
 
@@ -613,25 +617,6 @@ impl Epilogue<'_> {
             EpilogueActivation::Identity => y,
             EpilogueActivation::Relu { cap } => clamp_relu(y, cap),
             EpilogueActivation::Silu => silu(y),
-        }
-    }
-
-    /// `scale·v + shift` of `channel` through the activation, for each of `values` into `row`: one
-    /// loop per activation (a `match` per element keeps the compiler from vectorising SiLU).
-    #[inline(always)]
-    pub(crate) fn write(&self, row: &mut [MaybeUninit<f32>], values: &[f32], channel: usize) {
-        let (scale, shift) = (self.scale[channel], self.shift[channel]);
-        let pairs = row.iter_mut().zip(values);
-        match self.activation {
-            EpilogueActivation::Identity => pairs.for_each(|(o, &v)| {
-                o.write(v * scale + shift);
-            }),
-            EpilogueActivation::Relu { cap } => pairs.for_each(|(o, &v)| {
-                o.write(clamp_relu(v * scale + shift, cap));
-            }),
-            EpilogueActivation::Silu => pairs.for_each(|(o, &v)| {
-                o.write(silu(v * scale + shift));
-            }),
         }
     }
 

@@ -14,8 +14,6 @@
 // The geometry is a `ConvGeometry` with `in_channels` == `out_channels` (= the channels) and
 // filters `[channels, 1, kh, kw]`.
 
-use std::mem::MaybeUninit;
-
 use rayon::prelude::*;
 
 use crate::conv::{ConvGeometry, Epilogue, PhaseLayout, Scratch};
@@ -87,25 +85,22 @@ pub fn forward(g: &ConvGeometry, input: &[f32], weight: &[f32], epilogue: Option
                     layout.fill(g, &input[plane * g.in_plane()..(plane + 1) * g.in_plane()], &mut phases);
                     let taps = &weight[channel * g.taps()..(channel + 1) * g.taps()];
                     filter_flat(&mut wide, &phases, &layout.offsets, taps);
+                    // The epilogue over the whole wide plane (whole vectors, the discarded
+                    // columns included) rather than row by row: rows of 7–28 values leave
+                    // mostly scalar remainders, and SiLU's `exp` is costly there.
+                    if let Some(epilogue) = epilogue {
+                        epilogue.apply_channel(&mut wide, channel);
+                    }
                     for (oy, row) in out.chunks_exact_mut(g.out_w).enumerate() {
                         let values = &wide[oy * layout.cols..oy * layout.cols + g.out_w];
-                        write_row(row, values, channel, epilogue);
+                        row.iter_mut().zip(values).for_each(|(o, &v)| {
+                            o.write(v);
+                        });
                     }
                 }
             },
         )
     })
-}
-
-/// `values` through the epilogue of `channel` (if any) into `row`.
-#[inline(always)]
-fn write_row(row: &mut [MaybeUninit<f32>], values: &[f32], channel: usize, epilogue: Option<&Epilogue>) {
-    match epilogue {
-        None => row.iter_mut().zip(values).for_each(|(o, &v)| {
-            o.write(v);
-        }),
-        Some(e) => e.write(row, values, channel),
-    }
 }
 
 /// Most taps a filter may have for the phase-layout backward (7×7); larger filters go by rows.
