@@ -163,6 +163,18 @@ pub fn conv_forward(conv: &Conv2d, x: Tensor<4>) -> Tensor<4> {
 /// scale and shift and the activation are applied to each chunk of the convolution's output while
 /// it is in cache, instead of two to three more passes over the activations.
 pub fn conv_bn_act(conv: &Conv2d, bn: &BatchNorm2d, activation: Activation, x: Tensor<4>) -> Tensor<4> {
+    conv_bn_residual_act(conv, bn, activation, x, None)
+}
+
+/// `activation(bn(conv(x)) + residual)` (no addition without a residual): [`conv_bn_act`] with a
+/// skip connection — for inference also one operation, the residual added in the same epilogue.
+pub fn conv_bn_residual_act(
+    conv: &Conv2d,
+    bn: &BatchNorm2d,
+    activation: Activation,
+    x: Tensor<4>,
+    residual: Option<Tensor<4>>,
+) -> Tensor<4> {
     let device = x.device();
     if !device.is_autodiff()
         && let Some((scale, shift)) = bn.folded(&device)
@@ -179,9 +191,12 @@ pub fn conv_bn_act(conv: &Conv2d, bn: &BatchNorm2d, activation: Activation, x: T
             Activation::Relu6 => EpilogueActivation::Relu { cap: 6.0 },
             Activation::Silu => EpilogueActivation::Silu,
         };
-        return deeptune_kernels::conv2d_scale_shift(x, conv.weight.val(), scale, shift, options, activation);
+        return deeptune_kernels::conv2d_scale_shift(x, conv.weight.val(), scale, shift, options, activation, residual);
     }
-    bn.forward_act(conv_forward(conv, x), activation)
+    match residual {
+        Some(residual) => activation.apply(bn.forward(conv_forward(conv, x)) + residual),
+        None => bn.forward_act(conv_forward(conv, x), activation),
+    }
 }
 
 /// The options burn's `Conv2d::forward` computes for an input of `height`×`width` (its "same"

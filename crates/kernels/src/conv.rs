@@ -552,13 +552,16 @@ fn chunk_col(g: &ConvGeometry, x: &[f32], images: std::ops::Range<usize>) -> Scr
 }
 
 /// What inference applies to every output of a channel right after the convolution:
-/// `y·scale[c] + shift[c]` (batch norm with running statistics, and any bias, folded), then ReLU
-/// capped at `cap` (infinite: ReLU; 6: ReLU6) if given.
+/// `y·scale[c] + shift[c]` (batch norm with running statistics, and any bias, folded), plus the
+/// residual's value at the same index if there is one (ResNet's and MobileNetV2's skip
+/// connections), then the activation.
 #[derive(Debug, Clone, Copy)]
 pub struct Epilogue<'a> {
     pub scale: &'a [f32],
     pub shift: &'a [f32],
     pub activation: EpilogueActivation,
+    /// Shaped as the convolution's output.
+    pub residual: Option<&'a [f32]>,
 }
 
 /// `min(max(y, 0), cap)`, branch-free; NaN stays NaN.
@@ -592,15 +595,28 @@ impl Epilogue<'_> {
     #[inline(always)]
     pub fn apply(&self, planes: &mut [f32], plane: usize, first: usize, channels: usize) {
         for (i, out) in planes.chunks_mut(plane.max(1)).enumerate() {
-            self.apply_channel(out, (first + i) % channels);
+            let offset = (first + i) * plane;
+            self.apply_channel(out, (first + i) % channels, offset);
         }
     }
 
-    /// Applies it to `values`, all of `channel`: one loop per activation, so that each is
-    /// branch-free and vectorises.
+    /// Applies it to `values`, all of `channel`, the output's values from index `offset` on
+    /// (where the residual is read): one loop per activation, so that each is branch-free and
+    /// vectorises.
     #[inline(always)]
-    pub fn apply_channel(&self, values: &mut [f32], channel: usize) {
+    pub fn apply_channel(&self, values: &mut [f32], channel: usize, offset: usize) {
         let (scale, shift) = (self.scale[channel], self.shift[channel]);
+        if let Some(residual) = self.residual {
+            let residual = &residual[offset..][..values.len()];
+            let pairs = values.iter_mut().zip(residual);
+            return match self.activation {
+                EpilogueActivation::Identity => pairs.for_each(|(v, &r)| *v = *v * scale + shift + r),
+                EpilogueActivation::Relu { cap } => {
+                    pairs.for_each(|(v, &r)| *v = clamp_relu(*v * scale + shift + r, cap))
+                }
+                EpilogueActivation::Silu => pairs.for_each(|(v, &r)| *v = silu(*v * scale + shift + r)),
+            };
+        }
         match self.activation {
             EpilogueActivation::Identity => values.iter_mut().for_each(|v| *v = *v * scale + shift),
             EpilogueActivation::Relu { cap } => {
@@ -677,10 +693,10 @@ pub fn forward_with(g: &ConvGeometry, x: &[f32], weight: &[f32], epilogue: Optio
             }
         }
         if let Some(epilogue) = epilogue {
-            // Chunks start at an image boundary: plane 0 of the chunk is channel 0.
+            // Chunks start at an image boundary: their first plane is channel 0.
             widest(
                 #[inline(always)]
-                || epilogue.apply(y_chunk, plane, 0, g.out_channels),
+                || epilogue.apply(y_chunk, plane, chunk * plan.images_per_chunk * g.out_channels, g.out_channels),
             );
         }
     };

@@ -89,7 +89,8 @@ pub fn forward(g: &ConvGeometry, input: &[f32], weight: &[f32], epilogue: Option
                     // columns included) rather than row by row: rows of 7–28 values leave
                     // mostly scalar remainders, and SiLU's `exp` is costly there.
                     if let Some(epilogue) = epilogue {
-                        epilogue.apply_channel(&mut wide, channel);
+                        assert!(epilogue.residual.is_none(), "the depthwise forward takes no residual");
+                        epilogue.apply_channel(&mut wide, channel, 0);
                     }
                     for (oy, row) in out.chunks_exact_mut(g.out_w).enumerate() {
                         let values = &wide[oy * layout.cols..oy * layout.cols + g.out_w];
@@ -423,7 +424,7 @@ mod tests {
             EpilogueActivation::Silu,
         ];
         for activation in activations {
-            let epilogue = Epilogue { scale: &scale, shift: &shift, activation };
+            let epilogue = Epilogue { scale: &scale, shift: &shift, activation, residual: None };
             let y = forward(&g, &x, &w, Some(&epilogue));
             for (i, (a, b)) in y.iter().zip(&y_ref).enumerate() {
                 let c = i / g.out_plane() % g.in_channels;

@@ -46,8 +46,8 @@ pub trait DeepKernels: Backend {
     }
 
     /// Inference: `conv(x, weight)·scale[c] + shift[c]`, then `activation` — a convolution, a
-    /// batch norm with running statistics folded into `scale` and `shift`, and its activation,
-    /// as one operation.
+    /// batch norm with running statistics folded into `scale` and `shift`, and the activation, as
+    /// one operation.
     fn conv2d_scale_shift(
         x: FloatTensor<Self>,
         weight: FloatTensor<Self>,
@@ -56,7 +56,23 @@ pub trait DeepKernels: Backend {
         options: ConvOptions<2>,
         activation: EpilogueActivation,
     ) -> FloatTensor<Self> {
-        burn_conv2d_scale_shift::<Self>(x, weight, scale, shift, options, activation)
+        burn_conv2d_scale_shift::<Self>(x, weight, scale, shift, options, activation, None)
+    }
+
+    /// [`DeepKernels::conv2d_scale_shift`] with a skip connection added before the activation:
+    /// `activation(conv(x, weight)·scale[c] + shift[c] + residual)`, `residual` shaped as the
+    /// output (ResNet's blocks, MobileNetV2's inverted residuals).
+    #[allow(clippy::too_many_arguments)]
+    fn conv2d_scale_shift_residual(
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        scale: FloatTensor<Self>,
+        shift: FloatTensor<Self>,
+        options: ConvOptions<2>,
+        activation: EpilogueActivation,
+        residual: FloatTensor<Self>,
+    ) -> FloatTensor<Self> {
+        burn_conv2d_scale_shift::<Self>(x, weight, scale, shift, options, activation, Some(residual))
     }
 
     /// 2-D max pooling (no dilation, floor mode), padding counting as −∞.
@@ -167,6 +183,7 @@ fn burn_conv2d_scale_shift<B: Backend>(
     shift: FloatTensor<B>,
     options: ConvOptions<2>,
     activation: EpilogueActivation,
+    residual: Option<FloatTensor<B>>,
 ) -> FloatTensor<B> {
     let y = B::conv2d(x, weight, None, options);
     let per_channel = |t: FloatTensor<B>| {
@@ -174,6 +191,10 @@ fn burn_conv2d_scale_shift<B: Backend>(
         B::float_reshape(t, Shape::new([1, channels, 1, 1]))
     };
     let y = B::float_add(B::float_mul(y, per_channel(scale)), per_channel(shift));
+    let y = match residual {
+        Some(residual) => B::float_add(y, residual),
+        None => y,
+    };
     match activation {
         EpilogueActivation::Identity => y,
         EpilogueActivation::Relu { cap } => burn_clamped_relu::<B>(y, cap),
@@ -337,33 +358,19 @@ impl DeepKernels for Flex {
         options: ConvOptions<2>,
         activation: EpilogueActivation,
     ) -> FlexTensor {
-        let out_channels = weight.shape().dims::<4>()[0];
-        let per_channel_f32 =
-            [&scale, &shift].iter().all(|t| t.dtype() == DType::F32 && t.shape().num_elements() == out_channels);
-        if !per_channel_f32 || x.dtype() != DType::F32 {
-            return burn_conv2d_scale_shift::<Flex>(x, weight, scale, shift, options, activation);
-        }
-        let (scale, shift) = (scale.to_contiguous(), shift.to_contiguous());
-        let epilogue = Epilogue { scale: f32s(&scale), shift: f32s(&shift), activation };
-        if let Some(geometry) = dense_geometry(&x, &weight, None, &options) {
-            let (x, weight) = (x.to_contiguous(), weight.to_contiguous());
-            let y = conv::forward_with(&geometry, f32s(&x), f32s(&weight), Some(&epilogue));
-            let shape = [geometry.batch, geometry.out_channels, geometry.out_h, geometry.out_w];
-            return FlexTensor::from_data(TensorData::new(y, Shape::new(shape)));
-        }
-        if let Some(geometry) = depthwise_geometry(&x, &weight, None, &options) {
-            let (x, weight) = (x.to_contiguous(), weight.to_contiguous());
-            let y = depthwise::forward(&geometry, f32s(&x), f32s(&weight), Some(&epilogue));
-            let shape = [geometry.batch, geometry.out_channels, geometry.out_h, geometry.out_w];
-            return FlexTensor::from_data(TensorData::new(y, Shape::new(shape)));
-        }
-        // Other convolutions (grouped) are burn's, the epilogue one pass over their output.
-        let y = burn_conv2d::<Flex>(x, weight, options).to_contiguous();
-        let shape = y.shape();
-        let [_, channels, h, w] = shape.dims();
-        let mut values = f32s(&y).to_vec();
-        epilogue.apply_all(&mut values, h * w, channels);
-        FlexTensor::from_data(TensorData::new(values, shape))
+        flex_conv2d_scale_shift(x, weight, scale, shift, options, activation, None)
+    }
+
+    fn conv2d_scale_shift_residual(
+        x: FlexTensor,
+        weight: FlexTensor,
+        scale: FlexTensor,
+        shift: FlexTensor,
+        options: ConvOptions<2>,
+        activation: EpilogueActivation,
+        residual: FlexTensor,
+    ) -> FlexTensor {
+        flex_conv2d_scale_shift(x, weight, scale, shift, options, activation, Some(residual))
     }
 
     fn batch_norm_training(
@@ -638,6 +645,58 @@ fn conv_geometry(
         padding: [options.padding[0].0, options.padding[1].0],
         dilation: options.dilation,
     })
+}
+
+/// flex's [`DeepKernels::conv2d_scale_shift`] and its residual variant: our dense and depthwise
+/// kernels with the epilogue inside (no residual for depthwise), burn's otherwise.
+#[allow(clippy::too_many_arguments)]
+fn flex_conv2d_scale_shift(
+    x: FlexTensor,
+    weight: FlexTensor,
+    scale: FlexTensor,
+    shift: FlexTensor,
+    options: ConvOptions<2>,
+    activation: EpilogueActivation,
+    residual: Option<FlexTensor>,
+) -> FlexTensor {
+    let out_channels = weight.shape().dims::<4>()[0];
+    let per_channel_f32 =
+        [&scale, &shift].iter().all(|t| t.dtype() == DType::F32 && t.shape().num_elements() == out_channels);
+    let dense = dense_geometry(&x, &weight, None, &options);
+    // A residual only where it has the output's shape, for the dense kernel.
+    let residual_fits = match (&residual, &dense) {
+        (None, _) => true,
+        (Some(r), Some(g)) => {
+            r.dtype() == DType::F32 && r.shape().dims::<4>() == [g.batch, g.out_channels, g.out_h, g.out_w]
+        }
+        (Some(_), None) => false,
+    };
+    if !per_channel_f32 || x.dtype() != DType::F32 || !residual_fits {
+        return burn_conv2d_scale_shift::<Flex>(x, weight, scale, shift, options, activation, residual);
+    }
+    let (scale, shift) = (scale.to_contiguous(), shift.to_contiguous());
+    let residual = residual.map(|r| r.to_contiguous());
+    let epilogue =
+        Epilogue { scale: f32s(&scale), shift: f32s(&shift), activation, residual: residual.as_ref().map(f32s) };
+    if let Some(geometry) = dense {
+        let (x, weight) = (x.to_contiguous(), weight.to_contiguous());
+        let y = conv::forward_with(&geometry, f32s(&x), f32s(&weight), Some(&epilogue));
+        let shape = [geometry.batch, geometry.out_channels, geometry.out_h, geometry.out_w];
+        return FlexTensor::from_data(TensorData::new(y, Shape::new(shape)));
+    }
+    if let Some(geometry) = depthwise_geometry(&x, &weight, None, &options) {
+        let (x, weight) = (x.to_contiguous(), weight.to_contiguous());
+        let y = depthwise::forward(&geometry, f32s(&x), f32s(&weight), Some(&epilogue));
+        let shape = [geometry.batch, geometry.out_channels, geometry.out_h, geometry.out_w];
+        return FlexTensor::from_data(TensorData::new(y, Shape::new(shape)));
+    }
+    // Other convolutions (grouped) are burn's, the epilogue one pass over their output.
+    let y = burn_conv2d::<Flex>(x, weight, options).to_contiguous();
+    let shape = y.shape();
+    let [_, channels, h, w] = shape.dims();
+    let mut values = f32s(&y).to_vec();
+    epilogue.apply_all(&mut values, h * w, channels);
+    FlexTensor::from_data(TensorData::new(values, shape))
 }
 
 /// `f` of every element of an f32 tensor, in one parallel pass, as a new contiguous tensor.
@@ -944,8 +1003,8 @@ pub fn max_pool2d(x: Tensor<4>, kernel: [usize; 2], stride: [usize; 2], padding:
 }
 
 /// Inference through a convolution (no bias) and what follows it: `conv(x, weight)·scale[c] +
-/// shift[c]`, then `activation`. On flex the scale, shift and activation are applied to each chunk
-/// of output while it is in cache.
+/// shift[c]` (+ `residual`, shaped as the output), then `activation`. On flex the scale, shift,
+/// residual and activation are applied to each chunk of output while it is in cache.
 pub fn conv2d_scale_shift(
     x: Tensor<4>,
     weight: Tensor<4>,
@@ -953,15 +1012,22 @@ pub fn conv2d_scale_shift(
     shift: Tensor<1>,
     options: ConvOptions<2>,
     activation: EpilogueActivation,
+    residual: Option<Tensor<4>>,
 ) -> Tensor<4> {
-    Tensor::from_dispatch(<Dispatch as DeepKernels>::conv2d_scale_shift(
-        x.into_dispatch(),
-        weight.into_dispatch(),
-        scale.into_dispatch(),
-        shift.into_dispatch(),
-        options,
-        activation,
-    ))
+    let (x, weight, scale, shift) =
+        (x.into_dispatch(), weight.into_dispatch(), scale.into_dispatch(), shift.into_dispatch());
+    Tensor::from_dispatch(match residual {
+        Some(residual) => <Dispatch as DeepKernels>::conv2d_scale_shift_residual(
+            x,
+            weight,
+            scale,
+            shift,
+            options,
+            activation,
+            residual.into_dispatch(),
+        ),
+        None => <Dispatch as DeepKernels>::conv2d_scale_shift(x, weight, scale, shift, options, activation),
+    })
 }
 
 /// Training-mode batch normalisation of `[batch, channels, height, width]` on whatever device

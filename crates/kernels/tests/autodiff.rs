@@ -240,8 +240,31 @@ fn inference_conv_with_scale_shift_and_relu_equals_burns_composition() {
                 shift.clone(),
                 options.clone(),
                 activation,
+                None,
             );
             assert!(max_difference(ours, expected) < 1e-4, "differs for {options:?} with {activation:?}");
+        }
+        // With a skip connection added before the activation (burn's composition on the
+        // depthwise case, which has no fused residual).
+        let residual = Tensor::<4>::random(affine.dims(), Distribution::Normal(0.0, 1.0), &device);
+        let with_residual = affine.clone() + residual.clone();
+        let cases = [
+            (EpilogueActivation::Identity, with_residual.clone()),
+            (EpilogueActivation::Relu { cap: f32::INFINITY }, relu(with_residual.clone())),
+            (EpilogueActivation::Silu, silu(with_residual.clone())),
+        ];
+        for (activation, expected) in cases {
+            let ours = deeptune_kernels::conv2d_scale_shift(
+                x.clone(),
+                w.clone(),
+                scale.clone(),
+                shift.clone(),
+                options.clone(),
+                activation,
+                Some(residual.clone()),
+            );
+            let difference = max_difference(ours, expected);
+            assert!(difference < 1e-4, "differs by {difference} for {options:?} with {activation:?} and a residual");
         }
     }
 }

@@ -13,7 +13,8 @@ use burn::nn::{Dropout, DropoutConfig, Linear, LinearConfig};
 use burn::prelude::*;
 
 use crate::nn::{
-    Activation, BatchNorm2d, Padding, conv_bn_act, conv2d, global_avg_pool, make_divisible, stochastic_depth,
+    Activation, BatchNorm2d, Padding, conv_bn_act, conv_bn_residual_act, conv2d, global_avg_pool, make_divisible,
+    stochastic_depth,
 };
 use crate::torch::TorchModel;
 
@@ -155,11 +156,15 @@ impl MBConvBlock {
             x = conv_bn_act(conv, bn, Activation::Relu6, x);
         }
         let x = conv_bn_act(&self._depthwise_conv, &self._bn1, Activation::Relu6, x);
-        let x = conv_bn_act(&self._project_conv, &self._bn2, Activation::None, x);
         if !self.id_skip {
-            return x;
+            return conv_bn_act(&self._project_conv, &self._bn2, Activation::None, x);
         }
         let training = inputs.device().is_autodiff() && self.training.is_enabled();
+        if !training {
+            // The projection, its batch norm and the skip connection as one step.
+            return conv_bn_residual_act(&self._project_conv, &self._bn2, Activation::None, x, Some(inputs));
+        }
+        let x = conv_bn_act(&self._project_conv, &self._bn2, Activation::None, x);
         stochastic_depth(x, self.drop_connect_rate, training) + inputs
     }
 }

@@ -6,7 +6,8 @@ use burn::nn::{Dropout, DropoutConfig, Linear, LinearConfig};
 use burn::prelude::*;
 
 use crate::nn::{
-    Activation, BatchNorm2d, ConvBnAct, ConvBnActConfig, Padding, conv_forward, conv2d, global_avg_pool, make_divisible,
+    Activation, BatchNorm2d, ConvBnAct, ConvBnActConfig, Padding, conv_bn_residual_act, conv_forward, conv2d,
+    global_avg_pool, make_divisible,
 };
 use crate::torch::TorchModel;
 
@@ -89,15 +90,26 @@ impl InvertedResidual {
     }
 
     pub fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        let mut out = x.clone();
-        for layer in &self.conv {
-            out = match layer {
-                ConvLayer::ConvBnAct(l) => l.forward(out),
-                ConvLayer::Conv(l) => conv_forward(l, out),
-                ConvLayer::Bn(l) => l.forward(out),
+        let mut residual = self.use_residual.then(|| x.clone());
+        let mut out = x;
+        let mut layers = self.conv.iter().peekable();
+        while let Some(layer) = layers.next() {
+            out = match (layer, layers.peek()) {
+                // The projection and its batch norm (and the skip connection) as one step.
+                (ConvLayer::Conv(conv), Some(ConvLayer::Bn(bn))) => {
+                    layers.next();
+                    let skip = if layers.peek().is_none() { residual.take() } else { None };
+                    conv_bn_residual_act(conv, bn, Activation::None, out, skip)
+                }
+                (ConvLayer::ConvBnAct(l), _) => l.forward(out),
+                (ConvLayer::Conv(l), _) => conv_forward(l, out),
+                (ConvLayer::Bn(l), _) => l.forward(out),
             };
         }
-        if self.use_residual { x + out } else { out }
+        match residual {
+            Some(residual) => out + residual,
+            None => out,
+        }
     }
 }
 

@@ -5,9 +5,8 @@ use burn::module::Module;
 use burn::nn::conv::Conv2d;
 use burn::nn::{Linear, LinearConfig};
 use burn::prelude::*;
-use deeptune_kernels::relu;
 
-use crate::nn::{Activation, BatchNorm2d, Padding, conv_bn_act, conv2d, global_avg_pool};
+use crate::nn::{Activation, BatchNorm2d, Padding, conv_bn_act, conv_bn_residual_act, conv2d, global_avg_pool};
 use crate::torch::TorchModel;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -149,22 +148,26 @@ impl Block {
     }
 
     fn forward(&self, x: Tensor<4>) -> Tensor<4> {
-        let (out, downsample) = match self {
-            Block::Basic(b) => {
-                let out = conv_bn_act(&b.conv1, &b.bn1, Activation::Relu, x.clone());
-                (conv_bn_act(&b.conv2, &b.bn2, Activation::None, out), &b.downsample)
-            }
-            Block::Bottleneck(b) => {
-                let out = conv_bn_act(&b.conv1, &b.bn1, Activation::Relu, x.clone());
-                let out = conv_bn_act(&b.conv2, &b.bn2, Activation::Relu, out);
-                (conv_bn_act(&b.conv3, &b.bn3, Activation::None, out), &b.downsample)
-            }
+        let downsample = match self {
+            Block::Basic(b) => &b.downsample,
+            Block::Bottleneck(b) => &b.downsample,
         };
         let identity = match downsample {
-            Some(d) => conv_bn_act(&d._0, &d._1, Activation::None, x),
-            None => x,
+            Some(d) => conv_bn_act(&d._0, &d._1, Activation::None, x.clone()),
+            None => x.clone(),
         };
-        relu(out + identity)
+        // The last convolution's batch norm, the skip connection and the ReLU as one step.
+        match self {
+            Block::Basic(b) => {
+                let out = conv_bn_act(&b.conv1, &b.bn1, Activation::Relu, x);
+                conv_bn_residual_act(&b.conv2, &b.bn2, Activation::Relu, out, Some(identity))
+            }
+            Block::Bottleneck(b) => {
+                let out = conv_bn_act(&b.conv1, &b.bn1, Activation::Relu, x);
+                let out = conv_bn_act(&b.conv2, &b.bn2, Activation::Relu, out);
+                conv_bn_residual_act(&b.conv3, &b.bn3, Activation::Relu, out, Some(identity))
+            }
+        }
     }
 }
 
