@@ -18,13 +18,14 @@
 //! `col(x)` are ordered (input channel, kernel row, kernel column) and no weight is reshuffled.
 
 use std::cell::RefCell;
+use std::mem::MaybeUninit;
 use std::ops::{Deref, DerefMut};
 
 use gemm::Parallelism;
 
 use rayon::prelude::*;
 
-use crate::simd::widest;
+use crate::simd::{assume_written, widest, zeroed};
 
 /// Pixels (columns of the products) a chunk of images aims for: below a few hundred, gemm's
 /// packing and edge kernels dominate; above, the im2col buffer stops fitting in L2.
@@ -350,12 +351,17 @@ impl PhaseLayout {
                 row[end..].fill(0.0);
                 if first < end {
                     let x0 = px + sw * first - pad_w;
+                    let n = end - first;
+                    // The exact span read, so that the compiler drops the bounds checks and
+                    // vectorises the strided read (stride 2: interleaved loads and a shuffle).
+                    let span = &src[x0..x0 + (n - 1) * sw + 1];
+                    let row = &mut row[first..end];
                     if sw == 1 {
-                        row[first..end].copy_from_slice(&src[x0..x0 + end - first]);
+                        row.copy_from_slice(span);
+                    } else if sw == 2 {
+                        (0..n).for_each(|k| row[k] = span[2 * k]);
                     } else {
-                        for (k, v) in row[first..end].iter_mut().enumerate() {
-                            *v = src[x0 + k * sw];
-                        }
+                        (0..n).for_each(|k| row[k] = span[k * sw]);
                     }
                 }
             }
@@ -658,17 +664,20 @@ pub fn forward(g: &ConvGeometry, x: &[f32], weight: &[f32]) -> Vec<f32> {
 pub fn forward_with(g: &ConvGeometry, x: &[f32], weight: &[f32], epilogue: Option<&Epilogue>) -> Vec<f32> {
     assert_eq!(x.len(), g.x_len(), "convolution input size");
     assert_eq!(weight.len(), g.weight_len(), "convolution weight size");
-    let mut y = written_zeros(g.y_len());
-    if y.is_empty() {
+    let len = g.y_len();
+    // Written chunk by chunk on the thread that computes it (zeros right before gemm overwrites
+    // them, in cache), not zero-filled up front on one thread.
+    let mut y = Vec::with_capacity(len);
+    if len == 0 {
         return y;
     }
     let plan = Plan::new(g);
     let (k, plane, out_image) = (g.patch_len(), g.out_plane(), g.out_channels * g.out_plane());
     let lhs = View { data: weight, row: k, col: 1 };
-    let compute = |(chunk, y_chunk): (usize, &mut [f32])| {
+    let compute = |(chunk, y_chunk): (usize, &mut [MaybeUninit<f32>])| {
         let images = plan.images(chunk, g.batch);
         let columns = images.len() * plane;
-        if images.len() == 1 {
+        let y_chunk: &mut [f32] = if images.len() == 1 {
             let b = images.start;
             let image_len = g.in_channels * g.in_plane();
             let col_owned;
@@ -679,7 +688,11 @@ pub fn forward_with(g: &ConvGeometry, x: &[f32], weight: &[f32], epilogue: Optio
                 &col_owned
             };
             let rhs = View { data: col, row: columns, col: 1 };
+            // gemm does not read the destination when not accumulating, but its contract takes
+            // initialised memory.
+            let y_chunk = zeroed(y_chunk);
             multiply(g.out_channels, columns, k, y_chunk, columns, false, lhs, rhs, plan.product_parallelism());
+            y_chunk
         } else {
             let col = chunk_col(g, x, images.clone());
             let mut product = Scratch::stale(g.out_channels * columns);
@@ -688,10 +701,15 @@ pub fn forward_with(g: &ConvGeometry, x: &[f32], weight: &[f32], epilogue: Optio
             // [out, images·plane] → images × [out, plane]
             for (j, image) in y_chunk.chunks_mut(out_image).enumerate() {
                 for (channel, out) in image.chunks_mut(plane).enumerate() {
-                    out.copy_from_slice(&product[channel * columns + j * plane..][..plane]);
+                    let values = &product[channel * columns + j * plane..][..plane];
+                    out.iter_mut().zip(values).for_each(|(o, &v)| {
+                        o.write(v);
+                    });
                 }
             }
-        }
+            // SAFETY: the loops above wrote every element (the chunk is its images' planes).
+            unsafe { assume_written(y_chunk) }
+        };
         if let Some(epilogue) = epilogue {
             // Chunks start at an image boundary: their first plane is channel 0.
             widest(
@@ -700,12 +718,15 @@ pub fn forward_with(g: &ConvGeometry, x: &[f32], weight: &[f32], epilogue: Optio
             );
         }
     };
-    let chunks = y.chunks_mut(plan.images_per_chunk * out_image).enumerate();
+    let chunks = y.spare_capacity_mut()[..len].chunks_mut(plan.images_per_chunk * out_image).enumerate();
     if plan.chunks_in_parallel {
         chunks.collect::<Vec<_>>().into_par_iter().for_each(compute);
     } else {
         chunks.for_each(compute);
     }
+    // SAFETY: the chunks cover `0..len` and `compute` writes every element of each; a panic in
+    // it propagates before this line (and `y` is dropped empty).
+    unsafe { y.set_len(len) };
     y
 }
 
