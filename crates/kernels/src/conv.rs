@@ -329,40 +329,51 @@ impl PhaseLayout {
         (g.out_h * self.cols).next_multiple_of(PHASE_TAIL)
     }
 
-    /// Writes the phases of one input plane into `buf` (every value: padding and tails zero).
+    /// A phase buffer of zeros for [`PhaseLayout::fill`]: its padding and tails are never
+    /// written, so one buffer serves every plane of the geometry without being cleared again
+    /// (a plane's padding used to be a few tiny `memset`s per row, every plane).
+    pub(crate) fn zeros(&self, g: &ConvGeometry) -> Scratch {
+        let mut buf = Scratch::stale(self.len(g));
+        buf.fill(0.0);
+        buf
+    }
+
+    /// Writes the phases of one input plane into `buf`, a buffer from [`PhaseLayout::zeros`] for
+    /// this geometry: only the values inside the plane are written, the rest stay zero.
     #[inline(always)]
     pub(crate) fn fill(&self, g: &ConvGeometry, plane: &[f32], buf: &mut [f32]) {
+        debug_assert_eq!(buf.len(), self.len(g), "a phase buffer of this layout");
         let ([sh, sw], [pad_h, pad_w]) = (g.stride, g.padding);
         for (phase, dst) in buf.chunks_exact_mut(self.phase_len).enumerate() {
             let (py, px) = (phase / sw, phase % sw);
             // Phase columns `c` whose input column `px + sw·c − pad_w` is inside the plane.
             let first = pad_w.saturating_sub(px).div_ceil(sw).min(self.cols);
             let end = (g.in_w + pad_w).saturating_sub(px).div_ceil(sw).clamp(first, self.cols);
-            let (body, tail) = dst.split_at_mut(self.rows * self.cols);
-            tail.fill(0.0);
-            for (r, row) in body.chunks_exact_mut(self.cols).enumerate() {
+            if first == end {
+                continue;
+            }
+            for (r, row) in dst[..self.rows * self.cols].chunks_exact_mut(self.cols).enumerate() {
                 let y = (py + sh * r).wrapping_sub(pad_h);
                 if y >= g.in_h {
-                    row.fill(0.0);
                     continue;
                 }
                 let src = &plane[y * g.in_w..(y + 1) * g.in_w];
-                row[..first].fill(0.0);
-                row[end..].fill(0.0);
-                if first < end {
-                    let x0 = px + sw * first - pad_w;
-                    let n = end - first;
-                    // The exact span read, so that the compiler drops the bounds checks and
-                    // vectorises the strided read (stride 2: interleaved loads and a shuffle).
-                    let span = &src[x0..x0 + (n - 1) * sw + 1];
-                    let row = &mut row[first..end];
-                    if sw == 1 {
-                        row.copy_from_slice(span);
-                    } else if sw == 2 {
-                        (0..n).for_each(|k| row[k] = span[2 * k]);
-                    } else {
-                        (0..n).for_each(|k| row[k] = span[k * sw]);
-                    }
+                let x0 = px + sw * first - pad_w;
+                let n = end - first;
+                // The exact span read, so that the compiler drops the bounds checks and
+                // vectorises the strided read (stride 2: interleaved loads and a shuffle).
+                let span = &src[x0..x0 + (n - 1) * sw + 1];
+                let row = &mut row[first..end];
+                if sw == 1 {
+                    row.copy_from_slice(span);
+                } else if sw == 2 {
+                    // Pairs of known length: no bounds checks, and the even values of
+                    // whole vectors come out of one shuffle.
+                    let (last, head) = row.split_last_mut().expect("a non-empty run");
+                    head.iter_mut().zip(span.chunks_exact(2)).for_each(|(v, pair)| *v = pair[0]);
+                    *last = span[span.len() - 1];
+                } else {
+                    (0..n).for_each(|k| row[k] = span[k * sw]);
                 }
             }
         }
@@ -384,7 +395,7 @@ fn im2col(g: &ConvGeometry, image: &[f32], col: &mut [f32], row_stride: usize) {
         )
     } else {
         let layout = PhaseLayout::new(g);
-        let mut phases = Scratch::stale(layout.len(g));
+        let mut phases = layout.zeros(g);
         widest(
             #[inline(always)]
             || im2col_phases(g, &layout, &mut phases, image, col, row_stride),

@@ -77,7 +77,7 @@ pub fn forward(g: &ConvGeometry, input: &[f32], weight: &[f32], epilogue: Option
         widest(
             #[inline(always)]
             || {
-                let mut phases = Scratch::stale(layout.len(g));
+                let mut phases = layout.zeros(g);
                 let mut wide = Scratch::stale(layout.wide_len(g));
                 for (i, out) in out.chunks_exact_mut(out_plane).enumerate() {
                     let plane = offset / out_plane + i;
@@ -265,7 +265,7 @@ pub fn weight_grad(g: &ConvGeometry, input: &[f32], out_grad: &[f32]) -> Vec<f32
             #[inline(always)]
             || {
                 let mut sums = vec![0.0f64; g.taps()];
-                let mut phases = Scratch::stale(layout.len(g));
+                let mut phases = layout.zeros(g);
                 let mut wide = Scratch::stale(g.out_h * layout.cols + LANES);
                 for n in 0..g.batch {
                     let plane = n * g.in_channels + channel;
