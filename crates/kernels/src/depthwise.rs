@@ -17,7 +17,7 @@
 use rayon::prelude::*;
 
 use crate::conv::{ConvGeometry, Epilogue, PhaseLayout, Scratch};
-use crate::simd::{lane_sum, par_filled, widest};
+use crate::simd::{lane_sum, par_filled, widest, zeroed};
 
 /// Output values the forward accumulates in registers at a time: four AVX-512 vectors.
 const BLOCK: usize = 64;
@@ -118,27 +118,35 @@ const MAX_TAPS: usize = 49;
 pub fn input_grad(g: &ConvGeometry, weight: &[f32], out_grad: &[f32]) -> Vec<f32> {
     assert_eq!(weight.len(), g.in_channels * g.taps(), "depthwise weight size");
     assert_eq!(out_grad.len(), g.batch * g.in_channels * g.out_plane(), "depthwise output-gradient size");
-    let mut grad = vec![0.0f32; g.batch * g.in_channels * g.in_plane()];
-    if grad.is_empty() || g.out_plane() == 0 {
-        return grad;
+    let (in_plane, len) = (g.in_plane(), g.batch * g.in_channels * g.in_plane());
+    if len == 0 || g.out_plane() == 0 {
+        return vec![0.0; len];
     }
     let layout = PhaseLayout::new(g);
-    grad.par_chunks_mut(g.in_plane()).enumerate().for_each(|(plane, gx)| {
+    let planes_per_task = (TASK_OUTPUTS / g.out_plane()).max(1);
+    // Each plane zeroed by the task that computes it, right before (in cache, on every thread),
+    // and the wide buffer's zeros written once per task: only `gy`'s values change per plane.
+    par_filled(len, planes_per_task * in_plane, |offset, out| {
         widest(
             #[inline(always)]
             || {
-                let channel = plane % g.in_channels;
-                let gy = &out_grad[plane * g.out_plane()..(plane + 1) * g.out_plane()];
-                let w = &weight[channel * g.taps()..(channel + 1) * g.taps()];
-                if g.taps() <= MAX_TAPS && w.iter().all(|v| v.is_finite()) {
-                    layout.input_grad_plane(g, w, gy, gx);
-                } else {
-                    input_grad_by_rows(g, w, gy, gx);
+                let mut wide = layout.wide_zeros(g);
+                let mut phase_grad = Scratch::stale((layout.rows * layout.cols).next_multiple_of(LANES));
+                for (i, gx) in out.chunks_exact_mut(in_plane).enumerate() {
+                    let gx = zeroed(gx);
+                    let plane = offset / in_plane + i;
+                    let channel = plane % g.in_channels;
+                    let gy = &out_grad[plane * g.out_plane()..(plane + 1) * g.out_plane()];
+                    let w = &weight[channel * g.taps()..(channel + 1) * g.taps()];
+                    if g.taps() <= MAX_TAPS && w.iter().all(|v| v.is_finite()) {
+                        layout.input_grad_plane(g, w, gy, gx, &mut wide, &mut phase_grad);
+                    } else {
+                        input_grad_by_rows(g, w, gy, gx);
+                    }
                 }
             },
         )
-    });
-    grad
+    })
 }
 
 /// [`input_grad`] of one plane, one tap and output row at a time (`gx` zero on entry).
@@ -173,32 +181,51 @@ fn input_grad_by_rows(g: &ConvGeometry, w: &[f32], gy: &[f32], gx: &mut [f32]) {
 }
 
 impl PhaseLayout {
-    /// `gy` (`out_h × out_w`) as the wide plane (`out_h × cols`, zeros in the discarded columns)
-    /// after `front` zeros, then zeros to the end of `buf`.
+    /// Where the wide plane starts in the input gradient's wide buffer: after the largest tap
+    /// offset within a phase, so that phase value `j` reads wide value `j − offset` at
+    /// `front + j − offset` ≥ 0.
+    fn wide_front(&self, g: &ConvGeometry) -> usize {
+        (0..g.taps()).map(|t| self.offsets[t] % self.phase_len).max().unwrap_or(0)
+    }
+
+    /// A buffer for the wide plane (after [`PhaseLayout::wide_front`] zeros, whole vectors and
+    /// a vector of zeros to spare), all zeros: [`PhaseLayout::write_wide`] writes only the
+    /// output's values, so the zeros in front, in the discarded columns and behind stay.
+    fn wide_zeros(&self, g: &ConvGeometry) -> Scratch {
+        let len = self.wide_front(g) + (self.rows * self.cols).next_multiple_of(LANES) + LANES;
+        let mut buf = Scratch::stale(len.max(g.out_h * self.cols + LANES));
+        buf.fill(0.0);
+        buf
+    }
+
+    /// `gy` (`out_h × out_w`) as the wide plane (`out_h × cols`, the discarded columns left as
+    /// they are: zeros in a buffer from [`PhaseLayout::wide_zeros`]) after `front` values.
     #[inline(always)]
     fn write_wide(&self, g: &ConvGeometry, gy: &[f32], front: usize, buf: &mut [f32]) {
-        let (head, rest) = buf.split_at_mut(front);
-        head.fill(0.0);
-        let (body, tail) = rest.split_at_mut(g.out_h * self.cols);
-        tail.fill(0.0);
+        let body = &mut buf[front..front + g.out_h * self.cols];
         for (row, values) in body.chunks_exact_mut(self.cols).zip(gy.chunks_exact(g.out_w)) {
             row[..g.out_w].copy_from_slice(values);
-            row[g.out_w..].fill(0.0);
         }
     }
 
     /// [`input_grad`] of one plane by phases (`gx` zero on entry; `w` finite).
     #[inline(always)]
-    fn input_grad_plane(&self, g: &ConvGeometry, w: &[f32], gy: &[f32], gx: &mut [f32]) {
+    /// `wide` from [`PhaseLayout::wide_zeros`], `phase_grad` of `rows·cols` rounded up to whole
+    /// vectors (its contents do not matter).
+    fn input_grad_plane(
+        &self,
+        g: &ConvGeometry,
+        w: &[f32],
+        gy: &[f32],
+        gx: &mut [f32],
+        wide: &mut [f32],
+        phase_grad: &mut [f32],
+    ) {
         let ([sh, sw], [pad_h, pad_w]) = (g.stride, g.padding);
-        let body = (self.rows * self.cols).next_multiple_of(LANES);
-        // Each tap's offset within its phase; the wide plane starts after the largest, so that
-        // phase value `j` reads wide value `j − offset` at `front + j − offset` ≥ 0.
+        // Each tap's offset within its phase.
         let local = |t: usize| self.offsets[t] % self.phase_len;
-        let front = (0..g.taps()).map(local).max().unwrap_or(0);
-        let mut wide = Scratch::stale(front + body + LANES);
-        self.write_wide(g, gy, front, &mut wide);
-        let mut phase_grad = Scratch::stale(body);
+        let front = self.wide_front(g);
+        self.write_wide(g, gy, front, wide);
         let (mut offsets, mut taps) = ([0usize; MAX_TAPS], [0.0f32; MAX_TAPS]);
         for phase in 0..sh * sw {
             let mut count = 0;
@@ -209,7 +236,7 @@ impl PhaseLayout {
             if count == 0 {
                 continue; // no tap reads this phase: its pixels' gradient is 0
             }
-            filter_flat(&mut phase_grad, &wide, &offsets[..count], &taps[..count]);
+            filter_flat(phase_grad, wide, &offsets[..count], &taps[..count]);
             let (py, px) = (phase / sw, phase % sw);
             let first = pad_w.saturating_sub(px).div_ceil(sw).min(self.cols);
             let end = (g.in_w + pad_w).saturating_sub(px).div_ceil(sw).clamp(first, self.cols);
@@ -266,7 +293,7 @@ pub fn weight_grad(g: &ConvGeometry, input: &[f32], out_grad: &[f32]) -> Vec<f32
             || {
                 let mut sums = vec![0.0f64; g.taps()];
                 let mut phases = layout.zeros(g);
-                let mut wide = Scratch::stale(g.out_h * layout.cols + LANES);
+                let mut wide = layout.wide_zeros(g);
                 for n in 0..g.batch {
                     let plane = n * g.in_channels + channel;
                     let x = &input[plane * g.in_plane()..(plane + 1) * g.in_plane()];

@@ -116,6 +116,23 @@ pub(crate) fn exp(x: f32) -> f32 {
     y * f32::from_bits(biased << 23)
 }
 
+/// `out` filled with zeros, as initialised values.
+pub(crate) fn zeroed(out: &mut [MaybeUninit<f32>]) -> &mut [f32] {
+    out.fill(MaybeUninit::new(0.0));
+    // SAFETY: every element was just written.
+    unsafe { assume_written(out) }
+}
+
+/// `out` as initialised values.
+///
+/// # Safety
+/// Every element of `out` must have been written.
+pub(crate) unsafe fn assume_written(out: &mut [MaybeUninit<f32>]) -> &mut [f32] {
+    // SAFETY: `MaybeUninit<f32>` has `f32`'s layout, and the caller guarantees every element is
+    // initialised.
+    unsafe { &mut *(out as *mut [MaybeUninit<f32>] as *mut [f32]) }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -132,21 +149,4 @@ mod tests {
         assert!(super::exp(200.0) > 2e38 && super::exp(200.0).is_finite());
         assert!(super::exp(f32::NAN).is_nan());
     }
-}
-
-/// `out` filled with zeros, as initialised values.
-pub(crate) fn zeroed(out: &mut [MaybeUninit<f32>]) -> &mut [f32] {
-    out.fill(MaybeUninit::new(0.0));
-    // SAFETY: every element was just written.
-    unsafe { assume_written(out) }
-}
-
-/// `out` as initialised values.
-///
-/// # Safety
-/// Every element of `out` must have been written.
-pub(crate) unsafe fn assume_written(out: &mut [MaybeUninit<f32>]) -> &mut [f32] {
-    // SAFETY: `MaybeUninit<f32>` has `f32`'s layout, and the caller guarantees every element is
-    // initialised.
-    unsafe { &mut *(out as *mut [MaybeUninit<f32>] as *mut [f32]) }
 }
