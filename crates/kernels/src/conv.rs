@@ -463,7 +463,10 @@ fn copy_shifted(
     let (lo, hi) = shifted_run(g, rows.start * w, block.len(), shift);
     block[..lo].fill(0.0);
     block[hi..].fill(0.0);
-    block[lo..hi].copy_from_slice(&plane[(((rows.start * w + lo) as isize) + shift) as usize..][..hi - lo]);
+    // An empty run may start outside the plane (a 1×1 input under a padded 3×3 filter).
+    if lo < hi {
+        block[lo..hi].copy_from_slice(&plane[(((rows.start * w + lo) as isize) + shift) as usize..][..hi - lo]);
+    }
     if cols.len() < w {
         for row in block.chunks_exact_mut(w) {
             row[..cols.start].fill(0.0);
@@ -492,6 +495,9 @@ fn add_shifted(
         }
     }
     let (lo, hi) = shifted_run(g, rows.start * w, block.len(), shift);
+    if lo == hi {
+        return; // nothing of this tap lands inside the plane
+    }
     let dst = &mut plane[(((rows.start * w + lo) as isize) + shift) as usize..][..hi - lo];
     for (d, &v) in dst.iter_mut().zip(&block[lo..hi]) {
         *d += v;
@@ -964,6 +970,9 @@ mod tests {
             // Batches of tiny planes: several images share one product.
             geometry(9, [8, 16], [2, 2], 3, 1, [1, 0], 1),
             geometry(1, [8, 4], [3, 3], 3, 1, [1, 0], 1),
+            // 1×1 and 2×1 planes under a padded 3×3 filter: whole taps fall outside the plane.
+            geometry(2, [3, 4], [1, 1], 3, 1, [1, 0], 1),
+            geometry(2, [3, 4], [2, 1], 3, 1, [1, 0], 1),
         ]
     }
 
