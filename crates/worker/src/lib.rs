@@ -62,14 +62,36 @@ impl Worker {
 
 /// Removes a model version's files from the data directory: its checkpoints and its trained
 /// model. Idempotent.
+///
+/// A worker may still be writing into the run directory when the version is deleted (it notices
+/// the cancel within a step), so removing it in place can meet a file created meanwhile and fail
+/// with "directory not empty". Each directory is first renamed aside, atomically, then removed:
+/// nothing new lands in the renamed tree, and whatever the worker writes under the old name
+/// afterwards it removes itself when it stops.
 pub fn remove_version_files(data_dir: &std::path::Path, version_id: &str) -> std::io::Result<()> {
-    for dir in [data_dir.join("runs").join(version_id), data_dir.join("models").join(version_id)] {
-        match std::fs::remove_dir_all(&dir) {
+    for parent in [data_dir.join("runs"), data_dir.join("models")] {
+        let dir = parent.join(version_id);
+        let aside = parent.join(format!(".deleting-{version_id}-{}", unique_suffix()));
+        match std::fs::rename(&dir, &aside) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        }
+        match std::fs::remove_dir_all(&aside) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
             _ => {}
         }
     }
     Ok(())
+}
+
+/// A name unique among concurrent deleters of the same version (API and worker, on any host
+/// sharing the data directory).
+fn unique_suffix() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+    format!("{}-{nanos}-{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed))
 }
 
 impl Worker {
@@ -101,5 +123,52 @@ impl Worker {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    /// Deleting a version while its worker is still writing checkpoints (it stops only at its
+    /// next step) must not fail with "directory not empty", nor leave anything behind.
+    #[test]
+    fn version_files_are_removed_while_a_worker_still_writes_into_them() {
+        let data_dir = std::env::temp_dir().join(format!("deeptune-remove-{}", super::unique_suffix()));
+        let run = data_dir.join("runs").join("v1");
+        std::fs::create_dir_all(data_dir.join("models").join("v1")).unwrap();
+        std::fs::write(data_dir.join("models").join("v1").join("model.safetensors"), b"weights").unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let writer = {
+            let (run, stop) = (run.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut n = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    let dir = run.join("checkpoints").join(format!("epoch-{}", n % 7));
+                    if std::fs::create_dir_all(&dir).is_ok() {
+                        let _ = std::fs::write(dir.join(format!("part-{n}")), b"tensor bytes");
+                    }
+                    n += 1;
+                }
+            })
+        };
+        for _ in 0..200 {
+            while std::fs::read_dir(&run).map_or(true, |mut d| d.next().is_none()) {
+                std::thread::yield_now();
+            }
+            super::remove_version_files(&data_dir, "v1").expect("removal races the writer");
+            assert!(!data_dir.join("models").join("v1").exists());
+        }
+        stop.store(true, Ordering::Relaxed);
+        writer.join().unwrap();
+        super::remove_version_files(&data_dir, "v1").unwrap();
+        super::remove_version_files(&data_dir, "v1").unwrap(); // idempotent
+        let left: Vec<_> = ["runs", "models"]
+            .iter()
+            .flat_map(|p| std::fs::read_dir(data_dir.join(p)).unwrap().flatten().map(|e| e.path()))
+            .collect();
+        assert!(left.is_empty(), "left behind: {left:?}");
+        std::fs::remove_dir_all(&data_dir).unwrap();
     }
 }
