@@ -83,6 +83,19 @@ impl ConvGeometry {
         })
     }
 
+    /// The kernel tap that reads every output's own pixel — the centre of a stride-1 "same"
+    /// convolution — if there is one: its row of `col(x)` is the input plane itself.
+    fn identity_tap(&self) -> Option<(usize, usize)> {
+        if self.stride != [1, 1] || self.in_h != self.out_h || self.in_w != self.out_w {
+            return None;
+        }
+        let tap = |axis: usize| {
+            let (k, d, p) = (self.kernel[axis], self.dilation[axis], self.padding[axis]);
+            (p % d == 0 && p / d < k).then_some(p / d)
+        };
+        Some((tap(0)?, tap(1)?))
+    }
+
     pub(crate) fn input_index(&self, axis: usize, tap: usize, o: usize) -> usize {
         (o * self.stride[axis] + tap * self.dilation[axis]) - self.padding[axis]
     }
@@ -514,9 +527,11 @@ fn shifted_run(g: &ConvGeometry, start: usize, len: usize, shift: isize) -> (usi
     (lo, hi)
 }
 
-/// The adjoint of [`im2col`]: adds every entry of one image's `col` gradient to the input pixel
-/// it was read from.
-fn col2im(g: &ConvGeometry, col: &mut [f32], row_stride: usize, image: &mut [f32]) {
+/// The adjoint of [`im2col`]: one image's input gradient, every entry of its `col` gradient added
+/// to the input pixel it was read from. Writes all of `image`: each plane starts as the identity
+/// tap's row where the convolution has one (the centre of a "same" 3×3), else as zeros, on the
+/// thread that computes it — no separate zero-filling pass over the whole gradient.
+fn col2im(g: &ConvGeometry, col: &mut [f32], row_stride: usize, image: &mut [MaybeUninit<f32>]) {
     widest(
         #[inline(always)]
         || col2im_body(g, col, row_stride, image),
@@ -524,14 +539,29 @@ fn col2im(g: &ConvGeometry, col: &mut [f32], row_stride: usize, image: &mut [f32
 }
 
 #[inline(always)]
-fn col2im_body(g: &ConvGeometry, col: &mut [f32], row_stride: usize, image: &mut [f32]) {
+fn col2im_body(g: &ConvGeometry, col: &mut [f32], row_stride: usize, image: &mut [MaybeUninit<f32>]) {
     let [kh, kw] = g.kernel;
     let (in_plane, out_w) = (g.in_plane(), g.out_w);
+    let identity = g.identity_tap();
     for channel in 0..g.in_channels {
         let plane = &mut image[channel * in_plane..][..in_plane];
+        let plane = match identity {
+            Some((ky, kx)) => {
+                let row = (channel * kh + ky) * kw + kx;
+                plane.iter_mut().zip(&col[row * row_stride..][..in_plane]).for_each(|(p, &v)| {
+                    p.write(v);
+                });
+                // SAFETY: the identity tap's row has one value per input pixel (same size planes).
+                unsafe { assume_written(plane) }
+            }
+            None => zeroed(plane),
+        };
         for ky in 0..kh {
             let rows = valid_outputs(g.stride[0], ky * g.dilation[0], g.padding[0], g.out_h, g.in_h);
             for kx in 0..kw {
+                if identity == Some((ky, kx)) {
+                    continue;
+                }
                 let cols = valid_outputs(g.stride[1], kx * g.dilation[1], g.padding[1], g.out_w, g.in_w);
                 if cols.is_empty() {
                     continue;
@@ -750,7 +780,7 @@ pub fn forward_with(g: &ConvGeometry, x: &[f32], weight: &[f32], epilogue: Optio
 /// The gradients with respect to the input (`[batch, in_channels, in_h, in_w]`) and the weight
 /// (`[out_channels, in_channels, kh, kw]`), each only where asked for.
 /// A chunk of the backward: its index, and its images' part of the input gradient (if wanted).
-type Part<'a> = (usize, Option<&'a mut [f32]>);
+type Part<'a> = (usize, Option<&'a mut [MaybeUninit<f32>]>);
 
 pub fn backward(
     g: &ConvGeometry,
@@ -766,12 +796,13 @@ pub fn backward(
     let plan = Plan::new(g);
     let (k, plane) = (g.patch_len(), g.out_plane());
     let (in_image, out_image) = (g.in_channels * g.in_plane(), g.out_channels * plane);
-    let mut input_grad = want_input.then(|| written_zeros(g.x_len()));
+    // Written chunk by chunk on the thread that computes it, as the forward's output is.
+    let mut input_grad: Option<Vec<f32>> = want_input.then(|| Vec::with_capacity(g.x_len()));
     let weight_t = View { data: weight, row: 1, col: k };
 
     // One chunk: its share of the weight gradient written (`first`) or added to `weight_acc`, its
     // input gradient written to `input_part` (the chunk's images).
-    let compute = |weight_acc: &mut [f32], first_of_group: bool, (chunk, input_part): (usize, Option<&mut [f32]>)| {
+    let compute = |weight_acc: &mut [f32], first_of_group: bool, (chunk, input_part): Part| {
         let images = plan.images(chunk, g.batch);
         let columns = images.len() * plane;
         let first = images.start;
@@ -805,6 +836,9 @@ pub fn backward(
         }
         if let Some(input_part) = input_part {
             if g.is_pointwise() && images.len() == 1 {
+                // gemm does not read the destination when not accumulating, but its contract takes
+                // initialised memory.
+                let input_part = zeroed(input_part);
                 multiply(
                     k,
                     columns,
@@ -837,7 +871,11 @@ pub fn backward(
     };
 
     let parts: Vec<Part> = match input_grad.as_mut() {
-        Some(grad) => grad.chunks_mut(plan.images_per_chunk * in_image).map(Some).enumerate().collect(),
+        Some(grad) => grad.spare_capacity_mut()[..g.x_len()]
+            .chunks_mut(plan.images_per_chunk * in_image)
+            .map(Some)
+            .enumerate()
+            .collect(),
         None => (0..plan.chunks).map(|chunk| (chunk, None)).collect(),
     };
     let weight_len = if want_weight { g.weight_len() } else { 0 };
@@ -886,6 +924,12 @@ pub fn backward(
             )
         })
     };
+    if let Some(grad) = input_grad.as_mut() {
+        // SAFETY: the parts cover `0..x_len` and `compute` wrote every element of each (col2im
+        // writes whole images; the pointwise product its zeroed part); a panic in it propagated
+        // before this line.
+        unsafe { grad.set_len(g.x_len()) };
+    }
     (input_grad, want_weight.then_some(weight_grad))
 }
 
@@ -967,6 +1011,7 @@ mod tests {
             geometry(2, [3, 5], [8, 8], 3, 2, [0, 1], 1),
             geometry(2, [3, 4], [6, 11], 5, 1, [2, 0], 1), // "same" 5×5: two padding columns each side
             geometry(2, [3, 4], [7, 8], 3, 1, [0, 0], 1),  // stride 1 without padding: rows shrink
+            geometry(2, [3, 4], [6, 7], 4, 1, [1, 1], 1),  // "same" 4×4: the identity tap off-centre
             // Batches of tiny planes: several images share one product.
             geometry(9, [8, 16], [2, 2], 3, 1, [1, 0], 1),
             geometry(1, [8, 4], [3, 3], 3, 1, [1, 0], 1),
@@ -1000,7 +1045,7 @@ mod tests {
                 reference_forward(&g, x, w).iter().zip(&dy).map(|(y, &d)| y * d as f64).sum()
             };
             let mut unit = vec![0.0f32; g.x_len()];
-            for i in (0..g.x_len()).step_by(7) {
+            for i in 0..g.x_len() {
                 unit[i] = 1.0;
                 let expected = loss(&unit, &w);
                 unit[i] = 0.0;
