@@ -85,6 +85,33 @@ pub fn remove_version_files(data_dir: &std::path::Path, version_id: &str) -> std
     Ok(())
 }
 
+/// Removes what interrupted deletions left behind: the `.deleting-*` directories that
+/// [`remove_version_files`] renames a version's files to before removing them, when the process
+/// stopped in between. Another process removing the same leftover meanwhile is fine (each entry
+/// gone already counts as removed). Returns how many leftovers were removed.
+pub fn sweep_deletion_leftovers(data_dir: &std::path::Path) -> std::io::Result<usize> {
+    let mut removed = 0;
+    for parent in [data_dir.join("runs"), data_dir.join("models")] {
+        let entries = match std::fs::read_dir(&parent) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
+        for entry in entries {
+            let entry = entry?;
+            if !entry.file_name().to_string_lossy().starts_with(".deleting-") {
+                continue;
+            }
+            match std::fs::remove_dir_all(entry.path()) {
+                Ok(()) => removed += 1,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    Ok(removed)
+}
+
 /// A name unique among concurrent deleters of the same version (API and worker, on any host
 /// sharing the data directory).
 fn unique_suffix() -> String {
@@ -98,6 +125,13 @@ impl Worker {
     /// Runs jobs until `shutdown` turns true. A job in progress at shutdown keeps its checkpoint
     /// and is resumed by the next worker to claim it.
     pub async fn run(self, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+        let data_dir = self.data_dir.clone();
+        match tokio::task::spawn_blocking(move || sweep_deletion_leftovers(&data_dir)).await {
+            Ok(Ok(0)) => {}
+            Ok(Ok(n)) => tracing::info!(leftovers = n, "removed the files of deletions a stop interrupted"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "cannot remove the files of interrupted deletions"),
+            Err(e) => tracing::warn!(error = %e, "the sweep of interrupted deletions panicked"),
+        }
         loop {
             if *shutdown.borrow() {
                 return;
@@ -169,6 +203,41 @@ mod tests {
             .flat_map(|p| std::fs::read_dir(data_dir.join(p)).unwrap().flatten().map(|e| e.path()))
             .collect();
         assert!(left.is_empty(), "left behind: {left:?}");
+        std::fs::remove_dir_all(&data_dir).unwrap();
+    }
+
+    /// A process stopped between renaming a deleted version's files aside and removing them
+    /// leaves a `.deleting-*` directory; the next worker to start removes it, and nothing else.
+    #[tokio::test]
+    async fn a_starting_worker_removes_what_interrupted_deletions_left() {
+        let data_dir = std::env::temp_dir().join(format!("deeptune-sweep-{}", super::unique_suffix()));
+        let leftovers = [
+            data_dir.join("runs").join(".deleting-v1-77-1-0"),
+            data_dir.join("models").join(".deleting-v1-77-2-1"),
+            data_dir.join("models").join(".deleting-v2-78-3-0"),
+        ];
+        for dir in &leftovers {
+            std::fs::create_dir_all(dir.join("checkpoints")).unwrap();
+            std::fs::write(dir.join("checkpoints").join("step-3.safetensors"), b"tensor bytes").unwrap();
+        }
+        let kept = [data_dir.join("runs").join("v3"), data_dir.join("models").join("v3")];
+        for dir in &kept {
+            std::fs::create_dir_all(dir).unwrap();
+            std::fs::write(dir.join("model.safetensors"), b"weights").unwrap();
+        }
+        let store = deeptune_store::Store::open(&data_dir.join("meta.sqlite")).await.unwrap();
+        let blobs = Arc::new(deeptune_blob::LocalBlobStore::open(data_dir.join("blobs")).unwrap());
+        let worker = super::Worker::new(store, blobs, data_dir.clone());
+        let (_stop, stopped) = tokio::sync::watch::channel(true); // stops right after starting
+        worker.run(stopped).await;
+
+        for dir in &leftovers {
+            assert!(!dir.exists(), "{} was left behind", dir.display());
+        }
+        for dir in &kept {
+            assert!(dir.join("model.safetensors").exists(), "{} was removed", dir.display());
+        }
+        assert_eq!(super::sweep_deletion_leftovers(&data_dir).unwrap(), 0);
         std::fs::remove_dir_all(&data_dir).unwrap();
     }
 }
