@@ -480,11 +480,28 @@ fn copy_shifted(
     if lo < hi {
         block[lo..hi].copy_from_slice(&plane[(((rows.start * w + lo) as isize) + shift) as usize..][..hi - lo]);
     }
-    if cols.len() < w {
-        for row in block.chunks_exact_mut(w) {
-            row[..cols.start].fill(0.0);
-            row[cols.end..].fill(0.0);
-        }
+    zero_outside_columns(block, w, cols);
+}
+
+/// Zeroes the columns outside `cols` in every row (`w` wide) of `block`. Almost always one column
+/// on either side (a 3×3 filter with padding 1): written as single stores, because a `fill` per
+/// row became a `memset` call per row of every tap (≈2 % of a ResNet-18 training step at 112 px
+/// in calls of 0 or 1 element).
+#[inline(always)]
+fn zero_outside_columns(block: &mut [f32], w: usize, cols: std::ops::Range<usize>) {
+    let (left, right) = (cols.start, w - cols.end);
+    match (left, right) {
+        (0, 0) => {}
+        (1, 1) => block.chunks_exact_mut(w).for_each(|row| {
+            row[0] = 0.0;
+            row[w - 1] = 0.0;
+        }),
+        (0, 1) => block.chunks_exact_mut(w).for_each(|row| row[w - 1] = 0.0),
+        (1, 0) => block.chunks_exact_mut(w).for_each(|row| row[0] = 0.0),
+        _ => block.chunks_exact_mut(w).for_each(|row| {
+            row[..left].fill(0.0);
+            row[w - right..].fill(0.0);
+        }),
     }
 }
 
@@ -501,12 +518,7 @@ fn add_shifted(
 ) {
     let w = g.out_w;
     let block = &mut src[rows.start * w..rows.end * w];
-    if cols.len() < w {
-        for row in block.chunks_exact_mut(w) {
-            row[..cols.start].fill(0.0);
-            row[cols.end..].fill(0.0);
-        }
-    }
+    zero_outside_columns(block, w, cols);
     let (lo, hi) = shifted_run(g, rows.start * w, block.len(), shift);
     if lo == hi {
         return; // nothing of this tap lands inside the plane
