@@ -114,15 +114,18 @@ impl ConvGeometry {
             && self.out_w == self.in_w
     }
 
-    fn x_len(&self) -> usize {
+    /// Values in the input.
+    pub fn x_len(&self) -> usize {
         self.batch * self.in_channels * self.in_plane()
     }
 
-    fn y_len(&self) -> usize {
+    /// Values in the output.
+    pub fn y_len(&self) -> usize {
         self.batch * self.out_channels * self.out_plane()
     }
 
-    fn weight_len(&self) -> usize {
+    /// Values in the filters.
+    pub fn weight_len(&self) -> usize {
         self.out_channels * self.patch_len()
     }
 }
@@ -159,8 +162,16 @@ impl Plan {
     fn new(g: &ConvGeometry) -> Plan {
         let threads = rayon::current_num_threads().max(1);
         let batch = g.batch.max(1);
-        // Enough images to reach the target width, but never so many that a thread idles.
-        let images_per_chunk = TARGET_COLUMNS.div_ceil(g.out_plane().max(1)).clamp(1, batch.div_ceil(threads));
+        // Enough images to reach the target width, but never so many that a thread idles; and
+        // a divisor of each thread's share, so that the chunks split evenly between threads
+        // (14×14 planes in batches of 16 made chunks of 3, 3, 3, 3, 3, 1 images: one thread
+        // computed 9 images while the other waited after 7).
+        let share = batch.div_ceil(threads);
+        let wanted = TARGET_COLUMNS as f64 / g.out_plane().max(1) as f64;
+        let images_per_chunk = (1..=share)
+            .filter(|&d| share.is_multiple_of(d))
+            .min_by(|&a, &b| (a as f64 / wanted).ln().abs().total_cmp(&(b as f64 / wanted).ln().abs()))
+            .unwrap_or(1);
         let chunks = batch.div_ceil(images_per_chunk);
         Plan { images_per_chunk, chunks, chunks_in_parallel: chunks >= threads && threads > 1 }
     }
