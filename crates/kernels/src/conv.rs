@@ -991,6 +991,23 @@ fn split_ranges(n: usize, parts: usize, align: usize) -> Vec<std::ops::Range<usi
     (0..n).step_by(step).map(|start| start..(start + step).min(n)).collect()
 }
 
+/// `buf` cut into consecutive parts of `range.len() · unit` values, one per range, each with its
+/// range.
+fn cut_by_ranges<'a, T>(
+    mut buf: &'a mut [T],
+    ranges: &[std::ops::Range<usize>],
+    unit: usize,
+) -> Vec<(std::ops::Range<usize>, &'a mut [T])> {
+    ranges
+        .iter()
+        .map(|r| {
+            let (part, rest) = std::mem::take(&mut buf).split_at_mut(r.len() * unit);
+            buf = rest;
+            (r.clone(), part)
+        })
+        .collect()
+}
+
 /// A range of input channels and, for each image, the part of the input gradient they cover.
 type ChannelParts<'a> = (std::ops::Range<usize>, Vec<&'a mut [MaybeUninit<f32>]>);
 
@@ -1016,14 +1033,7 @@ fn backward_by_channels(
     let mut dy = Scratch::stale(g.out_channels * total);
     let mut col = Scratch::stale(if want_weight { k * total } else { 0 });
     {
-        let mut dy_rest: &mut [f32] = &mut dy;
-        let mut dy_parts = Vec::with_capacity(out_ranges.len());
-        for r in &out_ranges {
-            let (part, rest) = std::mem::take(&mut dy_rest).split_at_mut(r.len() * total);
-            dy_parts.push((r.clone(), part));
-            dy_rest = rest;
-        }
-        dy_parts.into_par_iter().for_each(|(r, part)| {
+        cut_by_ranges(&mut dy, &out_ranges, total).into_par_iter().for_each(|(r, part)| {
             for (o, row) in r.zip(part.chunks_exact_mut(total.max(1))) {
                 for (b, out) in row.chunks_exact_mut(plane.max(1)).enumerate() {
                     out.copy_from_slice(&out_grad[b * out_image + o * plane..][..plane]);
@@ -1031,14 +1041,7 @@ fn backward_by_channels(
             }
         });
         if want_weight {
-            let mut col_rest: &mut [f32] = &mut col;
-            let mut col_parts = Vec::with_capacity(in_ranges.len());
-            for r in &in_ranges {
-                let (part, rest) = std::mem::take(&mut col_rest).split_at_mut(r.len() * taps * total);
-                col_parts.push((r.clone(), part));
-                col_rest = rest;
-            }
-            col_parts.into_par_iter().for_each(|(r, part)| {
+            cut_by_ranges(&mut col, &in_ranges, taps * total).into_par_iter().for_each(|(r, part)| {
                 let sub = channels(&r);
                 for b in 0..g.batch {
                     let image = &x[b * in_image + r.start * in_plane..][..r.len() * in_plane];
@@ -1050,13 +1053,7 @@ fn backward_by_channels(
 
     let weight_grad = want_weight.then(|| {
         let mut grad: Vec<f32> = Vec::with_capacity(g.weight_len());
-        let mut rest = &mut grad.spare_capacity_mut()[..g.weight_len()];
-        let mut parts = Vec::with_capacity(out_ranges.len());
-        for r in &out_ranges {
-            let (part, tail) = std::mem::take(&mut rest).split_at_mut(r.len() * k);
-            parts.push((r.clone(), part));
-            rest = tail;
-        }
+        let parts = cut_by_ranges(&mut grad.spare_capacity_mut()[..g.weight_len()], &out_ranges, k);
         parts.into_par_iter().for_each(|(r, part)| {
             // gemm does not read the destination when not accumulating, but its contract takes
             // initialised memory.
@@ -1076,11 +1073,8 @@ fn backward_by_channels(
         // Thread t's part of every image: its input channels' planes.
         let mut parts: Vec<ChannelParts> = in_ranges.iter().map(|r| (r.clone(), Vec::with_capacity(g.batch))).collect();
         for image in grad.spare_capacity_mut()[..g.x_len()].chunks_exact_mut(in_image.max(1)) {
-            let mut rest = image;
-            for (r, images) in parts.iter_mut() {
-                let (part, tail) = std::mem::take(&mut rest).split_at_mut(r.len() * in_plane);
+            for ((_, images), (_, part)) in parts.iter_mut().zip(cut_by_ranges(image, &in_ranges, in_plane)) {
                 images.push(part);
-                rest = tail;
             }
         }
         let dy_all = View { data: &dy, row: total, col: 1 };
