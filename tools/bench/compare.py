@@ -83,8 +83,29 @@ def run_case(command, engine):
     return json.loads(lines[0])
 
 
+def machine():
+    """The CPU the figures belong to: its model and the widest vector instructions it has."""
+    model, flags = "unknown CPU", set()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name" and model == "unknown CPU":
+                    model = value.strip()
+                elif key.strip() == "flags" and not flags:
+                    flags = set(value.split())
+    except OSError:
+        pass
+    isa = [name for flag, name in [
+        ("avx2", "AVX2"), ("avx512f", "AVX-512"), ("avx512_bf16", "AVX-512-BF16"), ("amx_tile", "AMX"),
+    ] if flag in flags]
+    return f"{model}, {os.cpu_count()} CPUs, {'/'.join(isa) or 'no AVX2'}"
+
+
 def table(cases):
     rows = [
+        f"Machine: {machine()}",
+        "",
         "| model | mode | size | PyTorch img/s (median) | ours img/s (median) | ratio of medians "
         "| paired ratios, min–max |",
         "|---|---|---|---|---|---|---|",
