@@ -13,10 +13,10 @@ use std::io::Write;
 use std::time::Instant;
 
 use burn::nn::loss::CrossEntropyLossConfig;
-use burn::optim::momentum::MomentumConfig;
-use burn::optim::{AdamWConfig, GradientsParams, ModuleOptimizer, SgdConfig};
+use burn::optim::{GradientsParams, ModuleOptimizer};
 use burn::prelude::*;
 use deeptune_engine::models::{Architecture, Classifier, ImageClassifier};
+use deeptune_engine::train::optim::{FusedAdamW, FusedSgd};
 
 /// The deeptune binary's allocator, so the bench measures what users run.
 #[global_allocator]
@@ -185,14 +185,11 @@ fn batch(batch: usize, size: usize, device: &Device) -> (Tensor<4>, Tensor<1, In
 
 fn optimizer(opt: Opt) -> ModuleOptimizer {
     match opt {
-        // torch.optim.SGD(lr=0.01, momentum=0.9): burn's dampening defaults to 0.1, torch's to 0.
-        Opt::Sgd => SgdConfig::new()
-            .with_momentum(Some(MomentumConfig::new().with_momentum(0.9).with_dampening(0.0).with_nesterov(false)))
-            .init(),
-        // torch.optim.AdamW(lr=1e-3) defaults: eps 1e-8, weight decay 0.01 (burn's are 1e-5 and 1e-4).
-        Opt::AdamW => {
-            AdamWConfig::new().with_beta_1(0.9).with_beta_2(0.999).with_epsilon(1e-8).with_weight_decay(0.01).init()
-        }
+        // The optimizers training uses, with torch.optim.SGD(lr=0.01, momentum=0.9)'s settings
+        // (dampening 0, no weight decay)...
+        Opt::Sgd => FusedSgd { weight_decay: None, momentum: Some((0.9, 0.0, false)) }.init(),
+        // ...and torch.optim.AdamW(lr=1e-3)'s defaults: eps 1e-8, weight decay 0.01.
+        Opt::AdamW => FusedAdamW { beta_1: 0.9, beta_2: 0.999, epsilon: 1e-8, weight_decay: 0.01 }.init(),
     }
 }
 

@@ -5,9 +5,6 @@
 use std::path::PathBuf;
 
 use burn::nn::loss::CrossEntropyLossConfig;
-use burn::optim::decay::WeightDecayConfig;
-use burn::optim::momentum::MomentumConfig;
-use burn::optim::{AdamWConfig, SgdConfig};
 use burn::prelude::*;
 use deeptune_engine::models::ImageClassifier;
 use deeptune_engine::models::efficientnet::EfficientNetConfig;
@@ -17,6 +14,7 @@ use deeptune_engine::models::vit::VitConfig;
 use deeptune_engine::torch::{
     KeysAllowedToDiffer, gradients_from_state_dict, load_state_dict, named_gradients, to_state_dict,
 };
+use deeptune_engine::train::optim::{FusedAdamW, FusedSgd};
 use deeptune_weights::{HostTensor, StateDict, Values};
 
 fn fixture(path: &str) -> PathBuf {
@@ -197,8 +195,7 @@ fn check_parity<M: ImageClassifier + Clone>(name: &str, gradients: Gradients, bu
     fx.compare_all("after_sgd.", &to_state_dict(&stepped), 1e-5, false);
     let model = fresh();
     let grads = gradients_from_state_dict(&model, &torch_grads, &device);
-    let mut adamw =
-        AdamWConfig::new().with_beta_1(0.9).with_beta_2(0.999).with_epsilon(1e-8).with_weight_decay(0.01).init();
+    let mut adamw = FusedAdamW { beta_1: 0.9, beta_2: 0.999, epsilon: 1e-8, weight_decay: 0.01 }.init();
     let stepped = adamw.step(1e-3, model, grads);
     fx.compare_all("after_adamw.", &to_state_dict(&stepped), 1e-5, false);
 }
@@ -206,10 +203,7 @@ fn check_parity<M: ImageClassifier + Clone>(name: &str, gradients: Gradients, bu
 /// torch.optim.SGD(lr, momentum=0.9, weight_decay=1e-4): burn's momentum dampening defaults to
 /// 0.1, PyTorch's to 0.
 fn sgd() -> burn::optim::ModuleOptimizer {
-    SgdConfig::new()
-        .with_momentum(Some(MomentumConfig::new().with_momentum(0.9).with_dampening(0.0).with_nesterov(false)))
-        .with_weight_decay(Some(WeightDecayConfig::new(1e-4)))
-        .init()
+    FusedSgd { weight_decay: Some(1e-4), momentum: Some((0.9, 0.0, false)) }.init()
 }
 
 #[test]

@@ -15,6 +15,7 @@ use crate::batchnorm::{self, NormGeometry};
 use crate::conv::{self, ConvGeometry, Epilogue, EpilogueActivation};
 use crate::depthwise;
 use crate::maxpool::{self, PoolGeometry};
+use crate::optim::{self, AdamWStep, SgdStep};
 use crate::simd::par_filled;
 
 /// Operations with our own kernels on some backends. The default bodies are burn's own
@@ -157,6 +158,90 @@ pub trait DeepKernels: Backend {
     ) -> (FloatTensor<Self>, FloatTensor<Self>) {
         burn_backward::<Self>(x, weight, out_grad, options)
     }
+
+    /// One AdamW step (burn's `AdamW` without AMSGrad or cautious decay): the parameter and its
+    /// two moments after it. On the first step (`step.time` 1) the moments passed in are only
+    /// buffers of the parameter's shape; their values are not read.
+    fn adamw_step(
+        param: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        moment_1: FloatTensor<Self>,
+        moment_2: FloatTensor<Self>,
+        step: AdamWStep,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        let moments = (step.time > 1).then_some((moment_1, moment_2));
+        burn_adamw_step::<Self>(param, grad, moments, step)
+    }
+
+    /// One SGD step (burn's `Sgd`): the parameter and its momentum buffer after it. On the first
+    /// step (`first`), or without momentum, the buffer passed in is not read (and without
+    /// momentum it is returned as it came).
+    fn sgd_step(
+        param: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        velocity: FloatTensor<Self>,
+        step: SgdStep,
+        first: bool,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        let previous = (!first && step.momentum.is_some()).then(|| velocity.clone());
+        let (param, updated) = burn_sgd_step::<Self>(param, grad, previous, step);
+        (param, updated.unwrap_or(velocity))
+    }
+}
+
+/// burn's `AdamW::step`, operation by operation.
+fn burn_adamw_step<B: Backend>(
+    param: FloatTensor<B>,
+    grad: FloatTensor<B>,
+    moments: Option<(FloatTensor<B>, FloatTensor<B>)>,
+    step: AdamWStep,
+) -> (FloatTensor<B>, FloatTensor<B>, FloatTensor<B>) {
+    let (f1, f2) = (1.0 - step.beta_1, 1.0 - step.beta_2);
+    let square = B::float_mul(grad.clone(), grad.clone());
+    let (m1, m2) = match moments {
+        Some((m1, m2)) => (
+            B::float_add(B::float_mul_scalar(m1, step.beta_1.into()), B::float_mul_scalar(grad, f1.into())),
+            B::float_add(B::float_mul_scalar(m2, step.beta_2.into()), B::float_mul_scalar(square, f2.into())),
+        ),
+        None => (B::float_mul_scalar(grad, f1.into()), B::float_mul_scalar(square, f2.into())),
+    };
+    let time = step.time as i32;
+    let m1_corrected = B::float_div_scalar(m1.clone(), (1f32 - step.beta_1.powi(time)).into());
+    let m2_corrected = B::float_div_scalar(m2.clone(), (1f32 - step.beta_2.powi(time)).into());
+    let delta = B::float_div(m1_corrected, B::float_add_scalar(B::float_sqrt(m2_corrected), step.epsilon.into()));
+    let decay_rate = step.lr * step.weight_decay as f64;
+    let decayed = if decay_rate == 0.0 { param } else { B::float_mul_scalar(param, (1.0 - decay_rate).into()) };
+    (B::float_sub(decayed, B::float_mul_scalar(delta, step.lr.into())), m1, m2)
+}
+
+/// burn's `Sgd::step`, operation by operation.
+fn burn_sgd_step<B: Backend>(
+    param: FloatTensor<B>,
+    grad: FloatTensor<B>,
+    velocity: Option<FloatTensor<B>>,
+    step: SgdStep,
+) -> (FloatTensor<B>, Option<FloatTensor<B>>) {
+    let mut grad = match step.weight_decay {
+        Some(penalty) => B::float_add(B::float_mul_scalar(param.clone(), penalty.into()), grad),
+        None => grad,
+    };
+    let mut velocity_out = None;
+    if let Some((momentum, dampening, nesterov)) = step.momentum {
+        let velocity = match velocity {
+            Some(previous) => B::float_add(
+                B::float_mul_scalar(grad.clone(), (1.0 - dampening).into()),
+                B::float_mul_scalar(previous, momentum.into()),
+            ),
+            None => grad.clone(),
+        };
+        grad = if nesterov {
+            B::float_add(B::float_mul_scalar(velocity.clone(), momentum.into()), grad)
+        } else {
+            velocity.clone()
+        };
+        velocity_out = Some(velocity);
+    }
+    (B::float_sub(param, B::float_mul_scalar(grad, step.lr.into())), velocity_out)
 }
 
 fn burn_conv2d<B: Backend>(x: FloatTensor<B>, weight: FloatTensor<B>, options: ConvOptions<2>) -> FloatTensor<B> {
@@ -536,6 +621,62 @@ impl DeepKernels for Flex {
             FlexTensor::from_data(TensorData::new(weight_grad, weight_shape)),
         )
     }
+
+    fn adamw_step(
+        param: FlexTensor,
+        grad: FlexTensor,
+        moment_1: FlexTensor,
+        moment_2: FlexTensor,
+        step: AdamWStep,
+    ) -> (FlexTensor, FlexTensor, FlexTensor) {
+        if !same_f32_shape(&param, [&grad, &moment_1, &moment_2]) {
+            let moments = (step.time > 1).then_some((moment_1, moment_2));
+            return burn_adamw_step::<Flex>(param, grad, moments, step);
+        }
+        let (mut param, mut m1, mut m2) = (param, moment_1, moment_2);
+        let grad = grad.to_contiguous();
+        optim::adamw(owned_f32s(&mut param), f32s(&grad), owned_f32s(&mut m1), owned_f32s(&mut m2), &step);
+        (param, m1, m2)
+    }
+
+    fn sgd_step(
+        param: FlexTensor,
+        grad: FlexTensor,
+        velocity: FlexTensor,
+        step: SgdStep,
+        first: bool,
+    ) -> (FlexTensor, FlexTensor) {
+        let uses_velocity = step.momentum.is_some();
+        let checked: &[&FlexTensor] = if uses_velocity { &[&grad, &velocity] } else { &[&grad] };
+        if !same_f32_shape(&param, checked.iter().copied()) {
+            let previous = (!first && uses_velocity).then(|| velocity.clone());
+            let (param, updated) = burn_sgd_step::<Flex>(param, grad, previous, step);
+            return (param, updated.unwrap_or(velocity));
+        }
+        let (mut param, mut velocity) = (param, velocity);
+        let grad = grad.to_contiguous();
+        let buffer = if uses_velocity { Some(owned_f32s(&mut velocity)) } else { None };
+        optim::sgd(owned_f32s(&mut param), f32s(&grad), buffer, first, &step);
+        (param, velocity)
+    }
+}
+
+/// Whether `param` and `others` are all f32 tensors of one shape (what the fused optimizer
+/// steps take; anything else goes to burn's operations).
+fn same_f32_shape<'a>(param: &FlexTensor, others: impl IntoIterator<Item = &'a FlexTensor>) -> bool {
+    let shape = param.shape();
+    param.dtype() == DType::F32 && others.into_iter().all(|t| t.dtype() == DType::F32 && t.shape() == shape)
+}
+
+/// A tensor's f32 values to update in place: its own contiguous buffer, copied first if the
+/// buffer is shared with another tensor, strided or offset.
+fn owned_f32s(tensor: &mut FlexTensor) -> &mut [f32] {
+    if !matches!(tensor.layout().contiguous_offsets(), Some((0, _))) {
+        *tensor = tensor.to_contiguous();
+    }
+    let len = tensor.shape().num_elements();
+    // `storage_mut` copies a shared buffer (copy on write), so other holders never see the update.
+    &mut tensor.storage_mut::<f32>()[..len]
 }
 
 /// The geometry of a max pooling our kernel computes (f32, rank 4, padding below the kernel
@@ -1063,4 +1204,126 @@ pub fn depthwise_conv2d(x: Tensor<4>, weight: Tensor<4>, options: ConvOptions<2>
         weight.into_dispatch(),
         options,
     ))
+}
+
+/// One AdamW step of `param` on whatever device it is (see [`DeepKernels::adamw_step`]), from
+/// the previous moments (`None` on the first step); on flex one parallel pass updating the
+/// parameter and moments in place.
+pub fn adamw_step<const D: usize>(
+    param: Tensor<D>,
+    grad: Tensor<D>,
+    moments: Option<(Tensor<D>, Tensor<D>)>,
+    step: AdamWStep,
+) -> (Tensor<D>, Tensor<D>, Tensor<D>) {
+    // The first step writes the moments without reading them: uninitialised buffers do.
+    let (m1, m2) = moments.unwrap_or_else(|| {
+        let buffer = || Tensor::empty(param.shape(), &param.device());
+        (buffer(), buffer())
+    });
+    let (param, m1, m2) = <Dispatch as DeepKernels>::adamw_step(
+        param.into_dispatch(),
+        grad.into_dispatch(),
+        m1.into_dispatch(),
+        m2.into_dispatch(),
+        step,
+    );
+    (Tensor::from_dispatch(param), Tensor::from_dispatch(m1), Tensor::from_dispatch(m2))
+}
+
+/// One SGD step of `param` on whatever device it is (see [`DeepKernels::sgd_step`]), from the
+/// previous momentum buffer (`None` on the first step); the buffer after it (`None` without
+/// momentum).
+pub fn sgd_step<const D: usize>(
+    param: Tensor<D>,
+    grad: Tensor<D>,
+    velocity: Option<Tensor<D>>,
+    step: SgdStep,
+) -> (Tensor<D>, Option<Tensor<D>>) {
+    let first = velocity.is_none();
+    let buffer = match (step.momentum, velocity) {
+        (Some(_), Some(velocity)) => velocity,
+        // Written without being read.
+        (Some(_), None) => Tensor::empty(param.shape(), &param.device()),
+        // Not used: any tensor will do; the gradient costs nothing to share.
+        (None, _) => grad.clone(),
+    };
+    let (param, velocity) = <Dispatch as DeepKernels>::sgd_step(
+        param.into_dispatch(),
+        grad.into_dispatch(),
+        buffer.into_dispatch(),
+        step,
+        first,
+    );
+    (Tensor::from_dispatch(param), step.momentum.is_some().then(|| Tensor::from_dispatch(velocity)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn flex(values: &[f32]) -> FlexTensor {
+        FlexTensor::from_data(TensorData::new(values.to_vec(), Shape::new([values.len()])))
+    }
+
+    fn host(tensor: &FlexTensor) -> Vec<f32> {
+        f32s(&tensor.to_contiguous()).to_vec()
+    }
+
+    /// Odd length, values of both signs and a zero gradient.
+    fn values(n: usize, seed: u32) -> Vec<f32> {
+        (0..n as u32).map(|i| ((i * 7919 + seed * 104_729) % 2001) as f32 / 1000.0 - 1.0).collect()
+    }
+
+    // The fused steps on flex against the trait's defaults (burn's operations, what CUDA runs),
+    // step after step, so that both devices train alike.
+
+    #[test]
+    fn fused_adamw_is_the_default_step() {
+        let n = 70_001;
+        let (mut fused, mut reference) = ((flex(&values(n, 1)), None), (flex(&values(n, 1)), None));
+        for time in 1..=3 {
+            let step = AdamWStep {
+                lr: 0.01 / time as f64,
+                beta_1: 0.9,
+                beta_2: 0.999,
+                epsilon: 1e-8,
+                weight_decay: 0.05,
+                time,
+            };
+            let grad = values(n, time as u32 + 1);
+            let (m1, m2) = fused.1.take().unwrap_or_else(|| (flex(&vec![f32::NAN; n]), flex(&vec![f32::NAN; n])));
+            let (p, m1, m2) = <Flex as DeepKernels>::adamw_step(fused.0, flex(&grad), m1, m2, step);
+            fused = (p, Some((m1, m2)));
+            let (p, m1, m2) = burn_adamw_step::<Flex>(reference.0, flex(&grad), reference.1.take(), step);
+            reference = (p, Some((m1, m2)));
+            assert_eq!(host(&fused.0), host(&reference.0), "parameter after step {time}");
+            let (a, b) = (fused.1.as_ref().unwrap(), reference.1.as_ref().unwrap());
+            assert_eq!((host(&a.0), host(&a.1)), (host(&b.0), host(&b.1)), "moments after step {time}");
+        }
+    }
+
+    #[test]
+    fn fused_sgd_is_the_default_step() {
+        let n = 70_001;
+        for momentum in [None, Some((0.9, 0.0, false)), Some((0.9, 0.1, true))] {
+            for weight_decay in [None, Some(1e-3)] {
+                let step = SgdStep { lr: 0.1, weight_decay, momentum };
+                let (mut fused, mut reference) = ((flex(&values(n, 1)), None), (flex(&values(n, 1)), None));
+                for time in 1..=3u32 {
+                    let grad = values(n, time + 1);
+                    let first = fused.1.is_none();
+                    let buffer = fused.1.take().unwrap_or_else(|| flex(&vec![f32::NAN; n]));
+                    let (p, v) = <Flex as DeepKernels>::sgd_step(fused.0, flex(&grad), buffer, step, first);
+                    fused = (p, Some(v));
+                    let (p, v) = burn_sgd_step::<Flex>(reference.0, flex(&grad), reference.1.take(), step);
+                    reference = (p, v);
+                    let case = format!("momentum {momentum:?}, decay {weight_decay:?}, step {time}");
+                    assert_eq!(host(&fused.0), host(&reference.0), "{case}");
+                    if momentum.is_some() {
+                        assert_eq!(host(fused.1.as_ref().unwrap()), host(reference.1.as_ref().unwrap()), "{case}");
+                    }
+                }
+            }
+        }
+    }
 }

@@ -11,10 +11,12 @@ pub mod conv;
 pub mod depthwise;
 mod ext;
 pub mod maxpool;
+pub mod optim;
 mod simd;
 
 pub use conv::EpilogueActivation;
 pub use ext::{
-    DeepKernels, batch_norm_training, conv2d_scale_shift, dense_conv2d, depthwise_conv2d, is_depthwise, max_pool2d,
-    relu, relu6, silu,
+    DeepKernels, adamw_step, batch_norm_training, conv2d_scale_shift, dense_conv2d, depthwise_conv2d, is_depthwise,
+    max_pool2d, relu, relu6, sgd_step, silu,
 };
+pub use optim::{AdamWStep, SgdStep};

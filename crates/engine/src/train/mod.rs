@@ -7,6 +7,7 @@
 
 pub mod calibrate;
 pub mod checkpoint;
+pub mod optim;
 pub mod schedule;
 
 use std::path::PathBuf;
@@ -16,11 +17,7 @@ use std::time::Instant;
 
 use burn::module::{Module, ParamGroup};
 use burn::nn::loss::CrossEntropyLossConfig;
-use burn::optim::decay::WeightDecayConfig;
-use burn::optim::momentum::MomentumConfig;
-use burn::optim::{
-    AdamWConfig, GradientsAccumulator, GradientsParams, LambConfig, ModuleOptimizer, Optimizer, SgdConfig,
-};
+use burn::optim::{GradientsAccumulator, GradientsParams, LambConfig, ModuleOptimizer, Optimizer};
 use burn::prelude::*;
 use burn::store::ModuleRecord;
 use burn::tensor::Bytes;
@@ -33,6 +30,7 @@ use crate::models::{Architecture, Classifier, ImageClassifier};
 use crate::pretrained::{PretrainedError, load_backbone};
 use crate::torch::{TorchModel, freeze_where, param_ids_where};
 use checkpoint::{CheckpointDir, CheckpointError, Cursor};
+use optim::{FusedAdamW, FusedSgd};
 use schedule::LrSchedule;
 
 /// The optimizer and its own hyperparameters.
@@ -331,29 +329,16 @@ fn build_optimizer(config: &TrainConfig, model: &Classifier) -> ModuleOptimizer 
     let decay = config.weight_decay;
     match config.optimizer {
         OptimizerKind::Sgd { momentum, nesterov } => assemble(
-            |wd| {
-                SgdConfig::new()
-                    .with_momentum(Some(
-                        MomentumConfig::new().with_momentum(momentum).with_dampening(0.0).with_nesterov(nesterov),
-                    ))
-                    .with_weight_decay((wd > 0.0).then(|| WeightDecayConfig::new(wd as f32)))
-                    .build()
+            |wd| FusedSgd {
+                weight_decay: (wd > 0.0).then_some(wd as f32),
+                momentum: Some((momentum as f32, 0.0, nesterov)),
             },
             decay,
             groups,
         ),
-        OptimizerKind::AdamW { beta1, beta2, epsilon } => assemble(
-            |wd| {
-                AdamWConfig::new()
-                    .with_beta_1(beta1)
-                    .with_beta_2(beta2)
-                    .with_epsilon(epsilon)
-                    .with_weight_decay(wd as f32)
-                    .build()
-            },
-            decay,
-            groups,
-        ),
+        OptimizerKind::AdamW { beta1, beta2, epsilon } => {
+            assemble(|wd| FusedAdamW { beta_1: beta1, beta_2: beta2, epsilon, weight_decay: wd as f32 }, decay, groups)
+        }
         OptimizerKind::Lamb { beta1, beta2, epsilon } => assemble(
             |wd| {
                 LambConfig::new()
