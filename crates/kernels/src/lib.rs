@@ -4,7 +4,8 @@
 //! autodiff with a custom backward node. Models call the [`depthwise_conv2d`] wrapper; which
 //! implementation runs follows the tensors' device.
 //!
-//! [`depthwise`] holds the kernels themselves, on plain slices, testable without burn.
+//! [`depthwise`], [`conv`], [`batchnorm`], [`maxpool`] and [`optim`] (fused optimizer steps) hold
+//! the kernels themselves, on plain slices, testable without burn.
 
 pub mod batchnorm;
 pub mod conv;
