@@ -8,7 +8,8 @@
 //! i.e. a 9-column product per input channel. Those narrow products ran gemm's edge microkernel
 //! for about a third of a ResNet-18 training step. Here every product has the layer's channels on
 //! one side and at least [`TARGET_COLUMNS`] pixels (several images side by side where one image
-//! has fewer) on the other:
+//! has fewer) on the other — and one image whose plane is much wider (56×56 and up) is cut into
+//! bands of output rows of about that many pixels, so that its `col(x)` stays near the core:
 //!
 //! - forward: `y = W · col(x)`,
 //! - input gradient: `col2im(Wᵀ · dy)`,
@@ -30,6 +31,11 @@ use crate::simd::{assume_written, widest, zeroed};
 /// Pixels (columns of the products) a chunk of images aims for: below a few hundred, gemm's
 /// packing and edge kernels dominate; above, the im2col buffer stops fitting in L2.
 const TARGET_COLUMNS: usize = 512;
+
+/// An image whose output plane has more pixels than this is multiplied in bands of output rows
+/// of about [`TARGET_COLUMNS`] pixels each: a whole 56×56 plane's `col(x)` under a 3×3 filter
+/// over 64 channels is 7 MB, written out of cache and read back by gemm's packing.
+const BAND_ABOVE_COLUMNS: usize = 2 * TARGET_COLUMNS;
 
 /// The shape of one dense convolution: input `[batch, in_channels, in_h, in_w]`, filters
 /// `[out_channels, in_channels, kernel_h, kernel_w]`, output `[batch, out_channels, out_h, out_w]`.
@@ -98,6 +104,40 @@ impl ConvGeometry {
 
     pub(crate) fn input_index(&self, axis: usize, tap: usize, o: usize) -> usize {
         (o * self.stride[axis] + tap * self.dilation[axis]) - self.padding[axis]
+    }
+
+    /// The band of output rows `rows` of one image as a convolution of its own: the input rows
+    /// those outputs read (the first of which is returned with it), with the padding above moved
+    /// to where the band starts. Its `col(x)` is the band's columns of the whole image's.
+    fn output_rows(&self, rows: std::ops::Range<usize>) -> (ConvGeometry, usize) {
+        let (stride, reach, pad) = (self.stride[0], (self.kernel[0] - 1) * self.dilation[0], self.padding[0]);
+        // The input row (possibly in the padding, then negative) the band's first output reads
+        // with its first tap, and the one past the last output's last tap.
+        let top = (rows.start * stride) as isize - pad as isize;
+        let bottom = (rows.end.max(rows.start + 1) - 1) * stride + reach + 1;
+        let first = top.max(0) as usize;
+        let end = bottom.saturating_sub(pad).min(self.in_h).max(first);
+        let band = ConvGeometry {
+            batch: 1,
+            in_h: end - first,
+            out_h: rows.len(),
+            padding: [(first as isize - top) as usize, self.padding[1]],
+            ..*self
+        };
+        (band, first)
+    }
+
+    /// Whether one image is multiplied in bands of output rows ([`BAND_ABOVE_COLUMNS`]).
+    fn in_bands(&self, images: usize) -> bool {
+        images == 1 && !self.is_pointwise() && self.out_plane() > BAND_ABOVE_COLUMNS
+    }
+
+    /// The bands of output rows, about [`TARGET_COLUMNS`] pixels each.
+    fn bands(&self) -> impl Iterator<Item = std::ops::Range<usize>> {
+        let count = self.out_plane().div_ceil(TARGET_COLUMNS).clamp(1, self.out_h.max(1));
+        let rows = self.out_h.div_ceil(count).max(1);
+        let out_h = self.out_h;
+        (0..out_h).step_by(rows).map(move |start| start..(start + rows).min(out_h))
     }
 
     /// Rows of `col(x)`: one per (input channel, kernel tap).
@@ -411,28 +451,31 @@ impl PhaseLayout {
 /// others first cut each input plane into its [`PhaseLayout`] (padding materialised, stride-2
 /// columns deinterleaved), so that every output row of every tap is one contiguous copy — the
 /// stem's 7×7 stride-2 convolution used to gather every value with a stride.
-fn im2col(g: &ConvGeometry, image: &[f32], col: &mut [f32], row_stride: usize) {
+///
+/// Input channel `c`'s plane starts at `image[c · channel_stride]` (`in_plane` for a whole image;
+/// more for a band of rows cut out of one, see [`ConvGeometry::output_rows`]).
+fn im2col(g: &ConvGeometry, image: &[f32], channel_stride: usize, col: &mut [f32], row_stride: usize) {
     if g.flat_shift(0, 0).is_some() {
         widest(
             #[inline(always)]
-            || im2col_shifted(g, image, col, row_stride),
+            || im2col_shifted(g, image, channel_stride, col, row_stride),
         )
     } else {
         let layout = PhaseLayout::new(g);
         let mut phases = layout.zeros(g);
         widest(
             #[inline(always)]
-            || im2col_phases(g, &layout, &mut phases, image, col, row_stride),
+            || im2col_phases(g, &layout, &mut phases, image, channel_stride, col, row_stride),
         )
     }
 }
 
 #[inline(always)]
-fn im2col_shifted(g: &ConvGeometry, image: &[f32], col: &mut [f32], row_stride: usize) {
+fn im2col_shifted(g: &ConvGeometry, image: &[f32], channel_stride: usize, col: &mut [f32], row_stride: usize) {
     let [kh, kw] = g.kernel;
     let in_plane = g.in_plane();
     for channel in 0..g.in_channels {
-        let plane = &image[channel * in_plane..][..in_plane];
+        let plane = &image[channel * channel_stride..][..in_plane];
         for ky in 0..kh {
             let rows = valid_outputs(g.stride[0], ky * g.dilation[0], g.padding[0], g.out_h, g.in_h);
             for kx in 0..kw {
@@ -452,12 +495,13 @@ fn im2col_phases(
     layout: &PhaseLayout,
     phases: &mut [f32],
     image: &[f32],
+    channel_stride: usize,
     col: &mut [f32],
     row_stride: usize,
 ) {
     let (in_plane, out_w, taps) = (g.in_plane(), g.out_w, g.taps());
     for channel in 0..g.in_channels {
-        layout.fill(g, &image[channel * in_plane..][..in_plane], phases);
+        layout.fill(g, &image[channel * channel_stride..][..in_plane], phases);
         for (tap, &offset) in layout.offsets.iter().enumerate() {
             let dst = &mut col[(channel * taps + tap) * row_stride..][..g.out_plane()];
             for (oy, out) in dst.chunks_exact_mut(out_w).enumerate() {
@@ -564,7 +608,7 @@ fn col2im(g: &ConvGeometry, col: &mut [f32], row_stride: usize, image: &mut [May
 #[inline(always)]
 fn col2im_body(g: &ConvGeometry, col: &mut [f32], row_stride: usize, image: &mut [MaybeUninit<f32>]) {
     let [kh, kw] = g.kernel;
-    let (in_plane, out_w) = (g.in_plane(), g.out_w);
+    let in_plane = g.in_plane();
     let identity = g.identity_tap();
     for channel in 0..g.in_channels {
         let plane = &mut image[channel * in_plane..][..in_plane];
@@ -579,35 +623,64 @@ fn col2im_body(g: &ConvGeometry, col: &mut [f32], row_stride: usize, image: &mut
             }
             None => zeroed(plane),
         };
-        for ky in 0..kh {
-            let rows = valid_outputs(g.stride[0], ky * g.dilation[0], g.padding[0], g.out_h, g.in_h);
-            for kx in 0..kw {
-                if identity == Some((ky, kx)) {
-                    continue;
-                }
-                let cols = valid_outputs(g.stride[1], kx * g.dilation[1], g.padding[1], g.out_w, g.in_w);
-                if cols.is_empty() {
-                    continue;
-                }
-                let first_ix = cols.start * g.stride[1] + kx * g.dilation[1] - g.padding[1];
-                let row = (channel * kh + ky) * kw + kx;
-                let src = &mut col[row * row_stride..][..g.out_plane()];
-                if let Some(shift) = g.flat_shift(ky, kx) {
-                    add_shifted(g, src, plane, shift, rows.clone(), cols);
-                    continue;
-                }
-                for oy in rows.clone() {
-                    let iy = oy * g.stride[0] + ky * g.dilation[0] - g.padding[0];
-                    let dst = &mut plane[iy * g.in_w..][..g.in_w];
-                    let grads = &src[oy * out_w..][cols.clone()];
-                    if g.stride[1] == 1 {
-                        for (d, &v) in dst[first_ix..][..grads.len()].iter_mut().zip(grads) {
-                            *d += v;
-                        }
-                    } else {
-                        for (j, &v) in grads.iter().enumerate() {
-                            dst[first_ix + j * g.stride[1]] += v;
-                        }
+        add_taps(g, col, row_stride, channel, plane, identity);
+    }
+}
+
+/// [`col2im`] of a band of output rows ([`ConvGeometry::output_rows`]), added to the input
+/// gradient `image` (channel `c`'s rows from `image[c · channel_stride]`): neighbouring bands
+/// read some of the same input rows.
+fn col2im_add(g: &ConvGeometry, col: &mut [f32], row_stride: usize, image: &mut [f32], channel_stride: usize) {
+    widest(
+        #[inline(always)]
+        || {
+            for channel in 0..g.in_channels {
+                let plane = &mut image[channel * channel_stride..][..g.in_plane()];
+                add_taps(g, col, row_stride, channel, plane, None);
+            }
+        },
+    )
+}
+
+/// Adds the `col` gradient rows of `channel`'s taps (all but `skip`) to the pixels they read.
+#[inline(always)]
+fn add_taps(
+    g: &ConvGeometry,
+    col: &mut [f32],
+    row_stride: usize,
+    channel: usize,
+    plane: &mut [f32],
+    skip: Option<(usize, usize)>,
+) {
+    let ([kh, kw], out_w) = (g.kernel, g.out_w);
+    for ky in 0..kh {
+        let rows = valid_outputs(g.stride[0], ky * g.dilation[0], g.padding[0], g.out_h, g.in_h);
+        for kx in 0..kw {
+            if skip == Some((ky, kx)) {
+                continue;
+            }
+            let cols = valid_outputs(g.stride[1], kx * g.dilation[1], g.padding[1], g.out_w, g.in_w);
+            if cols.is_empty() {
+                continue;
+            }
+            let first_ix = cols.start * g.stride[1] + kx * g.dilation[1] - g.padding[1];
+            let row = (channel * kh + ky) * kw + kx;
+            let src = &mut col[row * row_stride..][..g.out_plane()];
+            if let Some(shift) = g.flat_shift(ky, kx) {
+                add_shifted(g, src, plane, shift, rows.clone(), cols);
+                continue;
+            }
+            for oy in rows.clone() {
+                let iy = oy * g.stride[0] + ky * g.dilation[0] - g.padding[0];
+                let dst = &mut plane[iy * g.in_w..][..g.in_w];
+                let grads = &src[oy * out_w..][cols.clone()];
+                if g.stride[1] == 1 {
+                    for (d, &v) in dst[first_ix..][..grads.len()].iter_mut().zip(grads) {
+                        *d += v;
+                    }
+                } else {
+                    for (j, &v) in grads.iter().enumerate() {
+                        dst[first_ix + j * g.stride[1]] += v;
                     }
                 }
             }
@@ -622,7 +695,7 @@ fn chunk_col(g: &ConvGeometry, x: &[f32], images: std::ops::Range<usize>) -> Scr
     // im2col writes every entry, padding included.
     let mut col = Scratch::stale(g.patch_len() * columns);
     for (j, b) in images.enumerate() {
-        im2col(g, &x[b * image_len..][..image_len], &mut col[j * plane..], columns);
+        im2col(g, &x[b * image_len..][..image_len], g.in_plane(), &mut col[j * plane..], columns);
     }
     col
 }
@@ -750,19 +823,34 @@ pub fn forward_with(g: &ConvGeometry, x: &[f32], weight: &[f32], epilogue: Optio
         let y_chunk: &mut [f32] = if images.len() == 1 {
             let b = images.start;
             let image_len = g.in_channels * g.in_plane();
-            let col_owned;
-            let col: &[f32] = if g.is_pointwise() {
-                &x[b * image_len..][..image_len]
+            if g.in_bands(1) {
+                let y_image = zeroed(y_chunk);
+                for rows in g.bands() {
+                    let (band, first_row) = g.output_rows(rows.clone());
+                    let columns = rows.len() * g.out_w;
+                    let mut col = Scratch::stale(k * columns);
+                    let image = &x[b * image_len + first_row * g.in_w..];
+                    im2col(&band, image, g.in_plane(), &mut col, columns);
+                    let rhs = View { data: &col, row: columns, col: 1 };
+                    let dst = &mut y_image[rows.start * g.out_w..];
+                    multiply(g.out_channels, columns, k, dst, plane, false, lhs, rhs, plan.product_parallelism());
+                }
+                y_image
             } else {
-                col_owned = chunk_col(g, x, images);
-                &col_owned
-            };
-            let rhs = View { data: col, row: columns, col: 1 };
-            // gemm does not read the destination when not accumulating, but its contract takes
-            // initialised memory.
-            let y_chunk = zeroed(y_chunk);
-            multiply(g.out_channels, columns, k, y_chunk, columns, false, lhs, rhs, plan.product_parallelism());
-            y_chunk
+                let col_owned;
+                let col: &[f32] = if g.is_pointwise() {
+                    &x[b * image_len..][..image_len]
+                } else {
+                    col_owned = chunk_col(g, x, images);
+                    &col_owned
+                };
+                let rhs = View { data: col, row: columns, col: 1 };
+                // gemm does not read the destination when not accumulating, but its contract takes
+                // initialised memory.
+                let y_chunk = zeroed(y_chunk);
+                multiply(g.out_channels, columns, k, y_chunk, columns, false, lhs, rhs, plan.product_parallelism());
+                y_chunk
+            }
         } else {
             let col = chunk_col(g, x, images.clone());
             let mut product = Scratch::stale(g.out_channels * columns);
@@ -846,6 +934,50 @@ fn backward_by_images(
         let images = plan.images(chunk, g.batch);
         let columns = images.len() * plane;
         let first = images.start;
+        if g.in_bands(images.len()) {
+            // One large image in bands of output rows, as the forward does: each band's `col(x)`
+            // and `col` gradient stay near the core instead of 7 MB written and read back.
+            let dy_image = &out_grad[first * out_image..][..out_image];
+            let mut input_image = input_part.map(zeroed);
+            for (i, rows) in g.bands().enumerate() {
+                let (band, first_row) = g.output_rows(rows.clone());
+                let columns = rows.len() * g.out_w;
+                let dy_band = View { data: &dy_image[rows.start * g.out_w..], row: plane, col: 1 };
+                if want_weight {
+                    let mut col = Scratch::stale(k * columns);
+                    im2col(&band, &x[first * in_image + first_row * g.in_w..], g.in_plane(), &mut col, columns);
+                    let col_t = View { data: &col, row: 1, col: columns };
+                    let accumulate = !first_of_group || i > 0;
+                    multiply(
+                        g.out_channels,
+                        k,
+                        columns,
+                        weight_acc,
+                        k,
+                        accumulate,
+                        dy_band,
+                        col_t,
+                        plan.product_parallelism(),
+                    );
+                }
+                if let Some(image) = input_image.as_deref_mut() {
+                    let mut col_grad = Scratch::stale(k * columns);
+                    multiply(
+                        k,
+                        columns,
+                        g.out_channels,
+                        &mut col_grad,
+                        columns,
+                        false,
+                        weight_t,
+                        dy_band,
+                        plan.product_parallelism(),
+                    );
+                    col2im_add(&band, &mut col_grad, columns, &mut image[first_row * g.in_w..], g.in_plane());
+                }
+            }
+            return;
+        }
         // dy of the chunk as one [out, images·plane] matrix.
         let gathered;
         let dy: &[f32] = if images.len() == 1 {
@@ -1045,7 +1177,7 @@ fn backward_by_channels(
                 let sub = channels(&r);
                 for b in 0..g.batch {
                     let image = &x[b * in_image + r.start * in_plane..][..r.len() * in_plane];
-                    im2col(&sub, image, &mut part[b * plane..], total);
+                    im2col(&sub, image, in_plane, &mut part[b * plane..], total);
                 }
             });
         }
@@ -1188,6 +1320,86 @@ mod tests {
     fn forward_is_the_definition() {
         for g in cases() {
             let (x, w) = (values(g.x_len(), 1), values(g.weight_len(), 2));
+            let ours = forward(&g, &x, &w);
+            let reference = reference_forward(&g, &x, &w);
+            for (i, (&a, &b)) in ours.iter().zip(&reference).enumerate() {
+                assert!((a as f64 - b).abs() < 1e-4, "{g:?}: output {i} is {a}, not {b}");
+            }
+        }
+    }
+
+    /// Planes wider than [`BAND_ABOVE_COLUMNS`] are multiplied in bands of output rows, each with
+    /// its own share of the padding (none, top, bottom) and of the strided or dilated input rows.
+    fn banded_cases() -> Vec<ConvGeometry> {
+        let cases = vec![
+            geometry(2, [3, 4], [40, 36], 3, 1, [1, 0], 1),
+            geometry(1, [3, 4], [70, 66], 7, 2, [3, 0], 1), // the stem's shape
+            geometry(3, [2, 3], [38, 30], 3, 1, [2, 0], 2), // dilated "same"
+            geometry(2, [2, 3], [66, 64], 3, 2, [0, 1], 1), // "same" with the odd row after
+            geometry(1, [2, 3], [40, 40], 5, 1, [0, 0], 1), // no padding: the bands overlap in x
+        ];
+        for g in &cases {
+            assert!(g.in_bands(1), "{g:?} is multiplied in bands");
+            assert!(g.bands().count() > 1, "{g:?} has several bands");
+        }
+        cases
+    }
+
+    /// The gradients by the chain rule over [`reference_forward`]'s sum: every product
+    /// `x · w` it adds contributes `dy · w` to the input's and `dy · x` to the weight's.
+    fn reference_backward(g: &ConvGeometry, x: &[f32], w: &[f32], dy: &[f32]) -> (Vec<f64>, Vec<f64>) {
+        let (mut dx, mut dw) = (vec![0.0f64; g.x_len()], vec![0.0f64; g.weight_len()]);
+        for b in 0..g.batch {
+            for o in 0..g.out_channels {
+                for oy in 0..g.out_h {
+                    for ox in 0..g.out_w {
+                        let d = dy[((b * g.out_channels + o) * g.out_h + oy) * g.out_w + ox] as f64;
+                        for c in 0..g.in_channels {
+                            for ky in 0..g.kernel[0] {
+                                for kx in 0..g.kernel[1] {
+                                    let iy = (oy * g.stride[0] + ky * g.dilation[0]) as isize - g.padding[0] as isize;
+                                    let ix = (ox * g.stride[1] + kx * g.dilation[1]) as isize - g.padding[1] as isize;
+                                    if iy < 0 || ix < 0 || iy >= g.in_h as isize || ix >= g.in_w as isize {
+                                        continue;
+                                    }
+                                    let xi = ((b * g.in_channels + c) * g.in_h + iy as usize) * g.in_w + ix as usize;
+                                    let wi = ((o * g.in_channels + c) * g.kernel[0] + ky) * g.kernel[1] + kx;
+                                    dx[xi] += d * w[wi] as f64;
+                                    dw[wi] += d * x[xi] as f64;
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        (dx, dw)
+    }
+
+    #[test]
+    fn backward_in_bands_is_the_definitions_adjoint() {
+        for g in banded_cases() {
+            let (x, w, dy) = (values(g.x_len(), 3), values(g.weight_len(), 4), values(g.y_len(), 5));
+            let (dx, dw) = backward(&g, &x, &w, &dy, true, true);
+            let (dx, dw) = (dx.unwrap(), dw.unwrap());
+            let (ref_dx, ref_dw) = reference_backward(&g, &x, &w, &dy);
+            for (i, (&a, &b)) in dx.iter().zip(&ref_dx).enumerate() {
+                assert!((a as f64 - b).abs() < 1e-3, "{g:?}: input gradient {i} is {a}, not {b}");
+            }
+            for (i, (&a, &b)) in dw.iter().zip(&ref_dw).enumerate() {
+                assert!((a as f64 - b).abs() < 1e-2, "{g:?}: weight gradient {i} is {a}, not {b}");
+            }
+            let (only_x, none_w) = backward(&g, &x, &w, &dy, true, false);
+            assert!(none_w.is_none() && only_x.unwrap() == dx, "{g:?}: input gradient alone");
+            let (none_x, only_w) = backward(&g, &x, &w, &dy, false, true);
+            assert!(none_x.is_none() && only_w.unwrap() == dw, "{g:?}: weight gradient alone");
+        }
+    }
+
+    #[test]
+    fn forward_in_bands_is_the_definition() {
+        for g in banded_cases() {
+            let (x, w) = (values(g.x_len(), 3), values(g.weight_len(), 4));
             let ours = forward(&g, &x, &w);
             let reference = reference_forward(&g, &x, &w);
             for (i, (&a, &b)) in ours.iter().zip(&reference).enumerate() {
