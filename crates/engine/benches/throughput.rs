@@ -16,7 +16,7 @@ use burn::nn::loss::CrossEntropyLossConfig;
 use burn::optim::{GradientsParams, ModuleOptimizer};
 use burn::prelude::*;
 use deeptune_engine::models::{Architecture, Classifier, ImageClassifier};
-use deeptune_engine::train::optim::{FusedAdamW, FusedSgd};
+use deeptune_engine::train::optim::{FusedAdamW, FusedLamb, FusedSgd};
 
 /// The deeptune binary's allocator, so the bench measures what users run.
 #[global_allocator]
@@ -35,7 +35,8 @@ usage: cargo bench -p deeptune-engine --bench throughput -- [options]
   --steps N          5 timed steps (the median is reported)
   --warmup N         2 untimed steps first
   --threads N        2 (size of the global rayon pool flex computes on; 0 = rayon's default)
-  --optimizer NAME   sgd (lr 0.01, momentum 0.9) | adamw (lr 1e-3, torch defaults)
+  --optimizer NAME   sgd (lr 0.01, momentum 0.9) | adamw (lr 1e-3, torch defaults) |
+                     lamb (lr 1e-3, the A1 template's settings; torch.optim has no LAMB)
   --compare FILE     the reference's JSON lines (torch_reference.py's stdout): after the run,
                      print a markdown table of both and their ratio to stderr";
 
@@ -49,6 +50,7 @@ enum Mode {
 enum Opt {
     Sgd,
     AdamW,
+    Lamb,
 }
 
 struct Args {
@@ -129,6 +131,7 @@ fn parse_args() -> Args {
                 args.optimizer = match value.as_str() {
                     "sgd" => Opt::Sgd,
                     "adamw" => Opt::AdamW,
+                    "lamb" => Opt::Lamb,
                     other => fail(&format!("unknown optimizer '{other}'")),
                 }
             }
@@ -190,13 +193,17 @@ fn optimizer(opt: Opt) -> ModuleOptimizer {
         Opt::Sgd => FusedSgd { weight_decay: None, momentum: Some((0.9, 0.0, false)) }.init(),
         // ...and torch.optim.AdamW(lr=1e-3)'s defaults: eps 1e-8, weight decay 0.01.
         Opt::AdamW => FusedAdamW { beta_1: 0.9, beta_2: 0.999, epsilon: 1e-8, weight_decay: 0.01 }.init(),
+        // What the "ResNet strikes back" A1 template trains with (crates/worker/src/run.rs).
+        Opt::Lamb => {
+            FusedLamb { beta_1: 0.9, beta_2: 0.999, epsilon: 1e-6, weight_decay: 0.01, use_trust_ratio: true }.init()
+        }
     }
 }
 
 fn learning_rate(opt: Opt) -> f64 {
     match opt {
         Opt::Sgd => 0.01,
-        Opt::AdamW => 1e-3,
+        Opt::AdamW | Opt::Lamb => 1e-3,
     }
 }
 

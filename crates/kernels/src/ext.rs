@@ -15,7 +15,7 @@ use crate::batchnorm::{self, NormGeometry};
 use crate::conv::{self, ConvGeometry, Epilogue, EpilogueActivation};
 use crate::depthwise;
 use crate::maxpool::{self, PoolGeometry};
-use crate::optim::{self, AdamWStep, SgdStep};
+use crate::optim::{self, AdamWStep, LambStep, SgdStep};
 use crate::simd::par_filled;
 
 /// Operations with our own kernels on some backends. The default bodies are burn's own
@@ -173,6 +173,19 @@ pub trait DeepKernels: Backend {
         burn_adamw_step::<Self>(param, grad, moments, step)
     }
 
+    /// One LAMB step (burn's `Lamb`): the parameter and its two moments after it. On the first
+    /// step (`step.time` 1) the moments passed in are only buffers of the parameter's shape.
+    fn lamb_step(
+        param: FloatTensor<Self>,
+        grad: FloatTensor<Self>,
+        moment_1: FloatTensor<Self>,
+        moment_2: FloatTensor<Self>,
+        step: LambStep,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        let moments = (step.time > 1).then_some((moment_1, moment_2));
+        burn_lamb_step::<Self>(param, grad, moments, step)
+    }
+
     /// One SGD step (burn's `Sgd`): the parameter and its momentum buffer after it. On the first
     /// step (`first`), or without momentum, the buffer passed in is not read (and without
     /// momentum it is returned as it came).
@@ -187,6 +200,46 @@ pub trait DeepKernels: Backend {
         let (param, updated) = burn_sgd_step::<Self>(param, grad, previous, step);
         (param, updated.unwrap_or(velocity))
     }
+}
+
+/// burn's `Lamb::step`, operation by operation.
+fn burn_lamb_step<B: Backend>(
+    param: FloatTensor<B>,
+    grad: FloatTensor<B>,
+    moments: Option<(FloatTensor<B>, FloatTensor<B>)>,
+    step: LambStep,
+) -> (FloatTensor<B>, FloatTensor<B>, FloatTensor<B>) {
+    let (f1, f2) = (1.0 - step.beta_1, 1.0 - step.beta_2);
+    let square = |t: FloatTensor<B>| B::float_powi_scalar(t, 2.into());
+    let (m1, m2) = match moments {
+        Some((m1, m2)) => (
+            B::float_add(B::float_mul_scalar(m1, step.beta_1.into()), B::float_mul_scalar(grad.clone(), f1.into())),
+            B::float_add(B::float_mul_scalar(m2, step.beta_2.into()), B::float_mul_scalar(square(grad), f2.into())),
+        ),
+        None => (B::float_mul_scalar(grad.clone(), f1.into()), B::float_mul_scalar(square(grad), f2.into())),
+    };
+    let time = step.time as i32;
+    let m1_corrected = B::float_div_scalar(m1.clone(), (1f32 - step.beta_1.powi(time)).into());
+    let m2_corrected = B::float_div_scalar(m2.clone(), (1f32 - step.beta_2.powi(time)).into());
+    let mut update = B::float_div(m1_corrected, B::float_add_scalar(B::float_sqrt(m2_corrected), step.epsilon.into()));
+    if step.weight_decay != 0.0 {
+        update = B::float_add(update, B::float_mul_scalar(param.clone(), step.weight_decay.into()));
+    }
+    if step.use_trust_ratio {
+        let norm = |t: FloatTensor<B>| B::float_sqrt(B::float_sum(square(t)));
+        let (param_norm, update_norm) = (norm(param.clone()), norm(update.clone()));
+        let bool_dtype = burn::backend::get_or_init_device_settings::<B>(&param.device()).bool_dtype;
+        let valid = B::bool_and(
+            B::float_greater_elem(param_norm.clone(), 0f32.into(), bool_dtype),
+            B::float_greater_elem(update_norm.clone(), 0f32.into(), bool_dtype),
+        );
+        let ratio = B::float_div(param_norm, B::float_clamp_min(update_norm, f32::MIN_POSITIVE.into()));
+        let ones = B::float_ones(ratio.shape(), &ratio.device(), ratio.dtype().into());
+        let trust = B::float_mask_where(ones, valid, ratio);
+        let trust = B::float_reshape(trust, Shape::new_raw(vec![1; param.shape().num_dims()].into()));
+        update = B::float_mul(update, trust);
+    }
+    (B::float_sub(param, B::float_mul_scalar(update, step.lr.into())), m1, m2)
 }
 
 /// burn's `AdamW::step`, operation by operation.
@@ -636,6 +689,23 @@ impl DeepKernels for Flex {
         let (mut param, mut m1, mut m2) = (param, moment_1, moment_2);
         let grad = grad.to_contiguous();
         optim::adamw(owned_f32s(&mut param), f32s(&grad), owned_f32s(&mut m1), owned_f32s(&mut m2), &step);
+        (param, m1, m2)
+    }
+
+    fn lamb_step(
+        param: FlexTensor,
+        grad: FlexTensor,
+        moment_1: FlexTensor,
+        moment_2: FlexTensor,
+        step: LambStep,
+    ) -> (FlexTensor, FlexTensor, FlexTensor) {
+        if !same_f32_shape(&param, [&grad, &moment_1, &moment_2]) {
+            let moments = (step.time > 1).then_some((moment_1, moment_2));
+            return burn_lamb_step::<Flex>(param, grad, moments, step);
+        }
+        let (mut param, mut m1, mut m2) = (param, moment_1, moment_2);
+        let grad = grad.to_contiguous();
+        optim::lamb(owned_f32s(&mut param), f32s(&grad), owned_f32s(&mut m1), owned_f32s(&mut m2), &step);
         (param, m1, m2)
     }
 
@@ -1230,6 +1300,30 @@ pub fn adamw_step<const D: usize>(
     (Tensor::from_dispatch(param), Tensor::from_dispatch(m1), Tensor::from_dispatch(m2))
 }
 
+/// One LAMB step of `param` on whatever device it is (see [`DeepKernels::lamb_step`]), from the
+/// previous moments (`None` on the first step); on flex two parallel passes updating the
+/// parameter and moments in place.
+pub fn lamb_step<const D: usize>(
+    param: Tensor<D>,
+    grad: Tensor<D>,
+    moments: Option<(Tensor<D>, Tensor<D>)>,
+    step: LambStep,
+) -> (Tensor<D>, Tensor<D>, Tensor<D>) {
+    // The first step writes the moments without reading them: uninitialised buffers do.
+    let (m1, m2) = moments.unwrap_or_else(|| {
+        let buffer = || Tensor::empty(param.shape(), &param.device());
+        (buffer(), buffer())
+    });
+    let (param, m1, m2) = <Dispatch as DeepKernels>::lamb_step(
+        param.into_dispatch(),
+        grad.into_dispatch(),
+        m1.into_dispatch(),
+        m2.into_dispatch(),
+        step,
+    );
+    (Tensor::from_dispatch(param), Tensor::from_dispatch(m1), Tensor::from_dispatch(m2))
+}
+
 /// One SGD step of `param` on whatever device it is (see [`DeepKernels::sgd_step`]), from the
 /// previous momentum buffer (`None` on the first step); the buffer after it (`None` without
 /// momentum).
@@ -1299,6 +1393,44 @@ mod tests {
             assert_eq!(host(&fused.0), host(&reference.0), "parameter after step {time}");
             let (a, b) = (fused.1.as_ref().unwrap(), reference.1.as_ref().unwrap());
             assert_eq!((host(&a.0), host(&a.1)), (host(&b.0), host(&b.1)), "moments after step {time}");
+        }
+    }
+
+    #[test]
+    fn fused_lamb_is_the_default_step() {
+        let n = 70_001;
+        let zeros = vec![0.0; n];
+        // (initial parameter, weight decay, trust ratio): a zero parameter has a zero norm, so
+        // its first step's trust ratio is 1.
+        let cases = [(values(n, 1), 0.05, true), (values(n, 1), 0.0, false), (zeros.clone(), 0.0, true)];
+        for (initial, weight_decay, use_trust_ratio) in cases {
+            let (mut fused, mut reference) = ((flex(&initial), None), (flex(&initial), None));
+            for time in 1..=3 {
+                let step = LambStep {
+                    lr: 0.01 / time as f64,
+                    beta_1: 0.9,
+                    beta_2: 0.999,
+                    epsilon: 1e-6,
+                    weight_decay,
+                    use_trust_ratio,
+                    time,
+                };
+                let grad = values(n, time as u32 + 1);
+                let (m1, m2) = fused.1.take().unwrap_or_else(|| (flex(&vec![f32::NAN; n]), flex(&vec![f32::NAN; n])));
+                let (p, m1, m2) = <Flex as DeepKernels>::lamb_step(fused.0, flex(&grad), m1, m2, step);
+                fused = (p, Some((m1, m2)));
+                let (p, m1, m2) = burn_lamb_step::<Flex>(reference.0, flex(&grad), reference.1.take(), step);
+                reference = (p, Some((m1, m2)));
+                let case = format!("decay {weight_decay}, trust ratio {use_trust_ratio}, step {time}");
+                let (a, b) = (fused.1.as_ref().unwrap(), reference.1.as_ref().unwrap());
+                assert_eq!((host(&a.0), host(&a.1)), (host(&b.0), host(&b.1)), "moments, {case}");
+                let (ours, theirs) = (host(&fused.0), host(&reference.0));
+                assert!(ours.iter().all(|v| v.is_finite()), "{case}");
+                let worst =
+                    ours.iter().zip(&theirs).map(|(a, b)| (a - b).abs() / b.abs().max(1.0)).fold(0f32, f32::max);
+                assert!(worst < 1e-6, "parameter, {case}: off by {worst}");
+                assert_ne!(ours, host(&flex(&initial)), "the parameter moved, {case}");
+            }
         }
     }
 

@@ -18,6 +18,6 @@ mod simd;
 pub use conv::EpilogueActivation;
 pub use ext::{
     DeepKernels, adamw_step, batch_norm_training, conv2d_scale_shift, dense_conv2d, depthwise_conv2d, is_depthwise,
-    max_pool2d, relu, relu6, sgd_step, silu,
+    lamb_step, max_pool2d, relu, relu6, sgd_step, silu,
 };
-pub use optim::{AdamWStep, SgdStep};
+pub use optim::{AdamWStep, LambStep, SgdStep};

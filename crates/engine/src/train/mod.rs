@@ -17,7 +17,7 @@ use std::time::Instant;
 
 use burn::module::{Module, ParamGroup};
 use burn::nn::loss::CrossEntropyLossConfig;
-use burn::optim::{GradientsAccumulator, GradientsParams, LambConfig, ModuleOptimizer, Optimizer};
+use burn::optim::{GradientsAccumulator, GradientsParams, ModuleOptimizer, Optimizer};
 use burn::prelude::*;
 use burn::store::ModuleRecord;
 use burn::tensor::Bytes;
@@ -30,7 +30,7 @@ use crate::models::{Architecture, Classifier, ImageClassifier};
 use crate::pretrained::{PretrainedError, load_backbone};
 use crate::torch::{TorchModel, freeze_where, param_ids_where};
 use checkpoint::{CheckpointDir, CheckpointError, Cursor};
-use optim::{FusedAdamW, FusedSgd};
+use optim::{FusedAdamW, FusedLamb, FusedSgd};
 use schedule::LrSchedule;
 
 /// The optimizer and its own hyperparameters.
@@ -340,14 +340,7 @@ fn build_optimizer(config: &TrainConfig, model: &Classifier) -> ModuleOptimizer 
             assemble(|wd| FusedAdamW { beta_1: beta1, beta_2: beta2, epsilon, weight_decay: wd as f32 }, decay, groups)
         }
         OptimizerKind::Lamb { beta1, beta2, epsilon } => assemble(
-            |wd| {
-                LambConfig::new()
-                    .with_beta_1(beta1)
-                    .with_beta_2(beta2)
-                    .with_epsilon(epsilon)
-                    .with_weight_decay(wd as f32)
-                    .build()
-            },
+            |wd| FusedLamb { beta_1: beta1, beta_2: beta2, epsilon, weight_decay: wd as f32, use_trust_ratio: true },
             decay,
             groups,
         ),

@@ -1,18 +1,18 @@
-//! SGD and AdamW as burn optimizers whose step is one kernel call per parameter.
+//! SGD, AdamW and LAMB as burn optimizers whose step is one kernel call per parameter.
 //!
 //! burn's `Sgd` and `AdamW` compose a step from tensor operations — five passes over each
 //! parameter for SGD with momentum, about fifteen for AdamW — which flex runs one after the other
 //! on the calling thread while the worker pool idles. These compute the same arithmetic in one
-//! parallel pass ([`deeptune_kernels::adamw_step`], [`deeptune_kernels::sgd_step`]; burn's own
-//! operations on other devices) and keep burn's state types, so the records in checkpoints are
+//! parallel pass ([`deeptune_kernels::adamw_step`], [`deeptune_kernels::sgd_step`]; LAMB in two,
+//! [`deeptune_kernels::lamb_step`]; burn's own operations on other devices) and keep burn's state types, so the records in checkpoints are
 //! the ones burn's optimizers write and read.
 
 use burn::optim::{
-    AdamWState, AdaptiveMomentumState, LearningRate, ModuleOptimizer, Optimizer, RecordState, StateSink, StateSource,
-    join_path,
+    AdamWState, AdaptiveMomentumState, LambState, LearningRate, ModuleOptimizer, Optimizer, RecordState, StateSink,
+    StateSource, join_path,
 };
 use burn::prelude::*;
-use deeptune_kernels::{AdamWStep, SgdStep, adamw_step, sgd_step};
+use deeptune_kernels::{AdamWStep, LambStep, SgdStep, adamw_step, lamb_step, sgd_step};
 
 /// AdamW (decoupled weight decay, bias-corrected moments; no AMSGrad).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -58,6 +58,57 @@ impl Optimizer for FusedAdamW {
 
     fn to_device<const D: usize>(mut state: Self::State<D>, device: &Device) -> Self::State<D> {
         state.momentum = state.momentum.to_device(device);
+        state
+    }
+}
+
+/// LAMB: AdamW's direction plus weight decay, scaled per parameter by `‖param‖ / ‖update‖`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct FusedLamb {
+    pub beta_1: f32,
+    pub beta_2: f32,
+    pub epsilon: f32,
+    pub weight_decay: f32,
+    pub use_trust_ratio: bool,
+}
+
+impl FusedLamb {
+    /// As a module optimizer of its own (one group, no clipping).
+    pub fn init(self) -> ModuleOptimizer {
+        ModuleOptimizer::from(self)
+    }
+}
+
+impl Optimizer for FusedLamb {
+    type State<const D: usize> = LambState<D>;
+
+    fn step<const D: usize>(
+        &self,
+        lr: LearningRate,
+        tensor: Tensor<D>,
+        grad: Tensor<D>,
+        state: Option<Self::State<D>>,
+    ) -> (Tensor<D>, Option<Self::State<D>>) {
+        let (time, moments) = match state {
+            Some(state) => (state.time + 1, Some((state.moment_1, state.moment_2))),
+            None => (1, None),
+        };
+        let step = LambStep {
+            lr,
+            beta_1: self.beta_1,
+            beta_2: self.beta_2,
+            epsilon: self.epsilon,
+            weight_decay: self.weight_decay,
+            use_trust_ratio: self.use_trust_ratio,
+            time,
+        };
+        let (tensor, moment_1, moment_2) = lamb_step(tensor, grad, moments, step);
+        (tensor, Some(LambState { time, moment_1, moment_2 }))
+    }
+
+    fn to_device<const D: usize>(mut state: Self::State<D>, device: &Device) -> Self::State<D> {
+        state.moment_1 = state.moment_1.to_device(device);
+        state.moment_2 = state.moment_2.to_device(device);
         state
     }
 }
@@ -123,7 +174,7 @@ impl Optimizer for FusedSgd {
 mod tests {
     use burn::optim::decay::WeightDecayConfig;
     use burn::optim::momentum::MomentumConfig;
-    use burn::optim::{AdamWConfig, SgdConfig};
+    use burn::optim::{AdamWConfig, LambConfig, SgdConfig};
 
     use super::*;
 
@@ -199,6 +250,32 @@ mod tests {
             let (theirs, theirs_state) = trajectory(&burns.build());
             assert_eq!(ours, theirs, "momentum {momentum}, Nesterov {nesterov}, decay {decay:?}");
             assert_eq!(ours_state, theirs_state, "momentum {momentum}, Nesterov {nesterov}, decay {decay:?}");
+        }
+    }
+
+    #[test]
+    fn lamb_steps_and_records_are_burns() {
+        for (weight_decay, use_trust_ratio) in [(0.01, true), (0.0, true), (0.01, false)] {
+            let fused = FusedLamb { beta_1: 0.9, beta_2: 0.999, epsilon: 1e-6, weight_decay, use_trust_ratio };
+            let burns = LambConfig::new()
+                .with_beta_1(0.9)
+                .with_beta_2(0.999)
+                .with_epsilon(1e-6)
+                .with_weight_decay(weight_decay)
+                .with_use_trust_ratio(use_trust_ratio);
+            let (ours, ours_state) = trajectory(&fused);
+            let (theirs, theirs_state) = trajectory(&burns.build());
+            let case = format!("weight decay {weight_decay}, trust ratio {use_trust_ratio}");
+            // The moments are burn's bit for bit; the parameter differs at most in the last bits
+            // of the trust ratio (its norms are sums in another order).
+            assert_eq!(ours_state, theirs_state, "{case}");
+            for (step, (a, b)) in ours.iter().zip(&theirs).enumerate() {
+                let worst = a.iter().zip(b).map(|(a, b)| (a - b).abs() / b.abs().max(1.0)).fold(0f32, f32::max);
+                assert!(worst < 1e-6, "{case}: step {step} differs from burn's by {worst}");
+                if !use_trust_ratio {
+                    assert_eq!(a, b, "{case}: step {step}");
+                }
+            }
         }
     }
 
