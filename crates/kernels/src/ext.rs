@@ -1285,19 +1285,7 @@ pub fn adamw_step<const D: usize>(
     moments: Option<(Tensor<D>, Tensor<D>)>,
     step: AdamWStep,
 ) -> (Tensor<D>, Tensor<D>, Tensor<D>) {
-    // The first step writes the moments without reading them: uninitialised buffers do.
-    let (m1, m2) = moments.unwrap_or_else(|| {
-        let buffer = || Tensor::empty(param.shape(), &param.device());
-        (buffer(), buffer())
-    });
-    let (param, m1, m2) = <Dispatch as DeepKernels>::adamw_step(
-        param.into_dispatch(),
-        grad.into_dispatch(),
-        m1.into_dispatch(),
-        m2.into_dispatch(),
-        step,
-    );
-    (Tensor::from_dispatch(param), Tensor::from_dispatch(m1), Tensor::from_dispatch(m2))
+    two_moment_step(param, grad, moments, |p, g, m1, m2| <Dispatch as DeepKernels>::adamw_step(p, g, m1, m2, step))
 }
 
 /// One LAMB step of `param` on whatever device it is (see [`DeepKernels::lamb_step`]), from the
@@ -1309,18 +1297,27 @@ pub fn lamb_step<const D: usize>(
     moments: Option<(Tensor<D>, Tensor<D>)>,
     step: LambStep,
 ) -> (Tensor<D>, Tensor<D>, Tensor<D>) {
-    // The first step writes the moments without reading them: uninitialised buffers do.
+    two_moment_step(param, grad, moments, |p, g, m1, m2| <Dispatch as DeepKernels>::lamb_step(p, g, m1, m2, step))
+}
+
+/// The parameter and both moments through `kernel` (an optimizer step keeping two moments), with
+/// uninitialised moment buffers on the first step: the kernels write them without reading them.
+fn two_moment_step<const D: usize>(
+    param: Tensor<D>,
+    grad: Tensor<D>,
+    moments: Option<(Tensor<D>, Tensor<D>)>,
+    kernel: impl FnOnce(
+        FloatTensor<Dispatch>,
+        FloatTensor<Dispatch>,
+        FloatTensor<Dispatch>,
+        FloatTensor<Dispatch>,
+    ) -> (FloatTensor<Dispatch>, FloatTensor<Dispatch>, FloatTensor<Dispatch>),
+) -> (Tensor<D>, Tensor<D>, Tensor<D>) {
     let (m1, m2) = moments.unwrap_or_else(|| {
         let buffer = || Tensor::empty(param.shape(), &param.device());
         (buffer(), buffer())
     });
-    let (param, m1, m2) = <Dispatch as DeepKernels>::lamb_step(
-        param.into_dispatch(),
-        grad.into_dispatch(),
-        m1.into_dispatch(),
-        m2.into_dispatch(),
-        step,
-    );
+    let (param, m1, m2) = kernel(param.into_dispatch(), grad.into_dispatch(), m1.into_dispatch(), m2.into_dispatch());
     (Tensor::from_dispatch(param), Tensor::from_dispatch(m1), Tensor::from_dispatch(m2))
 }
 
