@@ -133,9 +133,12 @@ impl ConvGeometry {
         images == 1 && !self.is_pointwise() && self.out_plane() > BAND_ABOVE_COLUMNS
     }
 
-    /// The bands of output rows, about [`TARGET_COLUMNS`] pixels each.
-    fn bands(&self) -> impl Iterator<Item = std::ops::Range<usize>> {
-        let count = self.out_plane().div_ceil(TARGET_COLUMNS).clamp(1, self.out_h.max(1));
+    /// The bands of output rows, about [`TARGET_COLUMNS`] pixels each; their number rounded up to
+    /// a multiple of `parts` where they are shared between that many threads (7 bands of a 56×56
+    /// plane on 2 threads would leave one idle for the seventh).
+    fn bands(&self, parts: usize) -> impl Iterator<Item = std::ops::Range<usize>> {
+        let count = self.out_plane().div_ceil(TARGET_COLUMNS).next_multiple_of(parts.max(1));
+        let count = count.clamp(1, self.out_h.max(1));
         let rows = self.out_h.div_ceil(count).max(1);
         let out_h = self.out_h;
         (0..out_h).step_by(rows).map(move |start| start..(start + rows).min(out_h))
@@ -310,25 +313,53 @@ fn multiply(
     if m == 0 || n == 0 {
         return;
     }
-    // The bounds gemm will touch, checked here so that the unsafe call below is sound.
     assert!((m - 1) * dst_row + n <= dst.len(), "product destination too small");
+    // SAFETY: the destination's bounds were just checked; `dst` is borrowed mutably, so nothing
+    // else reads or writes it meanwhile.
+    unsafe { multiply_raw(m, n, k, dst.as_mut_ptr(), dst_row, accumulate, lhs, rhs, parallelism) }
+}
+
+/// [`multiply`] into a destination given by pointer, for products whose rows interleave with
+/// other threads' (bands of one image: each band's columns of every output plane).
+///
+/// # Safety
+/// `dst + r·dst_row + c` for `r < m`, `c < n` must be valid, initialised `f32`s that nothing else
+/// reads or writes during the call.
+#[allow(clippy::too_many_arguments)]
+unsafe fn multiply_raw(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: *mut f32,
+    dst_row: usize,
+    accumulate: bool,
+    lhs: View,
+    rhs: View,
+    parallelism: Parallelism,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    // The operands' bounds gemm will read, checked here so that the call below is sound.
     if k > 0 {
         assert!((m - 1) * lhs.row + (k - 1) * lhs.col < lhs.data.len(), "left operand too small");
         assert!((k - 1) * rhs.row + (n - 1) * rhs.col < rhs.data.len(), "right operand too small");
     } else if !accumulate {
         for r in 0..m {
-            dst[r * dst_row..][..n].fill(0.0);
+            // SAFETY: row `r`'s `n` values are the caller's to write.
+            unsafe { std::slice::from_raw_parts_mut(dst.add(r * dst_row), n) }.fill(0.0);
         }
         return;
     }
-    // SAFETY: every index gemm reads or writes is within the slices (asserted above); `dst` is
-    // borrowed mutably, so it aliases neither operand.
+    // SAFETY: every index gemm reads is within the operands (asserted above); the destination is
+    // the caller's (this function's contract) and aliases neither operand, which are shared
+    // borrows.
     unsafe {
         gemm::gemm(
             m,
             n,
             k,
-            dst.as_mut_ptr(),
+            dst,
             1,
             dst_row as isize,
             accumulate,
@@ -821,38 +852,15 @@ pub fn forward_with(g: &ConvGeometry, x: &[f32], weight: &[f32], epilogue: Optio
     let compute = |(chunk, y_chunk): (usize, &mut [MaybeUninit<f32>])| {
         let images = plan.images(chunk, g.batch);
         let columns = images.len() * plane;
-        let y_chunk: &mut [f32] = if images.len() == 1 {
+        if images.len() == 1 {
             let b = images.start;
             let image_len = g.in_channels * g.in_plane();
-            if g.in_bands(1) {
-                let y_image = zeroed(y_chunk);
-                for rows in g.bands() {
-                    let (band, first_row) = g.output_rows(rows.clone());
-                    let columns = rows.len() * g.out_w;
-                    let mut col = Scratch::stale(k * columns);
-                    let image = &x[b * image_len + first_row * g.in_w..];
-                    im2col(&band, image, g.in_plane(), &mut col, columns);
-                    let rhs = View { data: &col, row: columns, col: 1 };
-                    let dst = &mut y_image[rows.start * g.out_w..];
-                    multiply(g.out_channels, columns, k, dst, plane, false, lhs, rhs, plan.product_parallelism());
-                }
-                y_image
-            } else {
-                let col_owned;
-                let col: &[f32] = if g.is_pointwise() {
-                    &x[b * image_len..][..image_len]
-                } else {
-                    col_owned = chunk_col(g, x, images);
-                    &col_owned
-                };
-                let rhs = View { data: col, row: columns, col: 1 };
-                // gemm does not read the destination when not accumulating, but its contract takes
-                // initialised memory.
-                let y_chunk = zeroed(y_chunk);
-                multiply(g.out_channels, columns, k, y_chunk, columns, false, lhs, rhs, plan.product_parallelism());
-                y_chunk
-            }
-        } else {
+            let image = &x[b * image_len..][..image_len];
+            let pool = if plan.chunks_in_parallel { 1 } else { rayon::current_num_threads() };
+            image_forward(g, image, weight, y_chunk, b * g.out_channels, epilogue, pool);
+            return;
+        }
+        let y_chunk: &mut [f32] = {
             let col = chunk_col(g, x, images.clone());
             let mut product = Scratch::stale(g.out_channels * columns);
             let rhs = View { data: &col, row: columns, col: 1 };
@@ -887,6 +895,140 @@ pub fn forward_with(g: &ConvGeometry, x: &[f32], weight: &[f32], epilogue: Optio
     // it propagates before this line (and `y` is dropped empty).
     unsafe { y.set_len(len) };
     y
+}
+
+/// One image's output (`y_image`, `[out_channels, out_plane]`, written in full) with `epilogue`
+/// applied; `first_plane` is the number of its first plane in the whole output (where the
+/// residual is read). With `pool` > 1 the image's work is shared among that many threads: bands of
+/// output rows side by side, or, for a plane too small for bands, `col(x)` cut by input channels
+/// and the product by output channels; with `pool` = 1 it all runs on the calling thread.
+///
+/// Why not hand gemm the pool (as before): it forks and joins its threads for every 256-deep block
+/// of each product, and im2col and the epilogue ran on one thread in between. ResNet-18 at batch 1
+/// on 2 threads (one image: no chunks to share out) had its workers asleep or spinning on the
+/// scheduler for a fifth of the run, and im2col alone on the main thread for a tenth.
+#[allow(clippy::too_many_arguments)]
+fn image_forward(
+    g: &ConvGeometry,
+    image: &[f32],
+    weight: &[f32],
+    y_image: &mut [MaybeUninit<f32>],
+    first_plane: usize,
+    epilogue: Option<&Epilogue>,
+    pool: usize,
+) {
+    let (k, plane, out_w) = (g.patch_len(), g.out_plane(), g.out_w);
+    if g.in_bands(1) {
+        let out = SharedOut::new(y_image);
+        let band = |rows: std::ops::Range<usize>| {
+            let (band, first_row) = g.output_rows(rows.clone());
+            let (start, columns) = (rows.start * out_w, rows.len() * out_w);
+            let mut col = Scratch::stale(k * columns);
+            im2col(&band, &image[first_row * g.in_w..], g.in_plane(), &mut col, columns);
+            // SAFETY (each `out` access below): this band's columns of each plane, which no other
+            // band reads or writes (the bands are disjoint ranges of rows).
+            // gemm does not read a destination it overwrites, but its contract takes initialised
+            // memory.
+            (0..g.out_channels).for_each(|c| {
+                zeroed(unsafe { out.part(c * plane + start, columns) });
+            });
+            let lhs = View { data: weight, row: k, col: 1 };
+            let rhs = View { data: &col, row: columns, col: 1 };
+            let dst = out.block(start, g.out_channels, plane, columns);
+            unsafe { multiply_raw(g.out_channels, columns, k, dst, plane, false, lhs, rhs, Parallelism::None) };
+            if let Some(epilogue) = epilogue {
+                widest(
+                    #[inline(always)]
+                    || {
+                        for c in 0..g.out_channels {
+                            let values = unsafe { assume_written(out.part(c * plane + start, columns)) };
+                            epilogue.apply_channel(values, c, (first_plane + c) * plane + start);
+                        }
+                    },
+                );
+            }
+        };
+        run_all(g.bands(pool).collect(), pool > 1, band);
+        return;
+    }
+    let col_owned;
+    let col: &[f32] = if g.is_pointwise() {
+        image
+    } else {
+        col_owned = image_col(g, image, pool);
+        &col_owned
+    };
+    let rhs = View { data: col, row: plane, col: 1 };
+    let ranges = split_ranges(g.out_channels, pool, 8);
+    let filters = |(channels, part): (std::ops::Range<usize>, &mut [MaybeUninit<f32>])| {
+        let part = zeroed(part);
+        let lhs = View { data: &weight[channels.start * k..], row: k, col: 1 };
+        multiply(channels.len(), plane, k, part, plane, false, lhs, rhs, Parallelism::None);
+        if let Some(epilogue) = epilogue {
+            widest(
+                #[inline(always)]
+                || epilogue.apply(part, plane, first_plane + channels.start, g.out_channels),
+            );
+        }
+    };
+    run_all(cut_by_ranges(y_image, &ranges, plane), pool > 1, filters);
+}
+
+/// One image's `col(x)` (`[patch_len, out_plane]`), its input channels shared among `pool` threads.
+fn image_col(g: &ConvGeometry, image: &[f32], pool: usize) -> Scratch {
+    let (rows_per_channel, columns) = (g.taps(), g.out_plane());
+    // im2col writes every entry, padding included.
+    let mut col = Scratch::stale(g.patch_len() * columns);
+    let ranges = split_ranges(g.in_channels, pool, 1);
+    let channels = |(channels, part): (std::ops::Range<usize>, &mut [f32])| {
+        let some = ConvGeometry { in_channels: channels.len(), ..*g };
+        im2col(&some, &image[channels.start * g.in_plane()..], g.in_plane(), part, columns);
+    };
+    run_all(cut_by_ranges(&mut col, &ranges, rows_per_channel * columns), pool > 1, channels);
+    col
+}
+
+/// `f` on every item: on the rayon pool when `parallel`, else in turn on this thread.
+fn run_all<T: Send>(items: Vec<T>, parallel: bool, f: impl Fn(T) + Sync + Send) {
+    if parallel { items.into_par_iter().for_each(f) } else { items.into_iter().for_each(f) }
+}
+
+/// One image's output shared by the threads computing its bands of rows: each writes only its
+/// band's columns of every plane, ranges that interleave in memory and so cannot be handed out as
+/// disjoint `&mut` slices up front.
+struct SharedOut<'a> {
+    ptr: *mut MaybeUninit<f32>,
+    len: usize,
+    _borrow: std::marker::PhantomData<&'a mut [MaybeUninit<f32>]>,
+}
+
+// SAFETY: a `SharedOut` is the exclusive borrow of its buffer; the threads sharing it touch it only
+// through `part` and `block`, whose callers promise disjoint ranges.
+unsafe impl Sync for SharedOut<'_> {}
+
+impl<'a> SharedOut<'a> {
+    fn new(out: &'a mut [MaybeUninit<f32>]) -> SharedOut<'a> {
+        SharedOut { ptr: out.as_mut_ptr(), len: out.len(), _borrow: std::marker::PhantomData }
+    }
+
+    /// Values `start..start + len`.
+    ///
+    /// # Safety
+    /// No other thread reads or writes them while the slice lives.
+    #[allow(clippy::mut_from_ref)]
+    unsafe fn part(&self, start: usize, len: usize) -> &mut [MaybeUninit<f32>] {
+        assert!(start + len <= self.len, "part out of bounds");
+        // SAFETY: within the buffer (asserted); exclusive by the caller's promise.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.add(start), len) }
+    }
+
+    /// The start of `rows` rows of `n` values, `stride` apart, from `start` on: a product's
+    /// destination for [`multiply_raw`], whose caller promises the same exclusivity as `part`'s.
+    fn block(&self, start: usize, rows: usize, stride: usize, n: usize) -> *mut f32 {
+        assert!(rows == 0 || start + (rows - 1) * stride + n <= self.len, "block out of bounds");
+        // `wrapping_add`: only an address; `start ≤ len` by the assertion unless `rows` is 0.
+        self.ptr.wrapping_add(start).cast::<f32>()
+    }
 }
 
 /// A chunk of the backward: its index, and its images' part of the input gradient (if wanted).
@@ -940,7 +1082,7 @@ fn backward_by_images(
             // and `col` gradient stay near the core instead of 7 MB written and read back.
             let dy_image = &out_grad[first * out_image..][..out_image];
             let mut input_image = input_part.map(zeroed);
-            for (i, rows) in g.bands().enumerate() {
+            for (i, rows) in g.bands(1).enumerate() {
                 let (band, first_row) = g.output_rows(rows.clone());
                 let columns = rows.len() * g.out_w;
                 let dy_band = View { data: &dy_image[rows.start * g.out_w..], row: plane, col: 1 };
@@ -1341,7 +1483,7 @@ mod tests {
         ];
         for g in &cases {
             assert!(g.in_bands(1), "{g:?} is multiplied in bands");
-            assert!(g.bands().count() > 1, "{g:?} has several bands");
+            assert!(g.bands(1).count() > 1, "{g:?} has several bands");
         }
         cases
     }
@@ -1405,6 +1547,39 @@ mod tests {
             let reference = reference_forward(&g, &x, &w);
             for (i, (&a, &b)) in ours.iter().zip(&reference).enumerate() {
                 assert!((a as f64 - b).abs() < 1e-4, "{g:?}: output {i} is {a}, not {b}");
+            }
+        }
+    }
+
+    /// Fewer images than threads (batch 1 when serving): each image's bands, or its `col(x)` and
+    /// filters, are shared among the threads, the epilogue applied per band or block. Pools of 1
+    /// to 3 threads (3: bands rounded up to a multiple of 3, filters not a multiple of 8 apart),
+    /// with a residual so that a band or block applying another's offset shows.
+    #[test]
+    fn one_image_shared_among_threads_is_the_definition() {
+        let mut shapes: Vec<ConvGeometry> =
+            banded_cases().into_iter().chain(cases()).map(|g| ConvGeometry { batch: 1, ..g }).collect();
+        shapes.push(geometry(2, [5, 19], [9, 7], 3, 1, [1, 0], 1)); // 2 images on 3 threads
+        shapes.push(geometry(1, [6, 13], [30, 30], 1, 1, [0, 0], 1)); // pointwise, by filters
+        for threads in 1..=3 {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            for g in &shapes {
+                let (x, w) = (values(g.x_len(), 6), values(g.weight_len(), 7));
+                let (scale, shift) = (values(g.out_channels, 8), values(g.out_channels, 9));
+                let residual = values(g.y_len(), 10);
+                let epilogue = Epilogue {
+                    scale: &scale,
+                    shift: &shift,
+                    activation: EpilogueActivation::Relu { cap: 0.5 },
+                    residual: Some(&residual),
+                };
+                let ours = pool.install(|| forward_with(g, &x, &w, Some(&epilogue)));
+                let plane = g.out_plane();
+                for (i, (&a, &y)) in ours.iter().zip(&reference_forward(g, &x, &w)).enumerate() {
+                    let c = i / plane % g.out_channels;
+                    let b = (y * scale[c] as f64 + shift[c] as f64 + residual[i] as f64).clamp(0.0, 0.5);
+                    assert!((a as f64 - b).abs() < 1e-4, "{threads} threads, {g:?}: output {i} is {a}, not {b}");
+                }
             }
         }
     }
