@@ -1048,7 +1048,12 @@ pub fn backward(
     assert_eq!(weight.len(), g.weight_len(), "convolution weight size");
     assert_eq!(out_grad.len(), g.y_len(), "convolution output-gradient size");
     let threads = rayon::current_num_threads().max(1);
-    if filters_outnumber_pixels(g, threads) {
+    // Fewer images than threads (training at batch 1, an epoch's last short batch): the images
+    // give the threads nothing to share out, and cut by channels each thread still has its own
+    // filters and input channels (ResNet-18 at batch 1 trained 9 % faster at 224 px, 30 % at 112,
+    // than with each image's bands in turn and gemm forking the pool for every product).
+    let fewer_images_than_threads = threads > 1 && g.batch < threads;
+    if fewer_images_than_threads || filters_outnumber_pixels(g, threads) {
         backward_by_channels(g, x, weight, out_grad, want_input, want_weight, threads)
     } else {
         backward_by_images(g, x, weight, out_grad, want_input, want_weight)
@@ -1579,6 +1584,35 @@ mod tests {
                     let c = i / plane % g.out_channels;
                     let b = (y * scale[c] as f64 + shift[c] as f64 + residual[i] as f64).clamp(0.0, 0.5);
                     assert!((a as f64 - b).abs() < 1e-4, "{threads} threads, {g:?}: output {i} is {a}, not {b}");
+                }
+            }
+        }
+    }
+
+    /// The backward of fewer images than threads goes by channels: both gradients against the
+    /// definition's adjoint at batch 1 (and 2 images on 3 threads) in pools of 1 to 3 threads.
+    #[test]
+    fn backward_of_one_image_shared_among_threads_is_the_definitions_adjoint() {
+        let mut shapes: Vec<ConvGeometry> =
+            banded_cases().into_iter().chain(cases()).map(|g| ConvGeometry { batch: 1, ..g }).collect();
+        shapes.push(geometry(2, [5, 19], [9, 7], 3, 1, [1, 0], 1));
+        for threads in 1..=3 {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            for g in &shapes {
+                let (x, w, dy) = (values(g.x_len(), 11), values(g.weight_len(), 12), values(g.y_len(), 13));
+                let (dx, dw) = pool.install(|| backward(g, &x, &w, &dy, true, true));
+                let (ref_dx, ref_dw) = reference_backward(g, &x, &w, &dy);
+                for (i, (&a, &b)) in dx.unwrap().iter().zip(&ref_dx).enumerate() {
+                    assert!(
+                        (a as f64 - b).abs() < 1e-3,
+                        "{threads} threads, {g:?}: input gradient {i} is {a}, not {b}"
+                    );
+                }
+                for (i, (&a, &b)) in dw.unwrap().iter().zip(&ref_dw).enumerate() {
+                    assert!(
+                        (a as f64 - b).abs() < 1e-2,
+                        "{threads} threads, {g:?}: weight gradient {i} is {a}, not {b}"
+                    );
                 }
             }
         }
