@@ -98,7 +98,9 @@ fn without_autodiff_it_is_burns_convolution() {
     let w = Tensor::<4>::random([3, 1, 3, 3], Distribution::Normal(0.0, 1.0), &device);
     let options = ConvOptions::new([1, 1], [1, 1], [1, 1], 3);
     let ours = deeptune_kernels::depthwise_conv2d(x.clone(), w.clone(), options.clone());
-    assert!(max_difference(ours, conv2d(x, w, None, options)) < 1e-6);
+    // Sums of 9 products of normal values (up to ~10 in magnitude, an f32 step of ~1e-6 there),
+    // added in another order than burn's: a few steps apart at most. (1e-6 failed on rare draws.)
+    assert!(max_difference(ours, conv2d(x, w, None, options)) < 1e-5);
 }
 
 #[test]
