@@ -159,6 +159,11 @@ impl ConvGeometry {
         (0..channels).step_by(per_block).map(move |c| c..(c + per_block).min(channels))
     }
 
+    /// Rows of `col(x)` in the largest of [`Self::channel_blocks`] (the first).
+    fn block_rows(&self) -> usize {
+        self.channel_blocks().next().map_or(0, |channels| channels.len() * self.taps())
+    }
+
     /// This convolution over `channels` of its input channels: its `col(x)` is their rows of the
     /// whole `col(x)`, its filters their columns of the whole filters.
     fn over_channels(&self, channels: &std::ops::Range<usize>) -> ConvGeometry {
@@ -964,8 +969,6 @@ fn image_forward(
         let band = |rows: std::ops::Range<usize>| {
             let (band, first_row) = g.output_rows(rows.clone());
             let (start, columns) = (rows.start * out_w, rows.len() * out_w);
-            let mut col = Scratch::stale(k * columns);
-            im2col(&band, &image[first_row * g.in_w..], g.in_plane(), &mut col, columns);
             // SAFETY (each `out` access below): this band's columns of each plane, which no other
             // band reads or writes (the bands are disjoint ranges of rows).
             // gemm does not read a destination it overwrites, but its contract takes initialised
@@ -973,10 +976,20 @@ fn image_forward(
             (0..g.out_channels).for_each(|c| {
                 zeroed(unsafe { out.part(c * plane + start, columns) });
             });
-            let lhs = View { data: weight, row: k, col: 1 };
-            let rhs = View { data: &col, row: columns, col: 1 };
             let dst = out.block(start, g.out_channels, plane, columns);
-            unsafe { multiply_raw(g.out_channels, columns, k, dst, plane, false, lhs, rhs, Parallelism::None) };
+            // `col(x)` a block of input channels at a time, each block's product accumulated.
+            let mut col = Scratch::stale(g.block_rows() * columns);
+            for (i, channels) in g.channel_blocks().enumerate() {
+                let block = band.over_channels(&channels);
+                let (rows, first_channel) = (block.patch_len(), channels.start * g.in_plane());
+                im2col(&block, &image[first_channel + first_row * g.in_w..], g.in_plane(), &mut col, columns);
+                let lhs = View { data: &weight[channels.start * g.taps()..], row: k, col: 1 };
+                let rhs = View { data: &col[..rows * columns], row: columns, col: 1 };
+                let accumulate = i > 0;
+                unsafe {
+                    multiply_raw(g.out_channels, columns, rows, dst, plane, accumulate, lhs, rhs, Parallelism::None)
+                };
+            }
             if let Some(epilogue) = epilogue {
                 widest(
                     #[inline(always)]
@@ -1132,37 +1145,44 @@ fn backward_by_images(
                 let (band, first_row) = g.output_rows(rows.clone());
                 let columns = rows.len() * g.out_w;
                 let dy_band = View { data: &dy_image[rows.start * g.out_w..], row: plane, col: 1 };
-                if want_weight {
-                    let mut col = Scratch::stale(k * columns);
-                    im2col(&band, &x[first * in_image + first_row * g.in_w..], g.in_plane(), &mut col, columns);
-                    let col_t = View { data: &col, row: 1, col: columns };
-                    let accumulate = !first_of_group || i > 0;
-                    multiply(
-                        g.out_channels,
-                        k,
-                        columns,
-                        weight_acc,
-                        k,
-                        accumulate,
-                        dy_band,
-                        col_t,
-                        plan.product_parallelism(),
-                    );
-                }
-                if let Some(image) = input_image.as_deref_mut() {
-                    let mut col_grad = Scratch::stale(k * columns);
-                    multiply(
-                        k,
-                        columns,
-                        g.out_channels,
-                        &mut col_grad,
-                        columns,
-                        false,
-                        weight_t,
-                        dy_band,
-                        plan.product_parallelism(),
-                    );
-                    col2im_add(&band, &mut col_grad, columns, &mut image[first_row * g.in_w..], g.in_plane());
+                // A block of input channels at a time, as below.
+                let mut col = Scratch::stale(g.block_rows() * columns);
+                for channels in g.channel_blocks() {
+                    let block = band.over_channels(&channels);
+                    let (rows, first_row_of_col) = (block.patch_len(), channels.start * g.taps());
+                    let first_value = channels.start * g.in_plane() + first_row * g.in_w;
+                    if want_weight {
+                        im2col(&block, &x[first * in_image + first_value..], g.in_plane(), &mut col, columns);
+                        let col_t = View { data: &col[..rows * columns], row: 1, col: columns };
+                        let accumulate = !first_of_group || i > 0;
+                        multiply(
+                            g.out_channels,
+                            rows,
+                            columns,
+                            &mut weight_acc[first_row_of_col..],
+                            k,
+                            accumulate,
+                            dy_band,
+                            col_t,
+                            plan.product_parallelism(),
+                        );
+                    }
+                    if let Some(image) = input_image.as_deref_mut() {
+                        let col_grad = &mut col[..rows * columns];
+                        let weight_t = View { data: &weight[first_row_of_col..], ..weight_t };
+                        multiply(
+                            rows,
+                            columns,
+                            g.out_channels,
+                            col_grad,
+                            columns,
+                            false,
+                            weight_t,
+                            dy_band,
+                            plan.product_parallelism(),
+                        );
+                        col2im_add(&block, col_grad, columns, &mut image[first_value..], g.in_plane());
+                    }
                 }
             }
             return;
@@ -1567,6 +1587,7 @@ mod tests {
             geometry(3, [2, 3], [38, 30], 3, 1, [2, 0], 2), // dilated "same"
             geometry(2, [2, 3], [66, 64], 3, 2, [0, 1], 1), // "same" with the odd row after
             geometry(1, [2, 3], [40, 40], 5, 1, [0, 0], 1), // no padding: the bands overlap in x
+            geometry(2, [70, 3], [28, 27], 3, 1, [1, 0], 1), // two blocks of input channels
         ];
         for g in &cases {
             assert!(g.in_bands(1), "{g:?} is multiplied in bands");
