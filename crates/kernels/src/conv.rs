@@ -317,15 +317,15 @@ fn written_zeros(len: usize) -> Vec<f32> {
 
 /// A row-major or transposed view of a matrix in a slice: element `(r, c)` at `r·row + c·col`.
 #[derive(Clone, Copy)]
-struct View<'a> {
-    data: &'a [f32],
-    row: usize,
-    col: usize,
+pub(crate) struct View<'a> {
+    pub(crate) data: &'a [f32],
+    pub(crate) row: usize,
+    pub(crate) col: usize,
 }
 
 /// `dst (m×n, row stride dst_row) = [dst +] lhs (m×k) · rhs (k×n)`.
 #[allow(clippy::too_many_arguments)]
-fn multiply(
+pub(crate) fn multiply(
     m: usize,
     n: usize,
     k: usize,
@@ -875,6 +875,25 @@ pub fn forward_with(g: &ConvGeometry, x: &[f32], weight: &[f32], epilogue: Optio
     if len == 0 {
         return y;
     }
+    if crate::winograd::applies(g) {
+        crate::winograd::forward(g, x, weight, &mut y.spare_capacity_mut()[..len], epilogue);
+        // SAFETY: `winograd::forward` writes every element of the output it is given.
+        unsafe { y.set_len(len) };
+        return y;
+    }
+    direct_forward_into(g, x, weight, epilogue, y)
+}
+
+/// [`forward_with`] by im2col and products, whatever the shape (what the Winograd path is
+/// checked against); `y` empty with room for the output.
+fn direct_forward_into(
+    g: &ConvGeometry,
+    x: &[f32],
+    weight: &[f32],
+    epilogue: Option<&Epilogue>,
+    mut y: Vec<f32>,
+) -> Vec<f32> {
+    let len = g.y_len();
     let plan = Plan::new(g);
     let (k, plane, out_image) = (g.patch_len(), g.out_plane(), g.out_channels * g.out_plane());
     let lhs = View { data: weight, row: k, col: 1 };
@@ -1101,6 +1120,14 @@ pub fn backward(
     assert_eq!(x.len(), g.x_len(), "convolution input size");
     assert_eq!(weight.len(), g.weight_len(), "convolution weight size");
     assert_eq!(out_grad.len(), g.y_len(), "convolution output-gradient size");
+    if want_input && let Some((transposed, flipped)) = crate::winograd::input_gradient_as_forward(g, weight) {
+        // The input gradient of a 3×3 stride-1 convolution is itself one (of the output gradient,
+        // with the filters flipped and input and output channels swapped), by Winograd's method;
+        // the weight gradient stays with the products below.
+        let input_grad = forward(&transposed, out_grad, &flipped);
+        let weight_grad = if want_weight { backward(g, x, weight, out_grad, false, true).1 } else { None };
+        return (Some(input_grad), weight_grad);
+    }
     let threads = rayon::current_num_threads().max(1);
     // Fewer images than threads (training at batch 1, an epoch's last short batch): the images
     // give the threads nothing to share out, and cut by channels each thread still has its own
@@ -1579,6 +1606,95 @@ mod tests {
         }
     }
 
+    /// 3×3 stride-1 shapes for the Winograd path: odd output sides (partial tiles), no padding,
+    /// two rows of it, "same" with the odd row after, a plane of one tile, and blocks of tile
+    /// rows that run across images.
+    fn winograd_cases() -> Vec<ConvGeometry> {
+        vec![
+            geometry(3, [16, 17], [9, 7], 3, 1, [1, 0], 1),
+            geometry(2, [17, 16], [8, 8], 3, 1, [0, 0], 1),
+            geometry(2, [16, 16], [6, 11], 3, 1, [2, 0], 1),
+            geometry(2, [16, 18], [8, 9], 3, 1, [0, 1], 1),
+            geometry(2, [16, 16], [2, 2], 3, 1, [1, 0], 1),
+            geometry(3, [20, 18], [30, 26], 3, 1, [1, 0], 1),
+        ]
+    }
+
+    fn winograd_forward(g: &ConvGeometry, x: &[f32], w: &[f32], epilogue: Option<&Epilogue>) -> Vec<f32> {
+        let mut y = Vec::with_capacity(g.y_len());
+        crate::winograd::forward(g, x, w, &mut y.spare_capacity_mut()[..g.y_len()], epilogue);
+        // SAFETY: `winograd::forward` writes every element.
+        unsafe { y.set_len(g.y_len()) };
+        y
+    }
+
+    #[test]
+    fn winograd_is_the_definition() {
+        for g in winograd_cases() {
+            let (x, w) = (values(g.x_len(), 1), values(g.weight_len(), 2));
+            let ours = winograd_forward(&g, &x, &w, None);
+            let reference = reference_forward(&g, &x, &w);
+            for (i, (&a, &b)) in ours.iter().zip(&reference).enumerate() {
+                assert!((a as f64 - b).abs() < 1e-4, "{g:?}: output {i} is {a}, not {b}");
+            }
+        }
+    }
+
+    #[test]
+    fn winograd_computes_the_forward_and_input_gradient_of_3x3_stride_1_shapes() {
+        let threads = rayon::current_num_threads();
+        for g in winograd_cases() {
+            let batch = g.batch.max(threads);
+            let g = ConvGeometry { batch, ..g };
+            assert!(crate::winograd::applies(&g), "{g:?}");
+            assert!(crate::winograd::input_gradient_as_forward(&g, &values(g.weight_len(), 1)).is_some(), "{g:?}");
+        }
+        // Not: strided, dilated, 1×1, few channels, fewer images than threads.
+        for g in [cases()[1], cases()[2], cases()[5], cases()[0], geometry(1, [16, 16], [8, 8], 3, 1, [1, 0], 1)] {
+            if g.batch == 1 && threads == 1 {
+                continue;
+            }
+            assert!(!crate::winograd::applies(&g), "{g:?}");
+        }
+    }
+
+    /// Winograd's transforms add and subtract before the products: measured against the sum in
+    /// f64 its error is the direct path's (ReLU-like inputs, positive with a large mean, where
+    /// the differences of neighbours cancel most). A transform with a wrong constant, or F(4×4,
+    /// 3×3)'s larger ones, would show here first.
+    #[test]
+    fn winograd_rounds_as_the_direct_path_does() {
+        for (channels, side, mean) in [(16, 8, 0.0f32), (16, 8, 3.0), (64, 28, 3.0), (256, 14, 1.0)] {
+            let g = geometry(2, [channels, channels], [side, side], 3, 1, [1, 0], 1);
+            let x: Vec<f32> = values(g.x_len(), 7).iter().map(|v| (2.0 * v + mean).max(0.0)).collect();
+            let w: Vec<f32> = values(g.weight_len(), 9).iter().map(|v| 0.1 * v).collect();
+            let exact = reference_forward(&g, &x, &w);
+            let error = |y: &[f32]| y.iter().zip(&exact).map(|(&a, &b)| (a as f64 - b).abs()).fold(0.0, f64::max);
+            let direct = error(&direct_forward_into(&g, &x, &w, None, Vec::with_capacity(g.y_len())));
+            let winograd = error(&winograd_forward(&g, &x, &w, None));
+            assert!(winograd <= 2.0 * direct, "{g:?}: Winograd's error {winograd:e}, the direct path's {direct:e}");
+        }
+    }
+
+    #[test]
+    fn winograd_applies_the_epilogue_as_the_direct_path_does() {
+        let g = geometry(4, [16, 24], [10, 9], 3, 1, [1, 0], 1);
+        let (x, w, residual) = (values(g.x_len(), 1), values(g.weight_len(), 2), values(g.y_len(), 3));
+        let (scale, shift) = (values(g.out_channels, 4), values(g.out_channels, 5));
+        let epilogue = Epilogue {
+            scale: &scale,
+            shift: &shift,
+            activation: EpilogueActivation::Relu { cap: 6.0 },
+            residual: Some(&residual),
+        };
+        let ours = winograd_forward(&g, &x, &w, Some(&epilogue));
+        let direct = direct_forward_into(&g, &x, &w, Some(&epilogue), Vec::with_capacity(g.y_len()));
+        assert!(ours.contains(&0.0) && ours.iter().any(|&v| v > 0.0), "the ReLU cuts some, not all");
+        for (i, (&a, &b)) in ours.iter().zip(&direct).enumerate() {
+            assert!((a - b).abs() < 1e-4, "output {i} is {a}, not {b}");
+        }
+    }
+
     /// Planes wider than [`BAND_ABOVE_COLUMNS`] are multiplied in bands of output rows, each with
     /// its own share of the padding (none, top, bottom) and of the strided or dilated input rows.
     fn banded_cases() -> Vec<ConvGeometry> {
@@ -1630,7 +1746,8 @@ mod tests {
 
     #[test]
     fn backward_is_the_definitions_adjoint() {
-        for g in banded_cases().into_iter().chain(cases()) {
+        // The Winograd shapes' input gradients go by Winograd too (as a flipped convolution).
+        for g in banded_cases().into_iter().chain(cases()).chain(winograd_cases()) {
             let (x, w, dy) = (values(g.x_len(), 3), values(g.weight_len(), 4), values(g.y_len(), 5));
             let (dx, dw) = backward(&g, &x, &w, &dy, true, true);
             let (dx, dw) = (dx.unwrap(), dw.unwrap());

@@ -14,6 +14,7 @@ mod ext;
 pub mod maxpool;
 pub mod optim;
 mod simd;
+mod winograd;
 
 pub use conv::EpilogueActivation;
 pub use ext::{

@@ -1,0 +1,390 @@
+//! The forward of 3×3, stride-1 convolutions by Winograd's minimal filtering F(2×2, 3×3): each
+//! 2×2 block of outputs ("tile") from a 4×4 block of input in 16 multiplications per input
+//! channel and filter instead of 36, so the products — nearly all of a 3×3 layer's time — do
+//! 2.25× fewer operations (Lavin & Gray, "Fast Algorithms for Convolutional Neural Networks",
+//! 2016).
+//!
+//! With the filters transformed once per call, `U = G·g·Gᵀ` (16 values per filter and input
+//! channel), and the input tiles transformed, `V = Bᵀ·d·B`, the convolution becomes 16 independent
+//! products `M[ξ] = U[ξ] · V[ξ]` (output channels × input channels times input channels × tiles),
+//! and each output tile is `Aᵀ·m·A`. The tiles are transformed, multiplied and transformed back a
+//! block at a time, so that `V` and `M` stay near the core (where im2col's `col(x)` for the same
+//! outputs is 2.25× larger than `V`).
+//!
+//! The transforms' constants are 0, ±1 and ±½: F(2×2, 3×3) rounds about as a direct sum does
+//! (larger tiles would save more multiplications but lose accuracy quickly).
+//!
+//! Training uses it twice per layer: the forward, and the input gradient, itself a 3×3 stride-1
+//! convolution ([`input_gradient_as_forward`]). The weight gradient stays with im2col and products.
+//! ResNet-18 training at 112 px: +7 % img/s; inference at 224 px: +20–30 % (docs/PERFORMANCE.md,
+//! Change 14).
+
+use std::mem::MaybeUninit;
+
+use gemm::Parallelism;
+use rayon::prelude::*;
+
+use crate::conv::{ConvGeometry, Epilogue, Scratch, View, multiply};
+use crate::simd::{assume_written, widest};
+
+/// Tiles (columns of the 16 products) transformed and multiplied at a time: `V` and `M` of a
+/// block take `16 × channels × TILES_PER_BLOCK` values each.
+const TILES_PER_BLOCK: usize = 128;
+
+/// Extra values between the 16 points' matrices of a block: at exactly 32 KB apart (64 channels
+/// × 128 tiles) the transforms' 16 streams would all fall in the same set of L1.
+const STAGGER: usize = 16;
+
+/// Values per transformed tile or filter.
+const POINTS: usize = 16;
+
+/// Whether [`forward`] computes this convolution: 3×3 filters at stride 1 without dilation, with
+/// enough channels for the products to dominate, and at least as many images as threads (the
+/// images are what the threads share; one image keeps the direct path's sharing of its bands).
+/// `DEEPTUNE_CONV=direct` in the environment turns it off (to compare, or to rule it out).
+pub(crate) fn applies(g: &ConvGeometry) -> bool {
+    g.kernel == [3, 3]
+        && g.stride == [1, 1]
+        && g.dilation == [1, 1]
+        && g.padding[0] <= 2
+        && g.padding[1] <= 2
+        && g.in_channels >= 16
+        && g.out_channels >= 16
+        && g.out_h >= 2
+        && g.out_w >= 2
+        && g.batch >= rayon::current_num_threads()
+        && enabled()
+}
+
+/// The input gradient of convolution `g` as a convolution that [`forward`] computes, where there is
+/// one: its geometry (the output gradient in, the input gradient out) and its filters (`weight`
+/// flipped in both axes, input and output channels swapped). For stride 1,
+/// `dx[c][iy][ix] = Σ dy[o][iy + ky' − (2 − pad)][…] · w[o][c][2 − ky'][2 − kx']`.
+pub(crate) fn input_gradient_as_forward(g: &ConvGeometry, weight: &[f32]) -> Option<(ConvGeometry, Vec<f32>)> {
+    if g.kernel != [3, 3] || g.stride != [1, 1] || g.dilation != [1, 1] || g.padding[0] > 2 || g.padding[1] > 2 {
+        return None;
+    }
+    let transposed = ConvGeometry {
+        in_channels: g.out_channels,
+        out_channels: g.in_channels,
+        in_h: g.out_h,
+        in_w: g.out_w,
+        out_h: g.in_h,
+        out_w: g.in_w,
+        padding: [2 - g.padding[0], 2 - g.padding[1]],
+        ..*g
+    };
+    if !applies(&transposed) {
+        return None;
+    }
+    let (cin, cout) = (g.in_channels, g.out_channels);
+    let mut flipped = vec![0.0f32; weight.len()];
+    flipped.par_chunks_mut(cout * 9).enumerate().for_each(|(c, filters)| {
+        for (o, filter) in filters.chunks_exact_mut(9).enumerate() {
+            let original = &weight[(o * cin + c) * 9..][..9];
+            for (k, value) in filter.iter_mut().enumerate() {
+                *value = original[8 - k];
+            }
+        }
+    });
+    Some((transposed, flipped))
+}
+
+fn enabled() -> bool {
+    static ENABLED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ENABLED.get_or_init(|| std::env::var("DEEPTUNE_CONV").map_or(true, |v| v != "direct"))
+}
+
+/// The geometry's tiles: `(rows, columns)` of 2×2 output blocks per image (the last row or
+/// column partial where the output side is odd).
+fn tiles(g: &ConvGeometry) -> (usize, usize) {
+    (g.out_h.div_ceil(2), g.out_w.div_ceil(2))
+}
+
+/// The convolution's output (`y`, `[batch, out_channels, out_h, out_w]`, written in full), with
+/// `epilogue` applied to each group of images right after it is computed.
+pub(crate) fn forward(
+    g: &ConvGeometry,
+    x: &[f32],
+    weight: &[f32],
+    y: &mut [MaybeUninit<f32>],
+    epilogue: Option<&Epilogue>,
+) {
+    assert_eq!(y.len(), g.y_len(), "convolution output size");
+    let u = transformed_filters(g, weight);
+    let (tile_rows, tile_cols) = tiles(g);
+    let images_per_task = images_per_task(g.batch, tile_rows * tile_cols);
+    let (in_image, out_image) = (g.in_channels * g.in_plane(), g.out_channels * g.out_plane());
+    y.par_chunks_mut(images_per_task * out_image).enumerate().for_each(|(task, y_task)| {
+        let first = task * images_per_task;
+        let images = y_task.len() / out_image;
+        let x_task = &x[first * in_image..][..images * in_image];
+        images_forward(g, x_task, &u, y_task, images);
+        // SAFETY: `images_forward` wrote every output of these images.
+        let y_task = unsafe { assume_written(y_task) };
+        if let Some(epilogue) = epilogue {
+            widest(
+                #[inline(always)]
+                || epilogue.apply(y_task, g.out_plane(), first * g.out_channels, g.out_channels),
+            );
+        }
+    });
+}
+
+/// Images per parallel task: a divisor of each thread's share (so the threads get equal work)
+/// whose tiles come closest to one block.
+fn images_per_task(batch: usize, tiles_per_image: usize) -> usize {
+    let share = batch.div_ceil(rayon::current_num_threads().max(1));
+    let wanted = TILES_PER_BLOCK as f64 / tiles_per_image.max(1) as f64;
+    (1..=share)
+        .filter(|&d| share.is_multiple_of(d))
+        .min_by(|&a, &b| (a as f64 / wanted).ln().abs().total_cmp(&(b as f64 / wanted).ln().abs()))
+        .unwrap_or(1)
+}
+
+/// `U = G·g·Gᵀ` for every filter `g` (output channel `o`, input channel `c`), laid out
+/// `[out_channels][16][in_channels]`: point `ξ`'s matrix (output × input channels) is then a
+/// strided view for the product, and each output channel's values are one contiguous part for a
+/// thread to write. `G = [[1, 0, 0], [½, ½, ½], [½, −½, ½], [0, 0, 1]]`.
+fn transformed_filters(g: &ConvGeometry, weight: &[f32]) -> Scratch {
+    let cin = g.in_channels;
+    // Every value is written below. (A fresh 16 MB vector for 512 channels per call was mostly
+    // page faults.)
+    let mut u = Scratch::stale(g.out_channels * POINTS * cin);
+    u.par_chunks_mut(POINTS * cin).enumerate().for_each(|(o, u_o)| {
+        // The filters' taps by tap, `taps[k·cin + c]`, so that the transforms below run along
+        // the input channels (vectorised) instead of one 3×3 filter at a time.
+        let mut taps = Scratch::stale(9 * cin);
+        for (c, filter) in weight[o * cin * 9..][..cin * 9].chunks_exact(9).enumerate() {
+            for (k, &value) in filter.iter().enumerate() {
+                taps[k * cin + c] = value;
+            }
+        }
+        widest(
+            #[inline(always)]
+            || {
+                // G·f (4×3) of each column of taps, then the same combinations of its columns:
+                // (r0, ½(r0 + r1 + r2), ½(r0 − r1 + r2), r2).
+                let mut gf = Scratch::stale(12 * cin);
+                for col in 0..3 {
+                    let (f0, f1, f2) =
+                        (&taps[col * cin..][..cin], &taps[(3 + col) * cin..][..cin], &taps[(6 + col) * cin..][..cin]);
+                    combine(f0, f1, f2, &mut gf, cin, |i| i * 3 + col);
+                }
+                for i in 0..4 {
+                    let row = &gf[i * 3 * cin..][..3 * cin];
+                    combine(&row[..cin], &row[cin..2 * cin], &row[2 * cin..], u_o, cin, |j| 4 * i + j);
+                }
+            },
+        );
+    });
+    u
+}
+
+/// `(a, ½(a + b + c), ½(a − b + c), c)` along `len` values, the k-th to `out[slot(k)·len..]`.
+#[inline(always)]
+fn combine(a: &[f32], b: &[f32], c: &[f32], out: &mut [f32], len: usize, slot: impl Fn(usize) -> usize) {
+    let (a, b, c) = (&a[..len], &b[..len], &c[..len]);
+    out[slot(0) * len..][..len].copy_from_slice(a);
+    out[slot(3) * len..][..len].copy_from_slice(c);
+    for (t, value) in out[slot(1) * len..][..len].iter_mut().enumerate() {
+        *value = 0.5 * (a[t] + b[t] + c[t]);
+    }
+    for (t, value) in out[slot(2) * len..][..len].iter_mut().enumerate() {
+        *value = 0.5 * (a[t] - b[t] + c[t]);
+    }
+}
+
+/// `images` consecutive images' outputs (`y`, written in full), a block of tile rows at a time.
+fn images_forward(g: &ConvGeometry, x: &[f32], u: &[f32], y: &mut [MaybeUninit<f32>], images: usize) {
+    let (cin, cout) = (g.in_channels, g.out_channels);
+    let (tile_rows, tile_cols) = tiles(g);
+    // Whole tile rows (of any of the images) per block, at least one.
+    let rows_per_block = (TILES_PER_BLOCK / tile_cols).max(1);
+    let all_rows = images * tile_rows;
+    let most = rows_per_block * tile_cols;
+    let mut v = Scratch::stale(POINTS * (cin * most + STAGGER));
+    let mut m = Scratch::stale(POINTS * (cout * most + STAGGER));
+    // One channel's patches, one array per position of the 4×4 patch, along the block's tiles.
+    let mut patch = Scratch::stale(POINTS * most);
+    // One input row with its padding, as far as the tiles of a row reach.
+    let mut padded = Scratch::stale(2 * tile_cols + 2);
+    let tile_row = |row: usize| (row / tile_rows, row % tile_rows);
+    for first_row in (0..all_rows).step_by(rows_per_block) {
+        let block_rows = rows_per_block.min(all_rows - first_row);
+        let n = block_rows * tile_cols;
+        let (v_stride, m_stride) = (cin * n + STAGGER, cout * n + STAGGER);
+        let (v, m, patch) = (&mut v[..POINTS * v_stride], &mut m[..POINTS * m_stride], &mut patch[..POINTS * n]);
+        widest(
+            #[inline(always)]
+            || {
+                for c in 0..cin {
+                    for r in 0..block_rows {
+                        let (image, row) = tile_row(first_row + r);
+                        let plane = &x[(image * cin + c) * g.in_plane()..][..g.in_plane()];
+                        gather_input_patches(g, plane, row, &mut padded, patch, n, r * tile_cols);
+                    }
+                    transform_input(patch, n, &mut v[c * n..], v_stride);
+                }
+            },
+        );
+        for point in 0..POINTS {
+            let lhs = View { data: &u[point * cin..], row: POINTS * cin, col: 1 };
+            let rhs = View { data: &v[point * v_stride..][..cin * n], row: n, col: 1 };
+            multiply(cout, n, cin, &mut m[point * m_stride..][..cout * n], n, false, lhs, rhs, Parallelism::None);
+        }
+        widest(
+            #[inline(always)]
+            || {
+                for o in 0..cout {
+                    transform_output(&m[o * n..], m_stride, patch, n);
+                    for r in 0..block_rows {
+                        let (image, row) = tile_row(first_row + r);
+                        let plane = &mut y[(image * cout + o) * g.out_plane()..][..g.out_plane()];
+                        scatter_output_tiles(g, patch, n, r * tile_cols, row, plane);
+                    }
+                }
+            },
+        );
+    }
+}
+
+/// The 4×4 input patches of the tiles in `tile_row` of one input `plane`, position `(a, b)` of
+/// tile `t` to `patch[(4a + b)·n + at + t]` (zeros in the padding). `padded` holds one input row
+/// at a time with its padding, `2·tile_cols + 2` values: tile `t` reads its columns `2t..2t + 4`.
+#[inline(always)]
+fn gather_input_patches(
+    g: &ConvGeometry,
+    plane: &[f32],
+    tile_row: usize,
+    padded: &mut [f32],
+    patch: &mut [f32],
+    n: usize,
+    at: usize,
+) {
+    let tile_cols = padded.len() / 2 - 1;
+    let (pad_top, pad_left) = (g.padding[0], g.padding[1]);
+    for a in 0..4 {
+        let iy = (2 * tile_row + a) as isize - pad_top as isize;
+        let (p0, rest) = patch[4 * a * n + at..].split_at_mut(n);
+        let (p1, rest) = rest.split_at_mut(n);
+        let (p2, p3) = rest.split_at_mut(n);
+        let (p0, p1, p2, p3) = (&mut p0[..tile_cols], &mut p1[..tile_cols], &mut p2[..tile_cols], &mut p3[..tile_cols]);
+        if iy < 0 || iy >= g.in_h as isize {
+            for p in [p0, p1, p2, p3] {
+                p.fill(0.0);
+            }
+            continue;
+        }
+        let row = &plane[iy as usize * g.in_w..][..g.in_w];
+        let (start, end) = (pad_left.min(padded.len()), (pad_left + g.in_w).min(padded.len()));
+        padded[..start].fill(0.0);
+        padded[start..end].copy_from_slice(&row[..end - start]);
+        padded[end..].fill(0.0);
+        let (pairs, _) = padded.as_chunks::<2>();
+        let (this, next) = (&pairs[..tile_cols], &pairs[1..=tile_cols]);
+        for t in 0..tile_cols {
+            p0[t] = this[t][0];
+            p1[t] = this[t][1];
+            p2[t] = next[t][0];
+            p3[t] = next[t][1];
+        }
+    }
+}
+
+/// `V = Bᵀ·d·B` of `n` tiles' patches (`patch`, position `(a, b)` of tile `t` at
+/// `[(4a + b)·n + t]`, overwritten): point `ξ` of tile `t` to `v[ξ·point_stride + t]`.
+/// `Bᵀ = [[1, 0, −1, 0], [0, 1, 1, 0], [0, −1, 1, 0], [0, 1, 0, −1]]`.
+#[inline(always)]
+fn transform_input(patch: &mut [f32], n: usize, v: &mut [f32], point_stride: usize) {
+    // Bᵀ·d, in place: rows (d0, d1, d2, d3) become (d0 − d2, d1 + d2, d2 − d1, d1 − d3).
+    for b in 0..4 {
+        let at = |a: usize| (4 * a + b) * n;
+        let (d0, rest) = patch[at(0)..].split_at_mut(4 * n);
+        let (d1, rest) = rest.split_at_mut(4 * n);
+        let (d2, d3) = rest.split_at_mut(4 * n);
+        let (d0, d1, d2, d3) = (&mut d0[..n], &mut d1[..n], &mut d2[..n], &mut d3[..n]);
+        for t in 0..n {
+            let (w, x, y, z) = (d0[t], d1[t], d2[t], d3[t]);
+            d0[t] = w - y;
+            d1[t] = x + y;
+            d2[t] = y - x;
+            d3[t] = x - z;
+        }
+    }
+    // (Bᵀ·d)·B: the same combinations of the columns.
+    for i in 0..4 {
+        let row = &patch[4 * i * n..][..4 * n];
+        let (e0, e1, e2, e3) = (&row[..n], &row[n..2 * n], &row[2 * n..3 * n], &row[3 * n..]);
+        let (v0, rest) = v[4 * i * point_stride..].split_at_mut(point_stride);
+        let (v1, rest) = rest.split_at_mut(point_stride);
+        let (v2, v3) = rest.split_at_mut(point_stride);
+        let (v0, v1, v2, v3) = (&mut v0[..n], &mut v1[..n], &mut v2[..n], &mut v3[..n]);
+        for t in 0..n {
+            v0[t] = e0[t] - e2[t];
+            v1[t] = e1[t] + e2[t];
+            v2[t] = e2[t] - e1[t];
+            v3[t] = e1[t] - e3[t];
+        }
+    }
+}
+
+/// `Y = Aᵀ·m·A` of `n` tiles, point `ξ` of tile `t` read at `m[ξ·point_stride + t]`: output
+/// `(p, q)` of tile `t` to `work[(8 + 2p + q)·n + t]` (`work[..8n]` is overwritten on the way).
+/// `Aᵀ = [[1, 1, 1, 0], [0, 1, −1, −1]]`.
+#[inline(always)]
+fn transform_output(m: &[f32], point_stride: usize, work: &mut [f32], n: usize) {
+    let point = |i: usize, j: usize| &m[(4 * i + j) * point_stride..][..n];
+    let (rows, out) = work.split_at_mut(8 * n);
+    // Aᵀ·m: column j's output row 0 to `rows[j]`, row 1 to `rows[4 + j]`.
+    for j in 0..4 {
+        let (m0, m1, m2, m3) = (point(0, j), point(1, j), point(2, j), point(3, j));
+        let (top, bottom) = rows.split_at_mut(4 * n);
+        let (top, bottom) = (&mut top[j * n..][..n], &mut bottom[j * n..][..n]);
+        for t in 0..n {
+            top[t] = m0[t] + m1[t] + m2[t];
+            bottom[t] = m1[t] - m2[t] - m3[t];
+        }
+    }
+    // (Aᵀ·m)·A: the same combinations of the columns.
+    for p in 0..2 {
+        let row = &rows[4 * p * n..][..4 * n];
+        let (c0, c1, c2, c3) = (&row[..n], &row[n..2 * n], &row[2 * n..3 * n], &row[3 * n..]);
+        let (left, right) = out[2 * p * n..].split_at_mut(n);
+        let right = &mut right[..n];
+        for t in 0..n {
+            left[t] = c0[t] + c1[t] + c2[t];
+            right[t] = c1[t] - c2[t] - c3[t];
+        }
+    }
+}
+
+/// The output tiles in `tile_row` (their values at `out[(8 + 2p + q)·n + at + t]`, as
+/// [`transform_output`] leaves them) written to the rows and columns of `plane` they cover.
+#[inline(always)]
+fn scatter_output_tiles(
+    g: &ConvGeometry,
+    out: &[f32],
+    n: usize,
+    at: usize,
+    tile_row: usize,
+    plane: &mut [MaybeUninit<f32>],
+) {
+    let tile_cols = g.out_w.div_ceil(2);
+    for p in 0..2 {
+        let oy = 2 * tile_row + p;
+        if oy >= g.out_h {
+            break;
+        }
+        let (left, right) = (&out[(8 + 2 * p) * n + at..][..tile_cols], &out[(9 + 2 * p) * n + at..][..tile_cols]);
+        let row = &mut plane[oy * g.out_w..][..g.out_w];
+        let (pairs, last) = row.as_chunks_mut::<2>();
+        for (t, pair) in pairs.iter_mut().enumerate() {
+            pair[0].write(left[t]);
+            pair[1].write(right[t]);
+        }
+        if let [single] = last {
+            single.write(left[pairs.len()]);
+        }
+    }
+}
