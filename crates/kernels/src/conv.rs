@@ -1107,6 +1107,15 @@ impl<'a> SharedOut<'a> {
 /// A chunk of the backward: its index, and its images' part of the input gradient (if wanted).
 type Part<'a> = (usize, Option<&'a mut [MaybeUninit<f32>]>);
 
+/// The weight gradient alone, by Winograd's method where it applies.
+fn weight_gradient(g: &ConvGeometry, x: &[f32], weight: &[f32], out_grad: &[f32]) -> Vec<f32> {
+    if crate::winograd::weight_gradient_applies(g) {
+        crate::winograd::weight_gradient(g, x, out_grad)
+    } else {
+        backward(g, x, weight, out_grad, false, true).1.expect("asked for the weight gradient")
+    }
+}
+
 /// The gradients with respect to the input (`[batch, in_channels, in_h, in_w]`) and the weight
 /// (`[out_channels, in_channels, kh, kw]`), each only where asked for.
 pub fn backward(
@@ -1125,8 +1134,11 @@ pub fn backward(
         // with the filters flipped and input and output channels swapped), by Winograd's method;
         // the weight gradient stays with the products below.
         let input_grad = forward(&transposed, out_grad, &flipped);
-        let weight_grad = if want_weight { backward(g, x, weight, out_grad, false, true).1 } else { None };
+        let weight_grad = want_weight.then(|| weight_gradient(g, x, weight, out_grad));
         return (Some(input_grad), weight_grad);
+    }
+    if want_weight && !want_input && crate::winograd::weight_gradient_applies(g) {
+        return (None, Some(crate::winograd::weight_gradient(g, x, out_grad)));
     }
     let threads = rayon::current_num_threads().max(1);
     // Fewer images than threads (training at batch 1, an epoch's last short batch): the images
@@ -1637,20 +1649,41 @@ mod tests {
             for (i, (&a, &b)) in ours.iter().zip(&reference).enumerate() {
                 assert!((a as f64 - b).abs() < 1e-4, "{g:?}: output {i} is {a}, not {b}");
             }
+            // The weight gradient by the transposed method, whatever the gate on tiles says.
+            let dy = values(g.y_len(), 5);
+            let ours = crate::winograd::weight_gradient(&g, &x, &dy);
+            let (_, reference) = reference_backward(&g, &x, &w, &dy);
+            for (i, (&a, &b)) in ours.iter().zip(&reference).enumerate() {
+                assert!((a as f64 - b).abs() < 1e-2, "{g:?}: weight gradient {i} is {a}, not {b}");
+            }
         }
     }
 
     #[test]
     fn winograd_computes_the_forward_and_input_gradient_of_3x3_stride_1_shapes() {
         let threads = rayon::current_num_threads();
-        for g in winograd_cases() {
+        // The cases whose planes are at least 16 tiles and covered closely by them.
+        for g in [winograd_cases()[2], winograd_cases()[3], winograd_cases()[5]] {
             let batch = g.batch.max(threads);
             let g = ConvGeometry { batch, ..g };
             assert!(crate::winograd::applies(&g), "{g:?}");
+            let tiles = batch * g.out_h.div_ceil(2) * g.out_w.div_ceil(2);
+            assert_eq!(crate::winograd::weight_gradient_applies(&g), tiles >= 256, "{g:?}");
             assert!(crate::winograd::input_gradient_as_forward(&g, &values(g.weight_len(), 1)).is_some(), "{g:?}");
         }
-        // Not: strided, dilated, 1×1, few channels, fewer images than threads.
-        for g in [cases()[1], cases()[2], cases()[5], cases()[0], geometry(1, [16, 16], [8, 8], 3, 1, [1, 0], 1)] {
+        // Not: strided, dilated, 1×1, few channels, fewer images than threads, a 7×7 plane (4×4
+        // tiles cover 64 outputs), a 4×4 plane (4 tiles).
+        let seven = geometry(threads.max(2), [64, 64], [7, 7], 3, 1, [1, 0], 1);
+        let four = geometry(threads.max(2), [64, 64], [4, 4], 3, 1, [1, 0], 1);
+        for g in [
+            cases()[1],
+            cases()[2],
+            cases()[5],
+            cases()[0],
+            geometry(1, [16, 16], [8, 8], 3, 1, [1, 0], 1),
+            seven,
+            four,
+        ] {
             if g.batch == 1 && threads == 1 {
                 continue;
             }

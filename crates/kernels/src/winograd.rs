@@ -39,8 +39,10 @@ const STAGGER: usize = 16;
 const POINTS: usize = 16;
 
 /// Whether [`forward`] computes this convolution: 3×3 filters at stride 1 without dilation, with
-/// enough channels for the products to dominate, and at least as many images as threads (the
-/// images are what the threads share; one image keeps the direct path's sharing of its bands).
+/// enough channels for the products to dominate, planes of at least 16 tiles that cover them
+/// closely (ResNet-18's 3×3 layers on 4×4 and 7×7 planes measured level or slower than direct),
+/// and at least as many images as threads (the images are what the threads share; one image
+/// keeps the direct path's sharing of its bands).
 /// `DEEPTUNE_CONV=direct` in the environment turns it off (to compare, or to rule it out).
 pub(crate) fn applies(g: &ConvGeometry) -> bool {
     g.kernel == [3, 3]
@@ -50,8 +52,8 @@ pub(crate) fn applies(g: &ConvGeometry) -> bool {
         && g.padding[1] <= 2
         && g.in_channels >= 16
         && g.out_channels >= 16
-        && g.out_h >= 2
-        && g.out_w >= 2
+        && tiles(g).0 * tiles(g).1 >= 16
+        && tiles_cover_little_more(g)
         && g.batch >= rayon::current_num_threads()
         && enabled()
 }
@@ -93,6 +95,13 @@ pub(crate) fn input_gradient_as_forward(g: &ConvGeometry, weight: &[f32]) -> Opt
 fn enabled() -> bool {
     static ENABLED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *ENABLED.get_or_init(|| std::env::var("DEEPTUNE_CONV").map_or(true, |v| v != "direct"))
+}
+
+/// Whether the 2×2 tiles cover at most 15 % more outputs than the plane has: a 7×7 plane takes
+/// 4×4 tiles (64 outputs for 49), and there ResNet's 3×3 layers measured no faster than direct.
+fn tiles_cover_little_more(g: &ConvGeometry) -> bool {
+    let (tile_rows, tile_cols) = tiles(g);
+    100 * 4 * tile_rows * tile_cols <= 115 * g.out_plane()
 }
 
 /// The geometry's tiles: `(rows, columns)` of 2×2 output blocks per image (the last row or
@@ -246,6 +255,170 @@ fn images_forward(g: &ConvGeometry, x: &[f32], u: &[f32], y: &mut [MaybeUninit<f
                 }
             },
         );
+    }
+}
+
+/// Whether [`weight_gradient`] computes this convolution's weight gradient: where [`forward`]
+/// computes its output, with enough tiles in the batch to repay transforming the sums back (a
+/// 512-channel layer's 16 sums of products are 16 MB per thread; at 4×4 pixels the batch has 64
+/// tiles and the direct products win).
+pub(crate) fn weight_gradient_applies(g: &ConvGeometry) -> bool {
+    let (tile_rows, tile_cols) = tiles(g);
+    applies(g) && g.batch * tile_rows * tile_cols >= 256
+}
+
+/// The weight gradient (`[out_channels, in_channels, 3, 3]`) of the convolution of `x` whose output
+/// gradient is `dy`, by the transpose of F(2×2, 3×3): with `V = Bᵀ·d·B` of each input tile (as in
+/// the forward) and `D = A·δ·Aᵀ` of each output tile's gradient δ (2×2 → 4×4), the 16 sums over
+/// tiles `S[ξ] = D[ξ] · V[ξ]ᵀ` (output × input channels) give `dw = Gᵀ·S·G` for each filter.
+pub(crate) fn weight_gradient(g: &ConvGeometry, x: &[f32], dy: &[f32]) -> Vec<f32> {
+    let (cin, cout) = (g.in_channels, g.out_channels);
+    let threads = rayon::current_num_threads().max(1).min(g.batch.max(1));
+    // Each thread sums its share of the images into its own S, then the sums are added.
+    let shares: Vec<std::ops::Range<usize>> = (0..threads)
+        .map(|part| part * g.batch / threads..(part + 1) * g.batch / threads)
+        .filter(|images| !images.is_empty())
+        .collect();
+    let mut sums: Vec<Scratch> = shares.into_par_iter().map(|images| weight_gradient_sums(g, x, dy, images)).collect();
+    let (first, rest) = sums.split_first_mut().expect("at least one image");
+    first.par_chunks_mut(1 << 14).enumerate().for_each(|(chunk, total)| {
+        for other in rest.iter() {
+            let part = &other[chunk << 14..][..total.len()];
+            total.iter_mut().zip(part).for_each(|(t, &p)| *t += p);
+        }
+    });
+    let sums = &*first;
+    let mut dw = Vec::with_capacity(cout * cin * 9);
+    dw.spare_capacity_mut()[..cout * cin * 9].par_chunks_mut(cin * 9).enumerate().for_each(|(o, filters)| {
+        for (c, filter) in filters.chunks_exact_mut(9).enumerate() {
+            let s = |p: usize, q: usize| sums[((4 * p + q) * cout + o) * cin + c];
+            // Gᵀ·S (3×4), then (Gᵀ·S)·G: rows (s0 + ½s1 + ½s2, ½s1 − ½s2, ½s1 + ½s2 + s3).
+            let back =
+                |s0: f32, s1: f32, s2: f32, s3: f32| [s0 + 0.5 * (s1 + s2), 0.5 * (s1 - s2), 0.5 * (s1 + s2) + s3];
+            let columns: [[f32; 3]; 4] = std::array::from_fn(|q| back(s(0, q), s(1, q), s(2, q), s(3, q)));
+            for a in 0..3 {
+                let row = back(columns[0][a], columns[1][a], columns[2][a], columns[3][a]);
+                for b in 0..3 {
+                    filter[3 * a + b].write(row[b]);
+                }
+            }
+        }
+    });
+    // SAFETY: the loop above wrote all 9 taps of every (output, input) channel pair.
+    unsafe { dw.set_len(cout * cin * 9) };
+    dw
+}
+
+/// `S[ξ] = Σ D[ξ] · V[ξ]ᵀ` over the tiles of `images`, laid out `[16][out_channels][in_channels]`.
+fn weight_gradient_sums(g: &ConvGeometry, x: &[f32], dy: &[f32], images: std::ops::Range<usize>) -> Scratch {
+    let (cin, cout) = (g.in_channels, g.out_channels);
+    let (tile_rows, tile_cols) = tiles(g);
+    let rows_per_block = (TILES_PER_BLOCK / tile_cols).max(1);
+    let all_rows = images.len() * tile_rows;
+    let most = rows_per_block * tile_cols;
+    let mut sums = Scratch::stale(POINTS * cout * cin);
+    let mut v = Scratch::stale(POINTS * (cin * most + STAGGER));
+    let mut d = Scratch::stale(POINTS * (cout * most + STAGGER));
+    let mut patch = Scratch::stale(POINTS * most);
+    let mut padded = Scratch::stale(2 * tile_cols + 2);
+    let tile_row = |row: usize| (images.start + row / tile_rows, row % tile_rows);
+    for (block, first_row) in (0..all_rows).step_by(rows_per_block).enumerate() {
+        let block_rows = rows_per_block.min(all_rows - first_row);
+        let n = block_rows * tile_cols;
+        let (v_stride, d_stride) = (cin * n + STAGGER, cout * n + STAGGER);
+        let (v, d, patch) = (&mut v[..POINTS * v_stride], &mut d[..POINTS * d_stride], &mut patch[..POINTS * n]);
+        widest(
+            #[inline(always)]
+            || {
+                for c in 0..cin {
+                    for r in 0..block_rows {
+                        let (image, row) = tile_row(first_row + r);
+                        let plane = &x[(image * cin + c) * g.in_plane()..][..g.in_plane()];
+                        gather_input_patches(g, plane, row, &mut padded, patch, n, r * tile_cols);
+                    }
+                    transform_input(patch, n, &mut v[c * n..], v_stride);
+                }
+                for o in 0..cout {
+                    for r in 0..block_rows {
+                        let (image, row) = tile_row(first_row + r);
+                        let plane = &dy[(image * cout + o) * g.out_plane()..][..g.out_plane()];
+                        gather_output_tiles(g, plane, row, patch, n, r * tile_cols);
+                    }
+                    transform_output_gradient(patch, n, &mut d[o * n..], d_stride);
+                }
+            },
+        );
+        for point in 0..POINTS {
+            // S[ξ] (out × in) += D[ξ] (out × tiles) · V[ξ]ᵀ (tiles × in).
+            let lhs = View { data: &d[point * d_stride..][..cout * n], row: n, col: 1 };
+            let rhs = View { data: &v[point * v_stride..][..cin * n], row: 1, col: n };
+            let sum = &mut sums[point * cout * cin..][..cout * cin];
+            multiply(cout, cin, n, sum, cin, block > 0, lhs, rhs, Parallelism::None);
+        }
+    }
+    sums
+}
+
+/// The 2×2 output-gradient tiles in `tile_row` of one output `plane`, position `(p, q)` of tile
+/// `t` to `patch[(2p + q)·n + at + t]` (zeros beyond an odd side).
+#[inline(always)]
+fn gather_output_tiles(g: &ConvGeometry, plane: &[f32], tile_row: usize, patch: &mut [f32], n: usize, at: usize) {
+    let tile_cols = g.out_w.div_ceil(2);
+    for p in 0..2 {
+        let oy = 2 * tile_row + p;
+        let (left, right) = patch[2 * p * n + at..].split_at_mut(n);
+        let (left, right) = (&mut left[..tile_cols], &mut right[..tile_cols]);
+        if oy >= g.out_h {
+            left.fill(0.0);
+            right.fill(0.0);
+            continue;
+        }
+        let row = &plane[oy * g.out_w..][..g.out_w];
+        let (pairs, last) = row.as_chunks::<2>();
+        for (t, pair) in pairs.iter().enumerate() {
+            left[t] = pair[0];
+            right[t] = pair[1];
+        }
+        if let [single] = last {
+            left[pairs.len()] = *single;
+            right[pairs.len()] = 0.0;
+        }
+    }
+}
+
+/// `D = A·δ·Aᵀ` of `n` output-gradient tiles (`patch`, position `(p, q)` of tile `t` at
+/// `[(2p + q)·n + t]`; `patch[4n..12n]` is overwritten on the way): point `ξ` of tile `t` to
+/// `d[ξ·point_stride + t]`. `A = [[1, 0], [1, 1], [1, −1], [0, −1]]`.
+#[inline(always)]
+fn transform_output_gradient(patch: &mut [f32], n: usize, d: &mut [f32], point_stride: usize) {
+    let (tiles, work) = patch.split_at_mut(4 * n);
+    // A·δ: column q of the tile's rows (δ0q, δ0q + δ1q, δ0q − δ1q, −δ1q) to `work[(4q + i)·n..]`.
+    for q in 0..2 {
+        let (top, bottom) = (&tiles[q * n..][..n], &tiles[(2 + q) * n..][..n]);
+        let rows = &mut work[4 * q * n..][..4 * n];
+        let (r0, rest) = rows.split_at_mut(n);
+        let (r1, rest) = rest.split_at_mut(n);
+        let (r2, r3) = rest.split_at_mut(n);
+        for t in 0..n {
+            r0[t] = top[t];
+            r1[t] = top[t] + bottom[t];
+            r2[t] = top[t] - bottom[t];
+            r3[t] = -bottom[t];
+        }
+    }
+    // (A·δ)·Aᵀ: the same combinations of the two columns, for each row i.
+    for i in 0..4 {
+        let (c0, c1) = (&work[i * n..][..n], &work[(4 + i) * n..][..n]);
+        let (d0, rest) = d[4 * i * point_stride..].split_at_mut(point_stride);
+        let (d1, rest) = rest.split_at_mut(point_stride);
+        let (d2, d3) = rest.split_at_mut(point_stride);
+        let (d0, d1, d2, d3) = (&mut d0[..n], &mut d1[..n], &mut d2[..n], &mut d3[..n]);
+        for t in 0..n {
+            d0[t] = c0[t];
+            d1[t] = c0[t] + c1[t];
+            d2[t] = c0[t] - c1[t];
+            d3[t] = -c1[t];
+        }
     }
 }
 
