@@ -5,7 +5,8 @@
 //! implementation runs follows the tensors' device.
 //!
 //! [`depthwise`], [`conv`], [`batchnorm`], [`maxpool`] and [`optim`] (fused optimizer steps) hold
-//! the kernels themselves, on plain slices, testable without burn.
+//! the kernels themselves, on plain slices, testable without burn; `conv` hands its 3×3 stride-1
+//! shapes to Winograd's algorithm (`winograd`).
 
 pub mod batchnorm;
 pub mod conv;

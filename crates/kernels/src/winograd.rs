@@ -1,4 +1,4 @@
-//! The forward of 3×3, stride-1 convolutions by Winograd's minimal filtering F(2×2, 3×3): each
+//! 3×3, stride-1 convolutions by Winograd's minimal filtering F(2×2, 3×3): each
 //! 2×2 block of outputs ("tile") from a 4×4 block of input in 16 multiplications per input
 //! channel and filter instead of 36, so the products — nearly all of a 3×3 layer's time — do
 //! 2.25× fewer operations (Lavin & Gray, "Fast Algorithms for Convolutional Neural Networks",
@@ -14,10 +14,10 @@
 //! The transforms' constants are 0, ±1 and ±½: F(2×2, 3×3) rounds about as a direct sum does
 //! (larger tiles would save more multiplications but lose accuracy quickly).
 //!
-//! Training uses it twice per layer: the forward, and the input gradient, itself a 3×3 stride-1
-//! convolution ([`input_gradient_as_forward`]). The weight gradient stays with im2col and products.
-//! ResNet-18 training at 112 px: +7 % img/s; inference at 224 px: +20–30 % (docs/PERFORMANCE.md,
-//! Change 14).
+//! Training uses it for all three products of a layer: the forward; the input gradient, itself a
+//! 3×3 stride-1 convolution ([`input_gradient_as_forward`]); and the weight gradient, by the
+//! transposed algorithm ([`weight_gradient`]). ResNet-18 training at 224 px: +23–26 % img/s
+//! (docs/PERFORMANCE.md, Change 14).
 
 use std::mem::MaybeUninit;
 
