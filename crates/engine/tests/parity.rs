@@ -117,11 +117,6 @@ enum Gradients {
     /// chaotic — moving a seventh of the input pixels by 1e-5 changes them by up to 100% — so
     /// float32 rounding (ours or PyTorch's) flips ReLU masks and no implementation reproduces
     /// PyTorch's values there to 1e-3. The layers after the chaotic zone are held to 1e-3.
-    /// How far the chaotic zone lands depends on which roundings flip a mask, not on accuracy:
-    /// with the 3×3 convolutions summed directly the worst tensor there was 2.3 % off, by
-    /// Winograd's method (as accurate against f64, `conv::tests::winograd_rounds_as_the_direct_path_does`)
-    /// 15 % (`layer2.2.conv2.weight`), while the strict layers stayed within 2e-4 either way. The
-    /// loose bound still catches a wrong gradient (~100 %).
     StrictFrom { prefixes: &'static [&'static str], loose: f32 },
     /// Every gradient within `tol` (> 1e-3) of the tensor's largest magnitude. For
     /// mobilenet_v2_w025, 7 of 141 gradient tensors differ by 1.1e-3 to 2.5e-3 while the logits,
@@ -220,7 +215,7 @@ fn resnet18_thin_matches_pytorch() {
 
 #[test]
 fn resnet50_thin_matches_pytorch() {
-    let gradients = Gradients::StrictFrom { prefixes: &["fc.", "layer4.", "layer3.", "layer2.3."], loose: 0.25 };
+    let gradients = Gradients::StrictFrom { prefixes: &["fc.", "layer4.", "layer3.", "layer2.3."], loose: 5e-2 };
     check_parity("resnet50_thin", gradients, |d| {
         ResNetConfig { block: BlockKind::Bottleneck, layers: [3, 4, 6, 3], widths: [8, 16, 32, 64], num_classes: 3 }
             .init(d)

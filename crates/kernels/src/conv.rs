@@ -1632,6 +1632,12 @@ mod tests {
         ]
     }
 
+    /// A shape the gates hand to Winograd (64 channels, 16 tiles covering a 7×8 plane), so that
+    /// `backward` takes its input-gradient path.
+    fn winograd_gated_case() -> ConvGeometry {
+        geometry(2, [64, 64], [8, 9], 3, 1, [0, 1], 1)
+    }
+
     fn winograd_forward(g: &ConvGeometry, x: &[f32], w: &[f32], epilogue: Option<&Epilogue>) -> Vec<f32> {
         let mut y = Vec::with_capacity(g.y_len());
         crate::winograd::forward(g, x, w, &mut y.spare_capacity_mut()[..g.y_len()], epilogue);
@@ -1662,8 +1668,10 @@ mod tests {
     #[test]
     fn winograd_computes_the_forward_and_input_gradient_of_3x3_stride_1_shapes() {
         let threads = rayon::current_num_threads();
-        // The cases whose planes are at least 16 tiles and covered closely by them.
-        for g in [winograd_cases()[2], winograd_cases()[3], winograd_cases()[5]] {
+        // The shapes of the cases whose planes are at least 16 tiles and covered closely by them,
+        // with 64 channels.
+        let gated = [winograd_cases()[2], winograd_cases()[3], winograd_cases()[5], winograd_gated_case()];
+        for g in gated.map(|g| ConvGeometry { in_channels: 64, out_channels: 64, ..g }) {
             let batch = g.batch.max(threads);
             let g = ConvGeometry { batch, ..g };
             assert!(crate::winograd::applies(&g), "{g:?}");
@@ -1671,8 +1679,9 @@ mod tests {
             assert_eq!(crate::winograd::weight_gradient_applies(&g), tiles >= 256, "{g:?}");
             assert!(crate::winograd::input_gradient_as_forward(&g, &values(g.weight_len(), 1)).is_some(), "{g:?}");
         }
-        // Not: strided, dilated, 1×1, few channels, fewer images than threads, a 7×7 plane (4×4
-        // tiles cover 64 outputs), a 4×4 plane (4 tiles).
+        // Not: strided, dilated, 1×1, few channels, fewer images than threads, under 64 channels,
+        // a 7×7 plane (4×4 tiles cover 64 outputs), a 4×4 plane (4 tiles).
+        let narrow = ConvGeometry { batch: threads.max(2), ..winograd_cases()[5] };
         let seven = geometry(threads.max(2), [64, 64], [7, 7], 3, 1, [1, 0], 1);
         let four = geometry(threads.max(2), [64, 64], [4, 4], 3, 1, [1, 0], 1);
         for g in [
@@ -1680,7 +1689,8 @@ mod tests {
             cases()[2],
             cases()[5],
             cases()[0],
-            geometry(1, [16, 16], [8, 8], 3, 1, [1, 0], 1),
+            geometry(1, [64, 64], [8, 8], 3, 1, [1, 0], 1),
+            narrow,
             seven,
             four,
         ] {
@@ -1780,7 +1790,7 @@ mod tests {
     #[test]
     fn backward_is_the_definitions_adjoint() {
         // The Winograd shapes' input gradients go by Winograd too (as a flipped convolution).
-        for g in banded_cases().into_iter().chain(cases()).chain(winograd_cases()) {
+        for g in banded_cases().into_iter().chain(cases()).chain(winograd_cases()).chain([winograd_gated_case()]) {
             let (x, w, dy) = (values(g.x_len(), 3), values(g.weight_len(), 4), values(g.y_len(), 5));
             let (dx, dw) = backward(&g, &x, &w, &dy, true, true);
             let (dx, dw) = (dx.unwrap(), dw.unwrap());
