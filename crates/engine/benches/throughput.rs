@@ -37,6 +37,8 @@ usage: cargo bench -p deeptune-engine --bench throughput -- [options]
   --threads N        2 (size of the global rayon pool flex computes on; 0 = rayon's default)
   --optimizer NAME   sgd (lr 0.01, momentum 0.9) | adamw (lr 1e-3, torch defaults) |
                      lamb (lr 1e-3, the A1 template's settings; torch.optim has no LAMB)
+  --precision NAME   float32 | bfloat16 (the convolutions' products in bfloat16 with float32
+                     sums, on AVX-512-BF16 CPUs; refused elsewhere). Also DEEPTUNE_PRECISION=bf16
   --compare FILE     the reference's JSON lines (torch_reference.py's stdout): after the run,
                      print a markdown table of both and their ratio to stderr";
 
@@ -62,6 +64,7 @@ struct Args {
     warmup: usize,
     threads: usize,
     optimizer: Opt,
+    bfloat16: bool,
     compare: Option<String>,
 }
 
@@ -89,6 +92,7 @@ fn parse_args() -> Args {
         warmup: 2,
         threads: 2,
         optimizer: Opt::Sgd,
+        bfloat16: deeptune_kernels::bf16::enabled(),
         compare: None,
     };
     let mut models = "resnet18,resnet50,mobilenet_v2,efficientnet_b0,efficientnet_lite0".to_string();
@@ -133,6 +137,13 @@ fn parse_args() -> Args {
                     "adamw" => Opt::AdamW,
                     "lamb" => Opt::Lamb,
                     other => fail(&format!("unknown optimizer '{other}'")),
+                }
+            }
+            "--precision" => {
+                args.bfloat16 = match value.as_str() {
+                    "float32" => false,
+                    "bfloat16" => true,
+                    other => fail(&format!("unknown precision '{other}'")),
                 }
             }
             "--compare" => args.compare = Some(value),
@@ -266,6 +277,8 @@ struct CaseResult {
     size: usize,
     batch: usize,
     threads: usize,
+    /// The products' operands: "float32", or "bfloat16" (float32 sums, weights and activations).
+    precision: &'static str,
     median_step_s: f64,
     images_per_s: f64,
     first_losses: Vec<f64>,
@@ -330,6 +343,9 @@ fn main() {
             .expect("the global rayon pool was already initialised");
     }
     let threads = rayon::current_num_threads();
+    if deeptune_kernels::bf16::set_enabled(args.bfloat16) != args.bfloat16 {
+        fail("--precision bfloat16: this CPU has no AVX-512-BF16");
+    }
 
     let mut results = Vec::new();
     let stdout = std::io::stdout();
@@ -345,6 +361,7 @@ fn main() {
                     size,
                     batch: args.batch,
                     threads,
+                    precision: if args.bfloat16 { "bfloat16" } else { "float32" },
                     median_step_s: round(med, 4),
                     images_per_s: round(args.batch as f64 / med, 2),
                     first_losses: losses.iter().take(5).map(|l| round(*l, 4)).collect(),

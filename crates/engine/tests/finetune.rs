@@ -10,7 +10,7 @@ use deeptune_engine::data::{DataSource, FlipDirection, Normalization};
 use deeptune_engine::metrics::{Predictions, evaluate};
 use deeptune_engine::models::Architecture;
 use deeptune_engine::train::{
-    CancelToken, EpochEvent, OptimizerKind, ProgressSink, TrainConfig, TrainOutcome, TrainRun, train,
+    CancelToken, EpochEvent, OptimizerKind, Precision, ProgressSink, TrainConfig, TrainOutcome, TrainRun, train,
 };
 
 mod common;
@@ -58,18 +58,37 @@ fn sample() -> (Arc<Folder>, Arc<Folder>) {
     (Arc::new(Folder { items: train }), Arc::new(Folder { items: validation }))
 }
 
+/// The run's epochs and log messages.
 #[derive(Default)]
-struct Epochs(std::sync::Mutex<Vec<EpochEvent>>);
+struct Epochs(std::sync::Mutex<Vec<EpochEvent>>, std::sync::Mutex<Vec<String>>);
 
 impl ProgressSink for Epochs {
     fn on_epoch(&self, event: &EpochEvent) {
         self.0.lock().unwrap().push(event.clone());
     }
+    fn on_message(&self, message: &str) {
+        self.1.lock().unwrap().push(message.to_string());
+    }
 }
 
-#[test]
-fn efficientnet_lite0_fine_tunes_on_fashion_mnist() {
-    let (train_set, validation_set) = sample();
+/// What a fine-tuning run left: its config, model, last cursor, epochs, and checkpoint folder.
+struct FineTuned {
+    config: TrainConfig,
+    model: deeptune_engine::models::Classifier,
+    cursor: deeptune_engine::train::checkpoint::Cursor,
+    epochs: Vec<EpochEvent>,
+    messages: Vec<String>,
+    dir: tempfile::TempDir,
+}
+
+/// EfficientNet-Lite0 from its ImageNet weights, `epochs` passes over the training split.
+fn fine_tune(
+    train_set: Arc<Folder>,
+    validation_set: Arc<Folder>,
+    precision: Precision,
+    seed: u64,
+    epochs: usize,
+) -> FineTuned {
     let config = TrainConfig {
         architecture: Architecture::EfficientnetLite0,
         num_classes: CLASSES.len(),
@@ -77,7 +96,7 @@ fn efficientnet_lite0_fine_tunes_on_fashion_mnist() {
         normalization: Normalization::MinusOneToOne127,
         batch_size: 16,
         accumulation_steps: 1,
-        num_epochs: 2,
+        num_epochs: epochs,
         optimizer: OptimizerKind::AdamW { beta1: 0.9, beta2: 0.999, epsilon: 1e-8 },
         per_item_lrate: 6.25e-5,
         per_item_min_lrate: 6.25e-7,
@@ -90,7 +109,7 @@ fn efficientnet_lite0_fine_tunes_on_fashion_mnist() {
         balanced_sampler: false,
         freeze_backbone: false,
         backbone_lr_multiplier: 1.0,
-        seed: 11,
+        seed,
         flip_probability: 0.5,
         flip_direction: FlipDirection::Horizontal,
         rand_augment: None,
@@ -98,6 +117,7 @@ fn efficientnet_lite0_fine_tunes_on_fashion_mnist() {
         checkpoint_every_steps: 1000,
         keep_last_checkpoints: 1,
         workers: 2,
+        precision,
     };
     let dir = tempfile::tempdir().unwrap();
     let sink = Epochs::default();
@@ -114,6 +134,15 @@ fn efficientnet_lite0_fine_tunes_on_fashion_mnist() {
         panic!("training did not finish")
     };
     let epochs = sink.0.lock().unwrap().clone();
+    let messages = sink.1.lock().unwrap().clone();
+    FineTuned { config, model, cursor, epochs, messages, dir }
+}
+
+#[test]
+fn efficientnet_lite0_fine_tunes_on_fashion_mnist() {
+    let (train_set, validation_set) = sample();
+    let FineTuned { config, model, cursor, epochs, dir, .. } =
+        fine_tune(train_set, validation_set.clone(), Precision::Float32, 11, 2);
     assert_eq!(epochs.len(), 2);
     let accuracy = epochs.last().unwrap().validation_accuracy.unwrap();
     eprintln!("validation accuracy by epoch: {:?}", epochs.iter().map(|e| e.validation_accuracy).collect::<Vec<_>>());
@@ -175,4 +204,74 @@ fn efficientnet_lite0_fine_tunes_on_fashion_mnist() {
     let top1 = evaluation.summary.top1_accuracy.unwrap() as f64;
     assert!((top1 - accuracy).abs() < 1e-6, "{top1} vs {accuracy}");
     assert!(evaluation.summary.macro_roc_auc.unwrap() > 0.9);
+}
+
+/// Validation accuracy and loss of `model` on `validation`, computed in the products' current
+/// precision.
+fn validate(model: &deeptune_engine::models::Classifier, validation: Arc<Folder>) -> (f64, f64) {
+    let transform = deeptune_engine::data::EvalTransform::new(96, Normalization::MinusOneToOne127);
+    let (probs, labels, _, _) = deeptune_engine::train::predict_source(
+        model,
+        validation,
+        transform,
+        true,
+        16,
+        2,
+        &deeptune_engine::train::NoProgress,
+    );
+    let classes = CLASSES.len();
+    let (mut correct, mut loss, mut count) = (0, 0.0, 0);
+    for (p, l) in probs.chunks(classes).zip(labels.chunks(classes)) {
+        let truth = l.iter().position(|&v| v > 0.5).unwrap();
+        let guess = (0..classes).max_by(|&a, &b| p[a].total_cmp(&p[b])).unwrap();
+        correct += usize::from(guess == truth);
+        loss -= (p[truth] as f64).ln();
+        count += 1;
+    }
+    (correct as f64 / count as f64, loss / count as f64)
+}
+
+/// The opt-in bfloat16 path (CPUs with AVX-512-BF16) predicts and learns as float32 does.
+///
+/// Inference is compared on one model: the same predictions, nearly the same loss. Training is
+/// compared as means over three seeds: on this small set, one run's validation accuracy moves by
+/// ±4 points from seed to seed (measured, in both precisions), so two single runs differ by more
+/// than rounding ever could; over three seeds and four epochs bfloat16 must be no worse than
+/// float32 by more than half a point.
+#[test]
+fn bfloat16_fine_tunes_as_well_as_float32() {
+    if !deeptune_kernels::bf16::supported() {
+        eprintln!("skipped: this CPU has no AVX-512-BF16");
+        return;
+    }
+    let (train_set, validation_set) = sample();
+    let (mut accuracy, mut loss) = ([0.0; 2], [0.0; 2]);
+    for seed in [11, 12, 13] {
+        for (i, precision) in [Precision::Float32, Precision::Bfloat16].into_iter().enumerate() {
+            let run = fine_tune(train_set.clone(), validation_set.clone(), precision, seed, 4);
+            assert!(run.messages.iter().all(|m| !m.contains("float32")), "{:?}", run.messages);
+            let epoch = run.epochs.last().unwrap();
+            let (a, l) = (epoch.validation_accuracy.unwrap(), epoch.validation_loss.unwrap());
+            eprintln!("seed {seed}, {precision:?}: validation accuracy {a}, loss {l}");
+            accuracy[i] += a / 3.0;
+            loss[i] += l / 3.0;
+            // The switch is the run's own: after it, products are float32 again.
+            assert!(!deeptune_kernels::bf16::enabled());
+            if seed == 11 && precision == Precision::Float32 {
+                // One model, both precisions: the predictions agree.
+                let float32 = validate(&run.model, validation_set.clone());
+                assert!(deeptune_kernels::bf16::set_enabled(true));
+                let bfloat16 = validate(&run.model, validation_set.clone());
+                deeptune_kernels::bf16::set_enabled(false);
+                eprintln!("one model: float32 {float32:?}, bfloat16 {bfloat16:?}");
+                assert!((float32.1 - l).abs() < 1e-6, "validation loss {} vs the run's {l}", float32.1);
+                assert!((bfloat16.0 - float32.0).abs() <= 0.005, "{bfloat16:?} vs {float32:?}");
+                assert!((bfloat16.1 - float32.1).abs() <= 0.05 * float32.1, "{bfloat16:?} vs {float32:?}");
+                // It did compute in bfloat16: not bit-identical.
+                assert_ne!(bfloat16.1, float32.1);
+            }
+        }
+    }
+    eprintln!("means over 3 seeds: accuracy {accuracy:?}, loss {loss:?}");
+    assert!(accuracy[1] >= accuracy[0] - 0.005, "bfloat16 {} vs float32 {}", accuracy[1], accuracy[0]);
 }

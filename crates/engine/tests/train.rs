@@ -9,7 +9,8 @@ use deeptune_engine::data::{DataSource, FlipDirection, Normalization};
 use deeptune_engine::models::Architecture;
 use deeptune_engine::torch::to_state_dict;
 use deeptune_engine::train::{
-    CancelToken, EpochEvent, OptimizerKind, ProgressSink, StepEvent, TrainConfig, TrainOutcome, TrainRun, train,
+    CancelToken, EpochEvent, OptimizerKind, Precision, ProgressSink, StepEvent, TrainConfig, TrainOutcome, TrainRun,
+    train,
 };
 use deeptune_weights::{StateDict, Values};
 
@@ -89,6 +90,7 @@ pub fn config(seed: u64) -> TrainConfig {
         checkpoint_every_steps: 2,
         keep_last_checkpoints: 2,
         workers: 2,
+        precision: Precision::Float32,
     }
 }
 

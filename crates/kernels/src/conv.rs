@@ -377,6 +377,11 @@ unsafe fn multiply_raw(
         }
         return;
     }
+    if crate::bf16::enabled() {
+        // SAFETY: as for gemm below: operands' bounds asserted, the destination the caller's.
+        unsafe { crate::bf16::multiply(m, n, k, dst, dst_row, accumulate, lhs, rhs) };
+        return;
+    }
     // SAFETY: every index gemm reads is within the operands (asserted above); the destination is
     // the caller's (this function's contract) and aliases neither operand, which are shared
     // borrows.

@@ -9,6 +9,7 @@
 //! shapes to Winograd's algorithm (`winograd`).
 
 pub mod batchnorm;
+pub mod bf16;
 pub mod conv;
 pub mod depthwise;
 mod ext;

@@ -12,8 +12,8 @@ use deeptune_engine::data::{DataSource, EvalTransform, FlipDirection, Normalizat
 use deeptune_engine::metrics::{Predictions, evaluate};
 use deeptune_engine::models::Architecture;
 use deeptune_engine::train::{
-    CancelToken, EpochEvent, NoProgress, OptimizerKind, ProgressSink, StepEvent, TrainConfig, TrainOutcome, TrainRun,
-    predict_source, train,
+    CancelToken, EpochEvent, NoProgress, OptimizerKind, Precision, ProgressSink, StepEvent, TrainConfig, TrainOutcome,
+    TrainRun, predict_source, train,
 };
 use deeptune_store::jobs::{Job, JobState};
 use deeptune_store::{AppRecord, NewLogLine};
@@ -133,6 +133,7 @@ pub fn train_config(
         checkpoint_every_steps: 50,
         keep_last_checkpoints: 2,
         workers: 2,
+        precision: if text(p, "precision") == "bfloat16" { Precision::Bfloat16 } else { Precision::Float32 },
     })
 }
 

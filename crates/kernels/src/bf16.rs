@@ -1,0 +1,503 @@
+//! Mixed precision: the convolutions' matrix products with bfloat16 operands and float32 sums, on
+//! CPUs with AVX-512-BF16 (`vdpbf16ps`: 32 products per instruction, twice float32's 16 FMAs).
+//!
+//! Opt-in and process-wide ([`set_enabled`], or `DEEPTUNE_PRECISION=bf16` in the environment):
+//! everything else — activations, weights, optimizer state, batch norm, the sums themselves —
+//! stays float32; only each product's operands are rounded (to nearest even) to bfloat16 as they
+//! are packed. That is the usual mixed-precision recipe (PyTorch's `autocast(dtype=bfloat16)` on
+//! CPU does the same to convolutions), so weights keep their float32 master copy.
+//!
+//! The product is a small Goto-style gemm: per block of `KC` values of the shared dimension, the
+//! left operand is packed into `MR`-row panels (pairs of consecutive `k` in one 32-bit word, the
+//! unit `vdpbf16ps` broadcasts) and the right operand into `NR`-column panels (pairs of `k`
+//! interleaved per column); the microkernel keeps an `MR × NR` block of float32 sums in 24 of the
+//! 32 vector registers. Where the CPU lacks the instruction, [`enabled`] stays false.
+
+use std::sync::atomic::{AtomicU8, Ordering};
+
+use crate::conv::View;
+
+/// Rows of the destination per microkernel call: one 32-bit broadcast each.
+const MR: usize = 12;
+/// Columns per microkernel call: two 16-lane vectors of float32 sums per row.
+const NR: usize = 32;
+/// Values of the shared dimension per block (even): a right panel is `KC/2 × NR` words (16 KB),
+/// kept in L1 while every left panel streams past it.
+const KC: usize = 256;
+
+const UNSET: u8 = 0;
+const OFF: u8 = 1;
+const ON: u8 = 2;
+static STATE: AtomicU8 = AtomicU8::new(UNSET);
+
+/// Whether this CPU computes bfloat16 products natively (AVX-512-BF16).
+pub fn supported() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::is_x86_feature_detected!("avx512f")
+            && std::is_x86_feature_detected!("avx512bw")
+            && std::is_x86_feature_detected!("avx512bf16")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// Turns bfloat16 products on or off for the whole process (all threads, every later product).
+/// Returns whether they are now on: asking for them on a CPU without AVX-512-BF16 leaves them off.
+pub fn set_enabled(on: bool) -> bool {
+    let on = on && supported();
+    STATE.store(if on { ON } else { OFF }, Ordering::Relaxed);
+    on
+}
+
+/// Whether products run in bfloat16: [`set_enabled`]'s last word, else `DEEPTUNE_PRECISION=bf16`
+/// in the environment (and a CPU that can).
+pub fn enabled() -> bool {
+    match STATE.load(Ordering::Relaxed) {
+        ON => true,
+        OFF => false,
+        _ => {
+            let wanted = std::env::var("DEEPTUNE_PRECISION").is_ok_and(|v| v.eq_ignore_ascii_case("bf16"));
+            // A racing `set_enabled` wins: only replace the unset state.
+            let state = if wanted && supported() { ON } else { OFF };
+            let _ = STATE.compare_exchange(UNSET, state, Ordering::Relaxed, Ordering::Relaxed);
+            STATE.load(Ordering::Relaxed) == ON
+        }
+    }
+}
+
+/// `x` rounded to the nearest bfloat16 (ties to even), as its 16 bits: what `vcvtneps2bf16` gives
+/// for normal numbers (the instruction also flushes subnormals to zero; packing in scalar code
+/// keeps them, a difference below 1e-38).
+#[inline(always)]
+pub fn round_bits(x: f32) -> u32 {
+    let bits = x.to_bits();
+    if x.is_nan() {
+        // Quiet the NaN; rounding could carry its payload into the exponent (infinity).
+        return (bits >> 16) | 0x40;
+    }
+    (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16
+}
+
+/// `x` rounded to bfloat16 and back: the value the products see.
+pub fn round(x: f32) -> f32 {
+    f32::from_bits(round_bits(x) << 16)
+}
+
+/// `dst (m×n, row stride dst_row) = [dst +] lhs (m×k) · rhs (k×n)` with bfloat16 operands and
+/// float32 sums. Call only where [`enabled`] (the CPU has the instructions).
+///
+/// # Safety
+/// As `conv::multiply_raw`: `dst + r·dst_row + c` for `r < m`, `c < n` valid initialised floats
+/// nothing else touches during the call; the operands' bounds checked by the caller.
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn multiply(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: *mut f32,
+    dst_row: usize,
+    accumulate: bool,
+    lhs: View,
+    rhs: View,
+) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        debug_assert!(enabled());
+        // SAFETY: the CPU has the instructions (`enabled` checks `supported`); the rest is the
+        // caller's contract.
+        unsafe { x86::multiply(m, n, k, dst, dst_row, accumulate, lhs, rhs) }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (m, n, k, dst, dst_row, accumulate, lhs, rhs);
+        unreachable!("bfloat16 products are only enabled on x86-64");
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::*;
+
+    use super::{KC, MR, NR, View, round_bits};
+
+    thread_local! {
+        /// Packed panels, reused across calls: (left block, right block).
+        static PACKED: std::cell::RefCell<(Vec<u32>, Vec<u32>)> = const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
+    pub(super) unsafe fn multiply(
+        m: usize,
+        n: usize,
+        k: usize,
+        dst: *mut f32,
+        dst_row: usize,
+        accumulate: bool,
+        lhs: View,
+        rhs: View,
+    ) {
+        let row_panels = m.div_ceil(MR);
+        let col_panels = n.div_ceil(NR);
+        PACKED.with(|packed| {
+            let (left, right) = &mut *packed.borrow_mut();
+            let mut kb = 0;
+            while kb < k {
+                let kc = KC.min(k - kb);
+                let pairs = kc.div_ceil(2);
+                // The packers write every word (padding included), so the buffers need no clearing.
+                left.resize(left.len().max(row_panels * pairs * MR), 0);
+                right.resize(right.len().max(col_panels * pairs * NR), 0);
+                for panel in 0..row_panels {
+                    let rows = panel * MR..(panel * MR + MR).min(m);
+                    pack_left(lhs, rows, kb, kc, &mut left[panel * pairs * MR..][..pairs * MR]);
+                }
+                for panel in 0..col_panels {
+                    let cols = panel * NR..(panel * NR + NR).min(n);
+                    pack_right(rhs, cols, kb, kc, &mut right[panel * pairs * NR..][..pairs * NR]);
+                }
+                let add = accumulate || kb > 0;
+                for cp in 0..col_panels {
+                    let c0 = cp * NR;
+                    let cols = NR.min(n - c0);
+                    let b = right[cp * pairs * NR..].as_ptr();
+                    for rp in 0..row_panels {
+                        let r0 = rp * MR;
+                        let rows = MR.min(m - r0);
+                        let a = left[rp * pairs * MR..].as_ptr();
+                        // SAFETY: the panels hold `pairs` words per row/column; the destination
+                        // block is within `m × n` (the caller's contract).
+                        unsafe { micro(pairs, a, b, dst.add(r0 * dst_row + c0), dst_row, rows, cols, add) };
+                    }
+                }
+                kb += kc;
+            }
+        });
+    }
+
+    /// Rows `rows` of `lhs`, values `kb..kb + kc`, as `[pair][row]` words (`bf16(a[r][2p]) |
+    /// bf16(a[r][2p + 1]) << 16`); every word of `out` is written, rows past `m` and the odd
+    /// last value as zeros.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
+    fn pack_left(lhs: View, rows: std::ops::Range<usize>, kb: usize, kc: usize, out: &mut [u32]) {
+        let start = rows.start * lhs.row + kb * lhs.col;
+        if lhs.col == 1 {
+            // SAFETY: rows `< m` of values `< k` lie within the operand (checked by the caller).
+            unsafe { pack_lines(lhs.data[start..].as_ptr(), lhs.row, rows.len(), kc, out, MR, 0, MR) };
+        } else if lhs.row == 1 {
+            // SAFETY: as above.
+            unsafe { pack_across(lhs.data[start..].as_ptr(), lhs.col, rows.len(), kc, out, MR, 0, MR) };
+        } else {
+            out.fill(0);
+            for (i, r) in rows.enumerate() {
+                pack_strided(|kk| lhs.data[r * lhs.row + (kb + kk) * lhs.col], kc, out, MR, i);
+            }
+        }
+    }
+
+    /// Columns `cols` of `rhs`, values `kb..kb + kc`, as `[pair][column]` words; every word of
+    /// `out` is written, columns past `n` and the odd last value as zeros.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
+    fn pack_right(rhs: View, cols: std::ops::Range<usize>, kb: usize, kc: usize, out: &mut [u32]) {
+        let width = cols.len();
+        if rhs.col == 1 || rhs.row == 1 {
+            for first in (0..NR).step_by(16) {
+                let lines = width.saturating_sub(first).min(16);
+                // Not dereferenced where `lines` is 0 (a panel's padding).
+                let data = rhs.data.as_ptr().wrapping_add(kb * rhs.row + (cols.start + first) * rhs.col);
+                // SAFETY: columns `< n` of values `< k` lie within the operand (checked by the
+                // caller); no other lane is read.
+                unsafe {
+                    if rhs.col == 1 {
+                        pack_across(data, rhs.row, lines, kc, out, NR, first, 16);
+                    } else {
+                        pack_lines(data, rhs.col, lines, kc, out, NR, first, 16);
+                    }
+                }
+            }
+        } else {
+            out.fill(0);
+            for (j, c) in cols.enumerate() {
+                pack_strided(|kk| rhs.data[(kb + kk) * rhs.row + c * rhs.col], kc, out, NR, j);
+            }
+        }
+    }
+
+    /// The mask of the first `n` of 16 lanes.
+    #[inline(always)]
+    fn first_lanes(n: usize) -> __mmask16 {
+        if n >= 16 { 0xFFFF } else { (1u16 << n) - 1 }
+    }
+
+    /// `lines ≤ 16` lines contiguous along `k` (rows of the left operand, columns of a transposed
+    /// right one), `line_stride` apart, into `out[p·stride + first + lane]` for lanes
+    /// `< lanes` (zeros past `lines`). Per 32 values of `k`: each line's 32 values become 16
+    /// words in one conversion (two neighbours per word, low first), then the 16 × 16 words are
+    /// transposed in registers so that each pair's words are one store.
+    ///
+    /// # Safety
+    /// `data + l·line_stride + kk` for `l < lines`, `kk < kc` must be readable floats.
+    #[allow(clippy::too_many_arguments)]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
+    unsafe fn pack_lines(
+        data: *const f32,
+        line_stride: usize,
+        lines: usize,
+        kc: usize,
+        out: &mut [u32],
+        stride: usize,
+        first: usize,
+        lanes: usize,
+    ) {
+        assert!(lines <= lanes && lanes <= 16 && first + lanes <= stride && out.len() >= kc.div_ceil(2) * stride);
+        let store = first_lanes(lanes);
+        let mut p = 0;
+        while 2 * p < kc {
+            let take = (kc - 2 * p).min(32);
+            let (low, high) = (first_lanes(take), first_lanes(take.saturating_sub(16)));
+            let mut words = [_mm512_setzero_si512(); 16];
+            for (l, w) in words.iter_mut().enumerate().take(lines) {
+                // SAFETY: the `take` values from `2p` of line `l` are the caller's; masked-off
+                // lanes are not read.
+                unsafe {
+                    let line = data.add(l * line_stride + 2 * p);
+                    let (lo, hi) = (_mm512_maskz_loadu_ps(low, line), _mm512_maskz_loadu_ps(high, line.add(16)));
+                    *w = std::mem::transmute::<__m512bh, __m512i>(_mm512_cvtne2ps_pbh(hi, lo));
+                }
+            }
+            let pairs = transpose16(words);
+            for (q, pair) in pairs.iter().enumerate().take(take.div_ceil(2)) {
+                // SAFETY: `p + q` < `kc/2` rounded up and `first + lanes ≤ stride` (asserted).
+                unsafe {
+                    _mm512_mask_storeu_epi32(out.as_mut_ptr().add((p + q) * stride + first).cast(), store, *pair)
+                };
+            }
+            p += 16;
+        }
+    }
+
+    /// A 16 × 16 matrix of 32-bit words transposed: unpacks of words, then of word pairs, pair
+    /// 4 × 4 blocks within each 128-bit lane; two rounds of lane shuffles place the blocks.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    fn transpose16(r: [__m512i; 16]) -> [__m512i; 16] {
+        let mut a = [_mm512_setzero_si512(); 16];
+        for i in 0..8 {
+            a[2 * i] = _mm512_unpacklo_epi32(r[2 * i], r[2 * i + 1]);
+            a[2 * i + 1] = _mm512_unpackhi_epi32(r[2 * i], r[2 * i + 1]);
+        }
+        // b[4i + e], lane L: column 4L + e of rows 4i..4i + 4.
+        let mut b = [_mm512_setzero_si512(); 16];
+        for i in 0..4 {
+            b[4 * i] = _mm512_unpacklo_epi64(a[4 * i], a[4 * i + 2]);
+            b[4 * i + 1] = _mm512_unpackhi_epi64(a[4 * i], a[4 * i + 2]);
+            b[4 * i + 2] = _mm512_unpacklo_epi64(a[4 * i + 1], a[4 * i + 3]);
+            b[4 * i + 3] = _mm512_unpackhi_epi64(a[4 * i + 1], a[4 * i + 3]);
+        }
+        let mut c = [_mm512_setzero_si512(); 16];
+        for e in 0..4 {
+            let s0 = _mm512_shuffle_i32x4::<0x88>(b[e], b[4 + e]);
+            let s1 = _mm512_shuffle_i32x4::<0xDD>(b[e], b[4 + e]);
+            let s2 = _mm512_shuffle_i32x4::<0x88>(b[8 + e], b[12 + e]);
+            let s3 = _mm512_shuffle_i32x4::<0xDD>(b[8 + e], b[12 + e]);
+            c[e] = _mm512_shuffle_i32x4::<0x88>(s0, s2);
+            c[8 + e] = _mm512_shuffle_i32x4::<0xDD>(s0, s2);
+            c[4 + e] = _mm512_shuffle_i32x4::<0x88>(s1, s3);
+            c[12 + e] = _mm512_shuffle_i32x4::<0xDD>(s1, s3);
+        }
+        c
+    }
+
+    /// `lines ≤ 16` neighbouring lines across `k` (rows of a right operand, columns of a
+    /// transposed left one), `k_stride` apart, into `out[p·stride + first + lane]` for lanes
+    /// `< lanes` (zeros past `lines`): two lines' 16 values converted at once and interleaved as
+    /// each word's low and high halves.
+    ///
+    /// # Safety
+    /// `data + kk·k_stride + l` for `kk < kc`, `l < lines` must be readable floats.
+    #[allow(clippy::too_many_arguments)]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
+    unsafe fn pack_across(
+        data: *const f32,
+        k_stride: usize,
+        lines: usize,
+        kc: usize,
+        out: &mut [u32],
+        stride: usize,
+        first: usize,
+        lanes: usize,
+    ) {
+        assert!(lines <= lanes && lanes <= 16 && first + lanes <= stride && out.len() >= kc.div_ceil(2) * stride);
+        let (load, store) = (first_lanes(lines), first_lanes(lanes));
+        let bits = |x: __m512| {
+            _mm512_cvtepu16_epi32(unsafe { std::mem::transmute::<__m256bh, __m256i>(_mm512_cvtneps_pbh(x)) })
+        };
+        for p in 0..kc.div_ceil(2) {
+            // SAFETY: masked-off lanes are neither read nor written; the rest are the caller's
+            // (reads) and within `out` (asserted).
+            unsafe {
+                let low = bits(_mm512_maskz_loadu_ps(load, data.add(2 * p * k_stride)));
+                let word = if 2 * p + 1 < kc {
+                    let high = bits(_mm512_maskz_loadu_ps(load, data.add((2 * p + 1) * k_stride)));
+                    _mm512_or_si512(low, _mm512_slli_epi32::<16>(high))
+                } else {
+                    low
+                };
+                _mm512_mask_storeu_epi32(out.as_mut_ptr().add(p * stride + first).cast(), store, word);
+            }
+        }
+    }
+
+    /// Any layout, one value at a time: `value(kk)` for `kk < kc` into `out[p·stride + lane]`.
+    #[inline(always)]
+    fn pack_strided(value: impl Fn(usize) -> f32, kc: usize, out: &mut [u32], stride: usize, lane: usize) {
+        for p in 0..kc.div_ceil(2) {
+            let lo = round_bits(value(2 * p));
+            let hi = if 2 * p + 1 < kc { round_bits(value(2 * p + 1)) } else { 0 };
+            out[p * stride + lane] = lo | hi << 16;
+        }
+    }
+
+    /// `c[0..rows][0..cols] = [c +] a · b` for one `MR × NR` block: `a` is `pairs × MR` words,
+    /// `b` is `pairs × NR` words; the sums stay in registers for the whole block of `k`.
+    #[allow(clippy::too_many_arguments)]
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
+    unsafe fn micro(
+        pairs: usize,
+        a: *const u32,
+        b: *const u32,
+        c: *mut f32,
+        c_row: usize,
+        rows: usize,
+        cols: usize,
+        add: bool,
+    ) {
+        let mut acc = [[_mm512_setzero_ps(); 2]; MR];
+        // SAFETY (whole block): `a` and `b` hold `pairs` rows of `MR` and `NR` words (the
+        // packers' layout); `c` covers `rows × cols` floats `c_row` apart (the caller's).
+        unsafe {
+            for p in 0..pairs {
+                let b0: __m512bh = std::mem::transmute(_mm512_loadu_si512(b.add(p * NR).cast()));
+                let b1: __m512bh = std::mem::transmute(_mm512_loadu_si512(b.add(p * NR + 16).cast()));
+                let ap = a.add(p * MR);
+                for (r, sums) in acc.iter_mut().enumerate() {
+                    let ar: __m512bh = std::mem::transmute(_mm512_set1_epi32(*ap.add(r) as i32));
+                    sums[0] = _mm512_dpbf16_ps(sums[0], ar, b0);
+                    sums[1] = _mm512_dpbf16_ps(sums[1], ar, b1);
+                }
+            }
+            let masks: [__mmask16; 2] = [
+                if cols >= 16 { 0xFFFF } else { (1u16 << cols) - 1 },
+                if cols >= 32 {
+                    0xFFFF
+                } else if cols > 16 {
+                    (1u16 << (cols - 16)) - 1
+                } else {
+                    0
+                },
+            ];
+            for (r, sums) in acc.iter().enumerate().take(rows) {
+                let row = c.add(r * c_row);
+                for half in 0..2 {
+                    let (ptr, mask) = (row.add(16 * half), masks[half]);
+                    if mask == 0 {
+                        continue;
+                    }
+                    let v = if add { _mm512_add_ps(sums[half], _mm512_maskz_loadu_ps(mask, ptr)) } else { sums[half] };
+                    _mm512_mask_storeu_ps(ptr, mask, v);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn values(len: usize, seed: u32) -> Vec<f32> {
+        let mut state = seed.wrapping_mul(2654435761).wrapping_add(12345);
+        (0..len)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 17;
+                state ^= state << 5;
+                (state % 20001) as f32 / 10000.0 - 1.0
+            })
+            .collect()
+    }
+
+    #[test]
+    fn rounds_to_nearest_even() {
+        assert_eq!(round(1.0), 1.0);
+        // 1 + 2^-8 lies halfway between 1 and 1 + 2^-7: ties go to the even mantissa, 1.
+        assert_eq!(round(1.0 + 1.0 / 256.0), 1.0);
+        assert_eq!(round(1.0 + 3.0 / 256.0), 1.0 + 4.0 / 256.0);
+        assert_eq!(round(-2.5e-3), -f32::from_bits(0x3B24 << 16));
+        assert!(round(f32::NAN).is_nan());
+        assert_eq!(round(f32::INFINITY), f32::INFINITY);
+    }
+
+    /// Every stride shape the convolutions use (row-major, transposed, and neither), edges of
+    /// the panels (m, n not multiples of 12, 32; odd k; k over one block), with and without
+    /// accumulation: the result equals the f64 sum of the bfloat16-rounded operands to float32
+    /// rounding of the sums.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn multiplies_the_rounded_operands_exactly_up_to_float32_sums() {
+        // Called directly, not through the process-wide switch: tests share the process.
+        if !supported() {
+            eprintln!("skipped: this CPU has no AVX-512-BF16");
+            return;
+        }
+        for &(m, n, k) in &[(1, 1, 1), (12, 32, 2), (13, 33, 3), (25, 70, 257), (7, 5, 600), (40, 100, 64)] {
+            for layout in 0..4 {
+                let a = values(m * k, (m * 31 + k) as u32);
+                let b = values(k * n, (n * 17 + k) as u32);
+                // Left row-major or transposed; right row-major, transposed, or with both
+                // strides > 1 (rows of a wider matrix, every other column).
+                let (lhs, a_at): (View, Box<dyn Fn(usize, usize) -> f32>) = if layout % 2 == 0 {
+                    (View { data: &a, row: k, col: 1 }, Box::new(|r, c| a[r * k + c]))
+                } else {
+                    (View { data: &a, row: 1, col: m }, Box::new(|r, c| a[r + c * m]))
+                };
+                let b2 = values(k * 2 * n, 99);
+                let (rhs, b_at): (View, Box<dyn Fn(usize, usize) -> f32>) = match layout {
+                    0 | 1 => (View { data: &b, row: n, col: 1 }, Box::new(|r, c| b[r * n + c])),
+                    2 => (View { data: &b, row: 1, col: k }, Box::new(|r, c| b[r + c * k])),
+                    _ => (View { data: &b2, row: 2 * n, col: 2 }, Box::new(|r, c| b2[r * 2 * n + 2 * c])),
+                };
+                for accumulate in [false, true] {
+                    let start = values(m * (n + 3), 5);
+                    let mut dst = start.clone();
+                    unsafe { x86::multiply(m, n, k, dst.as_mut_ptr(), n + 3, accumulate, lhs, rhs) };
+                    for r in 0..m {
+                        for c in 0..n + 3 {
+                            let got = dst[r * (n + 3) + c];
+                            if c >= n {
+                                assert_eq!(got, start[r * (n + 3) + c], "wrote past the columns");
+                                continue;
+                            }
+                            let mut want: f64 = if accumulate { start[r * (n + 3) + c] as f64 } else { 0.0 };
+                            let mut magnitude = want.abs();
+                            for i in 0..k {
+                                let p = round(a_at(r, i)) as f64 * round(b_at(i, c)) as f64;
+                                want += p;
+                                magnitude += p.abs();
+                            }
+                            let tolerance = 1e-6 * magnitude + 1e-7;
+                            assert!(
+                                (got as f64 - want).abs() <= tolerance,
+                                "m {m} n {n} k {k} layout {layout} acc {accumulate} ({r}, {c}): {got} vs {want}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
