@@ -28,8 +28,17 @@ use crate::conv::{ConvGeometry, Epilogue, Scratch, View, multiply};
 use crate::simd::{assume_written, widest};
 
 /// Tiles (columns of the 16 products) transformed and multiplied at a time: `V` and `M` of a
-/// block take `16 × channels × TILES_PER_BLOCK` values each.
+/// block take `16 × channels × tiles_per_block()` values each.
 const TILES_PER_BLOCK: usize = 128;
+
+/// [`TILES_PER_BLOCK`], doubled where the products run in bfloat16: each product packs its left
+/// operand (the transformed filters) afresh, and with products twice as fast that packing
+/// weighed more; 256 tiles halve it (ResNet-18 in bfloat16 on Zen 4, three alternated runs:
+/// training at 112 px +0–15 %, inference +0–8 %; never slower). In float32, 256 measured level with 128 per layer on Zen 4 and was not tried on
+/// the 512 KB-L2 machine 128 was tuned on, so float32 keeps 128.
+fn tiles_per_block() -> usize {
+    if crate::bf16::enabled() { 2 * TILES_PER_BLOCK } else { TILES_PER_BLOCK }
+}
 
 /// Extra values between the 16 points' matrices of a block: at exactly 32 KB apart (64 channels
 /// × 128 tiles) the transforms' 16 streams would all fall in the same set of L1.
@@ -145,7 +154,7 @@ pub(crate) fn forward(
 /// whose tiles come closest to one block.
 fn images_per_task(batch: usize, tiles_per_image: usize) -> usize {
     let share = batch.div_ceil(rayon::current_num_threads().max(1));
-    let wanted = TILES_PER_BLOCK as f64 / tiles_per_image.max(1) as f64;
+    let wanted = tiles_per_block() as f64 / tiles_per_image.max(1) as f64;
     (1..=share)
         .filter(|&d| share.is_multiple_of(d))
         .min_by(|&a, &b| (a as f64 / wanted).ln().abs().total_cmp(&(b as f64 / wanted).ln().abs()))
@@ -210,7 +219,7 @@ fn images_forward(g: &ConvGeometry, x: &[f32], u: &[f32], y: &mut [MaybeUninit<f
     let (cin, cout) = (g.in_channels, g.out_channels);
     let (tile_rows, tile_cols) = tiles(g);
     // Whole tile rows (of any of the images) per block, at least one.
-    let rows_per_block = (TILES_PER_BLOCK / tile_cols).max(1);
+    let rows_per_block = (tiles_per_block() / tile_cols).max(1);
     let all_rows = images * tile_rows;
     let most = rows_per_block * tile_cols;
     let mut v = Scratch::stale(POINTS * (cin * most + STAGGER));
@@ -228,14 +237,7 @@ fn images_forward(g: &ConvGeometry, x: &[f32], u: &[f32], y: &mut [MaybeUninit<f
         widest(
             #[inline(always)]
             || {
-                for c in 0..cin {
-                    for r in 0..block_rows {
-                        let (image, row) = tile_row(first_row + r);
-                        let plane = &x[(image * cin + c) * g.in_plane()..][..g.in_plane()];
-                        gather_input_patches(g, plane, row, &mut padded, patch, n, r * tile_cols);
-                    }
-                    transform_input(patch, n, &mut v[c * n..], v_stride);
-                }
+                transform_input_block(g, x, tile_row, first_row..first_row + block_rows, &mut padded, patch, v, v_stride);
             },
         );
         for point in 0..POINTS {
@@ -310,11 +312,39 @@ pub(crate) fn weight_gradient(g: &ConvGeometry, x: &[f32], dy: &[f32]) -> Vec<f3
     dw
 }
 
+/// `V` of one block: every input channel's 4×4 patches of the tiles in tile rows `rows` (block
+/// rows, which `tile_row` maps to an image of `x` and a tile row in it) gathered into `patch` and
+/// transformed into `v`, laid out `[16][channel][tile]` with the 16 points `v_stride` apart.
+/// Inlined into the callers' `widest`, so that it is compiled for their vector width.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn transform_input_block(
+    g: &ConvGeometry,
+    x: &[f32],
+    tile_row: impl Fn(usize) -> (usize, usize),
+    rows: std::ops::Range<usize>,
+    padded: &mut [f32],
+    patch: &mut [f32],
+    v: &mut [f32],
+    v_stride: usize,
+) {
+    let tile_cols = tiles(g).1;
+    let n = rows.len() * tile_cols;
+    for c in 0..g.in_channels {
+        for (r, block_row) in rows.clone().enumerate() {
+            let (image, row) = tile_row(block_row);
+            let plane = &x[(image * g.in_channels + c) * g.in_plane()..][..g.in_plane()];
+            gather_input_patches(g, plane, row, padded, patch, n, r * tile_cols);
+        }
+        transform_input(patch, n, &mut v[c * n..], v_stride);
+    }
+}
+
 /// `S[ξ] = Σ D[ξ] · V[ξ]ᵀ` over the tiles of `images`, laid out `[16][out_channels][in_channels]`.
 fn weight_gradient_sums(g: &ConvGeometry, x: &[f32], dy: &[f32], images: std::ops::Range<usize>) -> Scratch {
     let (cin, cout) = (g.in_channels, g.out_channels);
     let (tile_rows, tile_cols) = tiles(g);
-    let rows_per_block = (TILES_PER_BLOCK / tile_cols).max(1);
+    let rows_per_block = (tiles_per_block() / tile_cols).max(1);
     let all_rows = images.len() * tile_rows;
     let most = rows_per_block * tile_cols;
     let mut sums = Scratch::stale(POINTS * cout * cin);
@@ -331,14 +361,7 @@ fn weight_gradient_sums(g: &ConvGeometry, x: &[f32], dy: &[f32], images: std::op
         widest(
             #[inline(always)]
             || {
-                for c in 0..cin {
-                    for r in 0..block_rows {
-                        let (image, row) = tile_row(first_row + r);
-                        let plane = &x[(image * cin + c) * g.in_plane()..][..g.in_plane()];
-                        gather_input_patches(g, plane, row, &mut padded, patch, n, r * tile_cols);
-                    }
-                    transform_input(patch, n, &mut v[c * n..], v_stride);
-                }
+                transform_input_block(g, x, tile_row, first_row..first_row + block_rows, &mut padded, patch, v, v_stride);
                 for o in 0..cout {
                     for r in 0..block_rows {
                         let (image, row) = tile_row(first_row + r);
