@@ -237,7 +237,16 @@ fn images_forward(g: &ConvGeometry, x: &[f32], u: &[f32], y: &mut [MaybeUninit<f
         widest(
             #[inline(always)]
             || {
-                transform_input_block(g, x, tile_row, first_row..first_row + block_rows, &mut padded, patch, v, v_stride);
+                transform_input_block(
+                    g,
+                    x,
+                    tile_row,
+                    first_row..first_row + block_rows,
+                    &mut padded,
+                    patch,
+                    v,
+                    v_stride,
+                );
             },
         );
         for point in 0..POINTS {
@@ -361,7 +370,16 @@ fn weight_gradient_sums(g: &ConvGeometry, x: &[f32], dy: &[f32], images: std::op
         widest(
             #[inline(always)]
             || {
-                transform_input_block(g, x, tile_row, first_row..first_row + block_rows, &mut padded, patch, v, v_stride);
+                transform_input_block(
+                    g,
+                    x,
+                    tile_row,
+                    first_row..first_row + block_rows,
+                    &mut padded,
+                    patch,
+                    v,
+                    v_stride,
+                );
                 for o in 0..cout {
                     for r in 0..block_rows {
                         let (image, row) = tile_row(first_row + r);

@@ -4,8 +4,8 @@
 //! evaluation.
 
 use deeptune_engine::models::Architecture;
-use deeptune_engine::train::TrainConfig;
 use deeptune_engine::train::calibrate::{calibrate, hardware_fingerprint};
+use deeptune_engine::train::{Precision, TrainConfig};
 use deeptune_store::{Store, ThroughputKey};
 use serde_json::{Value, json};
 
@@ -65,10 +65,15 @@ fn cost(architecture: Architecture, image_size: u32) -> f64 {
     gflops_224(architecture) * (image_size as f64 / 224.0).powi(2)
 }
 
-/// The key of a run's throughput on this machine.
+/// The key of a run's throughput on this machine: bfloat16 runs (where the CPU has them) are
+/// measured apart from float32 ones, as if on other hardware.
 pub fn throughput_key(config: &TrainConfig) -> ThroughputKey {
+    let hardware = match config.precision.effective() {
+        Precision::Bfloat16 => format!("{} bfloat16", hardware_fingerprint()),
+        Precision::Float32 => hardware_fingerprint(),
+    };
     ThroughputKey {
-        hardware: hardware_fingerprint(),
+        hardware,
         architecture: architecture_name(config.architecture),
         image_size: config.image_size as u32,
         batch_size: config.batch_size as u32,

@@ -165,6 +165,32 @@ mod tests {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, Ordering};
 
+    use deeptune_engine::train::Precision;
+
+    /// The template parameter `precision` reaches the engine's configuration (float32 unless
+    /// asked), is checked against its options, and bfloat16 runs keep their own throughput
+    /// measurements where the CPU has the instructions.
+    #[test]
+    fn the_precision_parameter_selects_bfloat16_runs() {
+        let template = deeptune_core::templates::find_template("EfficientNet_Lite0").unwrap();
+        let config = |given: serde_json::Value| {
+            let mut given = given.as_object().unwrap().clone();
+            let resolved =
+                deeptune_core::templates::resolve_params(&template, &given).map_err(|e| e[0].reason.clone())?;
+            given = resolved.into_iter().collect();
+            given.insert("template".into(), "EfficientNet_Lite0".into());
+            super::train_config(&given, 3, true, 100)
+        };
+        let float32 = config(serde_json::json!({})).unwrap();
+        assert_eq!(float32.precision, Precision::Float32);
+        let bfloat16 = config(serde_json::json!({"precision": "bfloat16"})).unwrap();
+        assert_eq!(bfloat16.precision, Precision::Bfloat16);
+        let wrong = config(serde_json::json!({"precision": "float16"})).unwrap_err();
+        assert!(wrong.contains("float16"), "{wrong}");
+        let (key32, key16) = (crate::estimate::throughput_key(&float32), crate::estimate::throughput_key(&bfloat16));
+        assert_eq!(key32.hardware != key16.hardware, Precision::Bfloat16.effective() == Precision::Bfloat16);
+    }
+
     /// Deleting a version while its worker is still writing checkpoints (it stops only at its
     /// next step) must not fail with "directory not empty", nor leave anything behind.
     #[test]

@@ -54,6 +54,16 @@ pub enum Precision {
     Bfloat16,
 }
 
+impl Precision {
+    /// What a run asking for this precision computes in on this CPU.
+    pub fn effective(self) -> Precision {
+        match self {
+            Precision::Bfloat16 if deeptune_kernels::bf16::supported() => Precision::Bfloat16,
+            _ => Precision::Float32,
+        }
+    }
+}
+
 /// Sets the kernels' process-wide precision for one run and restores the previous one after (a
 /// process trains one run at a time: `ONE_RUN_AT_A_TIME`).
 struct PrecisionScope {
@@ -401,12 +411,12 @@ static ONE_RUN_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 /// Trains (or resumes) a run to its end, a cancel, or `stop_after_steps`.
 pub fn train(run: TrainRun, sink: &dyn ProgressSink, cancel: &CancelToken) -> Result<TrainOutcome, TrainError> {
     let _exclusive = ONE_RUN_AT_A_TIME.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-    let _precision = PrecisionScope::enter(run.config.precision, sink);
     train_exclusive(run, sink, cancel)
 }
 
-/// [`train`], for a caller that holds `ONE_RUN_AT_A_TIME`.
+/// [`train`], for a caller that holds `ONE_RUN_AT_A_TIME` (a run, or a calibration).
 fn train_exclusive(run: TrainRun, sink: &dyn ProgressSink, cancel: &CancelToken) -> Result<TrainOutcome, TrainError> {
+    let _precision = PrecisionScope::enter(run.config.precision, sink);
     let config = &run.config;
     if config.batch_size == 0
         || config.accumulation_steps == 0
