@@ -2,7 +2,8 @@
 //! one input size, forward and backward, milliseconds and GFLOP/s. Shows which layers the
 //! products lose time in; `tools/bench/conv_layers_torch.py` prints PyTorch's for the same shapes.
 //!
-//! `cargo bench -p deeptune-kernels --bench conv_layers -- [size] [batch]` (default 112 16).
+//! `cargo bench -p deeptune-kernels --bench conv_layers -- [size] [batch] [name]` (default 112 16;
+//! a name keeps only the layers whose name contains it, e.g. `"layer4 3x3"`).
 
 use std::time::Instant;
 
@@ -46,13 +47,18 @@ fn median_ms(reps: usize, mut f: impl FnMut()) -> f64 {
 fn main() {
     let args: Vec<usize> = std::env::args().skip(1).filter_map(|a| a.parse().ok()).collect();
     let (size, batch) = (args.first().copied().unwrap_or(112), args.get(1).copied().unwrap_or(16));
+    // A word among the arguments keeps only the layers whose name contains it ("layer4").
+    let only: Option<String> = std::env::args().skip(1).find(|a| a.parse::<usize>().is_err());
     println!("ResNet-18 convolutions at {size} px, batch {batch}, {} threads", rayon::current_num_threads());
     println!(
-        "{:<14} {:>5} {:>9} {:>8} {:>9} {:>8} {:>10}",
-        "layer", "count", "fwd ms", "GFLOP/s", "bwd ms", "GFLOP/s", "step ms"
+        "{:<14} {:>5} {:>9} {:>8} {:>9} {:>8} {:>10} {:>8} {:>8}",
+        "layer", "count", "fwd ms", "GFLOP/s", "bwd ms", "GFLOP/s", "step ms", "dx ms", "dw ms"
     );
     let (mut total_fwd, mut total_bwd) = (0.0, 0.0);
     for (name, cin, cout, k, stride, pad, side, count) in resnet18_layers(size) {
+        if only.as_deref().is_some_and(|word| !name.contains(word)) {
+            continue;
+        }
         let out = (side + 2 * pad - k) / stride + 1;
         let g = ConvGeometry {
             batch,
@@ -82,11 +88,22 @@ fn main() {
         let bwd = median_ms(reps, || {
             std::hint::black_box(conv::backward(&g, &x, &w, &dy, want_input, true));
         });
+        // The two halves alone, to see which one a layer loses time in.
+        let input_only = if want_input {
+            median_ms(reps, || {
+                std::hint::black_box(conv::backward(&g, &x, &w, &dy, true, false));
+            })
+        } else {
+            0.0
+        };
+        let weight_only = median_ms(reps, || {
+            std::hint::black_box(conv::backward(&g, &x, &w, &dy, false, true));
+        });
         let bwd_flops = flops * if want_input { 2.0 } else { 1.0 };
         total_fwd += fwd * count as f64;
         total_bwd += bwd * count as f64;
         println!(
-            "{name:<14} {count:>5} {fwd:>9.2} {:>8.1} {bwd:>9.2} {:>8.1} {:>10.1}",
+            "{name:<14} {count:>5} {fwd:>9.2} {:>8.1} {bwd:>9.2} {:>8.1} {:>10.1} {input_only:>8.2} {weight_only:>8.2}",
             flops / fwd / 1e6,
             bwd_flops / bwd / 1e6,
             (fwd + bwd) * count as f64

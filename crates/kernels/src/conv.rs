@@ -886,6 +886,12 @@ pub fn forward_with(g: &ConvGeometry, x: &[f32], weight: &[f32], epilogue: Optio
         unsafe { y.set_len(len) };
         return y;
     }
+    if crate::tapwise::applies(g) {
+        crate::tapwise::forward(g, x, weight, &mut y.spare_capacity_mut()[..len], epilogue);
+        // SAFETY: `tapwise::forward` writes every element of the output it is given.
+        unsafe { y.set_len(len) };
+        return y;
+    }
     direct_forward_into(g, x, weight, epilogue, y)
 }
 
@@ -1134,6 +1140,12 @@ pub fn backward(
     assert_eq!(x.len(), g.x_len(), "convolution input size");
     assert_eq!(weight.len(), g.weight_len(), "convolution weight size");
     assert_eq!(out_grad.len(), g.y_len(), "convolution output-gradient size");
+    if crate::tapwise::applies(g) {
+        return (
+            want_input.then(|| crate::tapwise::input_gradient(g, weight, out_grad)),
+            want_weight.then(|| crate::tapwise::weight_gradient(g, x, out_grad)),
+        );
+    }
     if want_input && let Some((transposed, flipped)) = crate::winograd::input_gradient_as_forward(g, weight) {
         // The input gradient of a 3×3 stride-1 convolution is itself one (of the output gradient,
         // with the filters flipped and input and output channels swapped), by Winograd's method;
@@ -1406,7 +1418,7 @@ fn filters_outnumber_pixels(g: &ConvGeometry, threads: usize) -> bool {
 }
 
 /// `0..n` in at most `parts` consecutive ranges of a multiple of `align` (but the last).
-fn split_ranges(n: usize, parts: usize, align: usize) -> Vec<std::ops::Range<usize>> {
+pub(crate) fn split_ranges(n: usize, parts: usize, align: usize) -> Vec<std::ops::Range<usize>> {
     let step = n.div_ceil(parts.max(1)).next_multiple_of(align.max(1)).max(1);
     (0..n).step_by(step).map(|start| start..(start + step).min(n)).collect()
 }
@@ -1736,6 +1748,73 @@ mod tests {
             residual: Some(&residual),
         };
         let ours = winograd_forward(&g, &x, &w, Some(&epilogue));
+        let direct = direct_forward_into(&g, &x, &w, Some(&epilogue), Vec::with_capacity(g.y_len()));
+        assert!(ours.contains(&0.0) && ours.iter().any(|&v| v > 0.0), "the ReLU cuts some, not all");
+        for (i, (&a, &b)) in ours.iter().zip(&direct).enumerate() {
+            assert!((a - b).abs() < 1e-4, "output {i} is {a}, not {b}");
+        }
+    }
+
+    /// Shapes for the tap-by-tap path (3×3 "same" on small planes, at least 64 outputs per
+    /// channel): 4×4 and 5×5 planes, a 2×3 plane (no inner row: every tap reaches a single row
+    /// class at one edge), a 5×3 plane, channels past gemm's depth blocks, output channels not a
+    /// multiple of the threads' 16-filter split.
+    fn tapwise_cases() -> Vec<ConvGeometry> {
+        let cases = vec![
+            geometry(4, [5, 7], [4, 4], 3, 1, [1, 0], 1),
+            geometry(3, [6, 5], [5, 5], 3, 1, [1, 0], 1),
+            geometry(11, [3, 4], [2, 3], 3, 1, [1, 0], 1),
+            geometry(5, [70, 9], [5, 3], 3, 1, [1, 0], 1),
+            geometry(8, [300, 37], [4, 4], 3, 1, [1, 0], 1),
+        ];
+        for g in &cases {
+            assert!(crate::tapwise::applies(g), "{g:?} goes tap by tap");
+        }
+        cases
+    }
+
+    #[test]
+    fn tapwise_is_the_definition_forward_and_backward() {
+        let not = [
+            geometry(3, [5, 7], [4, 4], 3, 1, [1, 0], 1), // 48 outputs per channel
+            geometry(2, [5, 7], [7, 7], 3, 1, [1, 0], 1), // a plane of 49
+            geometry(8, [5, 7], [4, 4], 3, 2, [1, 0], 1), // strided
+            geometry(8, [5, 7], [4, 4], 3, 1, [2, 0], 2), // dilated
+            geometry(8, [5, 7], [6, 6], 3, 1, [0, 0], 1), // no padding
+        ];
+        for g in &not {
+            assert!(!crate::tapwise::applies(g), "{g:?} is not for the tap-by-tap path");
+        }
+        for g in tapwise_cases() {
+            let (x, w, dy) = (values(g.x_len(), 3), values(g.weight_len(), 4), values(g.y_len(), 5));
+            let tolerance = f64::max(1e-4, 4e-7 * g.patch_len() as f64);
+            let reference = reference_forward(&g, &x, &w);
+            for (i, (&a, &b)) in forward(&g, &x, &w).iter().zip(&reference).enumerate() {
+                assert!((a as f64 - b).abs() < tolerance, "{g:?}: output {i} is {a}, not {b}");
+            }
+            let (dx, dw) = backward(&g, &x, &w, &dy, true, true);
+            let (ref_dx, ref_dw) = reference_backward(&g, &x, &w, &dy);
+            for (i, (&a, &b)) in dx.unwrap().iter().zip(&ref_dx).enumerate() {
+                assert!((a as f64 - b).abs() < tolerance, "{g:?}: input gradient {i} is {a}, not {b}");
+            }
+            for (i, (&a, &b)) in dw.unwrap().iter().zip(&ref_dw).enumerate() {
+                assert!((a as f64 - b).abs() < 1e-3, "{g:?}: weight gradient {i} is {a}, not {b}");
+            }
+        }
+    }
+
+    #[test]
+    fn tapwise_applies_the_epilogue_as_the_direct_path_does() {
+        let g = tapwise_cases()[3];
+        let (x, w, residual) = (values(g.x_len(), 1), values(g.weight_len(), 2), values(g.y_len(), 3));
+        let (scale, shift) = (values(g.out_channels, 4), values(g.out_channels, 5));
+        let epilogue = Epilogue {
+            scale: &scale,
+            shift: &shift,
+            activation: EpilogueActivation::Relu { cap: 6.0 },
+            residual: Some(&residual),
+        };
+        let ours = forward_with(&g, &x, &w, Some(&epilogue));
         let direct = direct_forward_into(&g, &x, &w, Some(&epilogue), Vec::with_capacity(g.y_len()));
         assert!(ours.contains(&0.0) && ours.iter().any(|&v| v > 0.0), "the ReLU cuts some, not all");
         for (i, (&a, &b)) in ours.iter().zip(&direct).enumerate() {

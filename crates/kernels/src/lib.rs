@@ -16,6 +16,7 @@ mod ext;
 pub mod maxpool;
 pub mod optim;
 mod simd;
+mod tapwise;
 mod winograd;
 
 pub use conv::EpilogueActivation;

@@ -102,7 +102,7 @@ pub(crate) fn input_gradient_as_forward(g: &ConvGeometry, weight: &[f32]) -> Opt
     Some((transposed, flipped))
 }
 
-fn enabled() -> bool {
+pub(crate) fn enabled() -> bool {
     static ENABLED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *ENABLED.get_or_init(|| std::env::var("DEEPTUNE_CONV").map_or(true, |v| v != "direct"))
 }
