@@ -1140,7 +1140,7 @@ pub fn backward(
     assert_eq!(x.len(), g.x_len(), "convolution input size");
     assert_eq!(weight.len(), g.weight_len(), "convolution weight size");
     assert_eq!(out_grad.len(), g.y_len(), "convolution output-gradient size");
-    if crate::tapwise::applies(g) {
+    if crate::tapwise::backward_applies(g) {
         return (
             want_input.then(|| crate::tapwise::input_gradient(g, weight, out_grad)),
             want_weight.then(|| crate::tapwise::weight_gradient(g, x, out_grad)),

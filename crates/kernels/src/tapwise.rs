@@ -45,16 +45,21 @@ const MAX_PLANE: usize = 25;
 /// are interleaved into the gradient's `[filters][input channels][9]`.
 const FILTER_BLOCK: usize = 64;
 
-/// Whether [`forward`], [`input_gradient`] and [`weight_gradient`] compute convolution `g`: 3×3
+/// Whether [`forward`] computes convolution `g`: where [`backward_applies`], and not where the
+/// products run in bfloat16 — there they are twice as fast, so this path's gathers weigh double,
+/// and on Zen 4 its forward measured slower than im2col (5.5–6.3 against 4.6–5.0 ms on
+/// ResNet-18's last-stage layer at 112 px).
+pub(crate) fn applies(g: &ConvGeometry) -> bool {
+    backward_applies(g) && !crate::bf16::enabled()
+}
+
+/// Whether [`input_gradient`] and [`weight_gradient`] compute convolution `g`'s gradients: 3×3
 /// filters at stride 1, padding 1 and output the size of the input, on planes of at least 2×2
 /// and at most [`MAX_PLANE`] pixels, with at least 64 outputs per channel over the batch (fewer
-/// make the products too narrow).
-///
-/// Not where the products run in bfloat16: there they are twice as fast, so this path's gathers
-/// weigh double, and on Zen 4 its forward measured slower than im2col (5.5–6.3 against 4.6–5.0 ms
-/// on ResNet-18's last-stage layer at 112 px) while its backward was faster (12–12.7 against
-/// 13.8–15 ms): level in all. `DEEPTUNE_CONV=direct` turns it off, like Winograd.
-pub(crate) fn applies(g: &ConvGeometry) -> bool {
+/// make the products too narrow). In bfloat16 too: there the backward measured faster than
+/// im2col's (11.9–12.7 against 13.8–15.0 ms on the layer above). `DEEPTUNE_CONV=direct` turns it
+/// off, like Winograd.
+pub(crate) fn backward_applies(g: &ConvGeometry) -> bool {
     g.kernel == [3, 3]
         && g.stride == [1, 1]
         && g.dilation == [1, 1]
@@ -65,7 +70,6 @@ pub(crate) fn applies(g: &ConvGeometry) -> bool {
         && g.out_w >= 2
         && g.out_plane() <= MAX_PLANE
         && g.batch * g.out_plane() >= 64
-        && !crate::bf16::enabled()
         && crate::winograd::enabled()
 }
 

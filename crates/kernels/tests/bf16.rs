@@ -1,5 +1,5 @@
 //! Convolutions with bfloat16 products (CPUs with AVX-512-BF16): forward, input and weight
-//! gradients, through the direct and the Winograd paths, against the same convolutions in
+//! gradients, through the direct, the Winograd and the tap-by-tap paths, against the same convolutions in
 //! float32 — equal within bfloat16's rounding. A test binary of its own, because it turns the
 //! process-wide switch on and off; one test, so nothing runs beside it.
 
@@ -61,6 +61,8 @@ fn convolutions_in_bfloat16_match_float32_within_its_rounding() {
         geometry(3, [5, 70], 9, 3, 2, 1),
         geometry(2, [40, 24], 6, 1, 1, 0),
         geometry(2, [3, 16], 20, 7, 2, 3),
+        // A 4×4 plane: the gradients tap by tap (the forward stays direct in bfloat16).
+        geometry(8, [40, 24], 4, 3, 1, 1),
     ];
     for (i, g) in cases.iter().enumerate() {
         let x = values(g.x_len(), 3 * i as u64 + 1);
