@@ -6,7 +6,8 @@
 //!
 //! [`depthwise`], [`conv`], [`batchnorm`], [`maxpool`] and [`optim`] (fused optimizer steps) hold
 //! the kernels themselves, on plain slices, testable without burn; `conv` hands its 3×3 stride-1
-//! shapes to Winograd's algorithm (`winograd`).
+//! shapes to Winograd's algorithm (`winograd`), or on planes of 5×5 and less to products tap by
+//! tap that skip the padding (`tapwise`).
 
 pub mod batchnorm;
 pub mod bf16;

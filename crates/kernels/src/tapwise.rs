@@ -40,6 +40,12 @@ const CENTER: usize = 4;
 /// what the padding does. 5×5 (25 %) is taken on that evidence, unmeasured.
 const MAX_PLANE: usize = 25;
 
+/// Most outputs per channel over the batch this path takes: it gathers the whole batch's shifted
+/// input at once (`9 × channels × outputs` values: 19 MB at 512 channels and 1024 outputs, 64
+/// images of 4×4) where im2col works a chunk of images at a time, so larger batches stay with
+/// im2col rather than grow that without bound.
+const MAX_OUTPUTS: usize = 2048;
+
 /// Filters (output channels) per block of the weight gradient: the block's nine tap products
 /// (`[filters][9][input channels]`, 1.2 MB at 512 input channels) stay near the core until they
 /// are interleaved into the gradient's `[filters][input channels][9]`.
@@ -55,8 +61,8 @@ pub(crate) fn applies(g: &ConvGeometry) -> bool {
 
 /// Whether [`input_gradient`] and [`weight_gradient`] compute convolution `g`'s gradients: 3×3
 /// filters at stride 1, padding 1 and output the size of the input, on planes of at least 2×2
-/// and at most [`MAX_PLANE`] pixels, with at least 64 outputs per channel over the batch (fewer
-/// make the products too narrow). In bfloat16 too: there the backward measured faster than
+/// and at most [`MAX_PLANE`] pixels, with 64 to [`MAX_OUTPUTS`] outputs per channel over the batch
+/// (fewer make the products too narrow). In bfloat16 too: there the backward measured faster than
 /// im2col's (11.9–12.7 against 13.8–15.0 ms on the layer above). `DEEPTUNE_CONV=direct` turns it
 /// off, like Winograd.
 pub(crate) fn backward_applies(g: &ConvGeometry) -> bool {
@@ -69,7 +75,7 @@ pub(crate) fn backward_applies(g: &ConvGeometry) -> bool {
         && g.out_h >= 2
         && g.out_w >= 2
         && g.out_plane() <= MAX_PLANE
-        && g.batch * g.out_plane() >= 64
+        && (64..=MAX_OUTPUTS).contains(&(g.batch * g.out_plane()))
         && crate::winograd::enabled()
 }
 
