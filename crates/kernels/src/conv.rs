@@ -1740,9 +1740,12 @@ mod tests {
         }
     }
 
-    #[test]
-    fn winograd_applies_the_epilogue_as_the_direct_path_does() {
-        let g = geometry(4, [16, 24], [10, 9], 3, 1, [1, 0], 1);
+    /// `ours` on shape `g` with a scale, shift, capped ReLU and residual epilogue, against the
+    /// direct path with the same epilogue.
+    fn applies_the_epilogue_as_the_direct_path_does(
+        g: ConvGeometry,
+        ours: impl Fn(&ConvGeometry, &[f32], &[f32], Option<&Epilogue>) -> Vec<f32>,
+    ) {
         let (x, w, residual) = (values(g.x_len(), 1), values(g.weight_len(), 2), values(g.y_len(), 3));
         let (scale, shift) = (values(g.out_channels, 4), values(g.out_channels, 5));
         let epilogue = Epilogue {
@@ -1751,12 +1754,17 @@ mod tests {
             activation: EpilogueActivation::Relu { cap: 6.0 },
             residual: Some(&residual),
         };
-        let ours = winograd_forward(&g, &x, &w, Some(&epilogue));
+        let ours = ours(&g, &x, &w, Some(&epilogue));
         let direct = direct_forward_into(&g, &x, &w, Some(&epilogue), Vec::with_capacity(g.y_len()));
-        assert!(ours.contains(&0.0) && ours.iter().any(|&v| v > 0.0), "the ReLU cuts some, not all");
+        assert!(ours.contains(&0.0) && ours.iter().any(|&v| v > 0.0), "{g:?}: the ReLU cuts some, not all");
         for (i, (&a, &b)) in ours.iter().zip(&direct).enumerate() {
-            assert!((a - b).abs() < 1e-4, "output {i} is {a}, not {b}");
+            assert!((a - b).abs() < 1e-4, "{g:?}: output {i} is {a}, not {b}");
         }
+    }
+
+    #[test]
+    fn winograd_applies_the_epilogue_as_the_direct_path_does() {
+        applies_the_epilogue_as_the_direct_path_does(geometry(4, [16, 24], [10, 9], 3, 1, [1, 0], 1), winograd_forward);
     }
 
     /// Shapes for the tap-by-tap path (3×3 "same" on small planes, at least 64 outputs per
@@ -1810,21 +1818,7 @@ mod tests {
 
     #[test]
     fn tapwise_applies_the_epilogue_as_the_direct_path_does() {
-        let g = tapwise_cases()[3];
-        let (x, w, residual) = (values(g.x_len(), 1), values(g.weight_len(), 2), values(g.y_len(), 3));
-        let (scale, shift) = (values(g.out_channels, 4), values(g.out_channels, 5));
-        let epilogue = Epilogue {
-            scale: &scale,
-            shift: &shift,
-            activation: EpilogueActivation::Relu { cap: 6.0 },
-            residual: Some(&residual),
-        };
-        let ours = forward_with(&g, &x, &w, Some(&epilogue));
-        let direct = direct_forward_into(&g, &x, &w, Some(&epilogue), Vec::with_capacity(g.y_len()));
-        assert!(ours.contains(&0.0) && ours.iter().any(|&v| v > 0.0), "the ReLU cuts some, not all");
-        for (i, (&a, &b)) in ours.iter().zip(&direct).enumerate() {
-            assert!((a - b).abs() < 1e-4, "output {i} is {a}, not {b}");
-        }
+        applies_the_epilogue_as_the_direct_path_does(tapwise_cases()[3], forward_with);
     }
 
     /// Planes wider than [`BAND_ABOVE_COLUMNS`] are multiplied in bands of output rows, each with
