@@ -1429,7 +1429,7 @@ pub(crate) fn split_ranges(n: usize, parts: usize, align: usize) -> Vec<std::ops
 
 /// `buf` cut into consecutive parts of `range.len() · unit` values, one per range, each with its
 /// range.
-fn cut_by_ranges<'a, T>(
+pub(crate) fn cut_by_ranges<'a, T>(
     mut buf: &'a mut [T],
     ranges: &[std::ops::Range<usize>],
     unit: usize,

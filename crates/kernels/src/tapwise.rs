@@ -28,7 +28,7 @@ use std::ops::Range;
 use gemm::Parallelism;
 use rayon::prelude::*;
 
-use crate::conv::{ConvGeometry, Epilogue, Scratch, View, multiply, split_ranges};
+use crate::conv::{ConvGeometry, Epilogue, Scratch, View, cut_by_ranges, multiply, split_ranges};
 use crate::simd::{assume_written, widest};
 
 /// The center tap, which reaches every output: its product is the first, written, not added.
@@ -264,14 +264,7 @@ fn convolve<'f>(
     // threads.
     let mut product = Scratch::stale(out_channels * len);
     let ranges = split_ranges(out_channels, rayon::current_num_threads(), 16);
-    let mut parts: Vec<(Range<usize>, &mut [f32])> = Vec::with_capacity(ranges.len());
-    let mut rest: &mut [f32] = &mut product;
-    for r in &ranges {
-        let (part, tail) = std::mem::take(&mut rest).split_at_mut(r.len() * len);
-        parts.push((r.clone(), part));
-        rest = tail;
-    }
-    parts.into_par_iter().for_each(|(channels, part)| {
+    cut_by_ranges(&mut product, &ranges, len).into_par_iter().for_each(|(channels, part)| {
         for t in tap_order.clone() {
             let lhs = tap(t, channels.start);
             for run in &runs[t] {
