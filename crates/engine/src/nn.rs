@@ -56,12 +56,27 @@ impl BatchNorm2d {
     /// [`BatchNorm2d::forward`] then `activation`; in training, ReLU and ReLU6 run inside the
     /// batch norm's passes (forward and backward) instead of one more pass each way.
     pub fn forward_act(&self, input: Tensor<4>, activation: Activation) -> Tensor<4> {
+        self.forward_residual_act(input, None, activation)
+    }
+
+    /// `activation(bn(input) + residual)` (no sum without a residual): in training the sum, and
+    /// ReLU or ReLU6, in the batch norm's forward pass.
+    pub fn forward_residual_act(
+        &self,
+        input: Tensor<4>,
+        residual: Option<Tensor<4>>,
+        activation: Activation,
+    ) -> Tensor<4> {
         let device = input.device();
         if let Some((scale, shift)) = self.folded(&device) {
             // One scale and shift per channel: two passes over the activations instead of
             // burn's four.
             let channels = scale.dims()[0];
-            return activation.apply(input * scale.reshape([1, channels, 1, 1]) + shift.reshape([1, channels, 1, 1]));
+            let normalized = input * scale.reshape([1, channels, 1, 1]) + shift.reshape([1, channels, 1, 1]);
+            return activation.apply(match residual {
+                Some(residual) => normalized + residual,
+                None => normalized,
+            });
         }
         let (relu_cap, rest) = match activation {
             Activation::Relu => (Some(f32::INFINITY), Activation::None),
@@ -71,8 +86,19 @@ impl BatchNorm2d {
         let [batch, _, height, width] = input.dims();
         let count = (batch * height * width) as f64;
         // Our fused kernel (two passes each way) instead of burn's composition of a dozen.
-        let (output, batch_mean, batch_var) =
-            deeptune_kernels::batch_norm_training(input, self.weight.val(), self.bias.val(), self.eps, relu_cap);
+        let (output, batch_mean, batch_var) = match residual {
+            Some(residual) => deeptune_kernels::batch_norm_residual_training(
+                input,
+                self.weight.val(),
+                self.bias.val(),
+                residual,
+                self.eps,
+                relu_cap,
+            ),
+            None => {
+                deeptune_kernels::batch_norm_training(input, self.weight.val(), self.bias.val(), self.eps, relu_cap)
+            }
+        };
         let unbiased = if count > 1.0 { count / (count - 1.0) } else { 1.0 };
         let m = self.momentum;
         let running_mean = self.running_mean.value_sync().to_device(&device);
@@ -193,10 +219,7 @@ pub fn conv_bn_residual_act(
         };
         return deeptune_kernels::conv2d_scale_shift(x, conv.weight.val(), scale, shift, options, activation, residual);
     }
-    match residual {
-        Some(residual) => activation.apply(bn.forward(conv_forward(conv, x)) + residual),
-        None => bn.forward_act(conv_forward(conv, x), activation),
-    }
+    bn.forward_residual_act(conv_forward(conv, x), residual, activation)
 }
 
 /// The options burn's `Conv2d::forward` computes for an input of `height`×`width` (its "same"

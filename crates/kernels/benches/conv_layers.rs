@@ -1,9 +1,11 @@
-//! Per-layer figures for the dense convolution kernels: every convolution shape of ResNet-18 at
-//! one input size, forward and backward, milliseconds and GFLOP/s. Shows which layers the
-//! products lose time in; `tools/bench/conv_layers_torch.py` prints PyTorch's for the same shapes.
+//! Per-layer figures for the dense convolution kernels: every convolution shape of ResNet-18 (or
+//! ResNet-50) at one input size, forward and backward, milliseconds and GFLOP/s. Shows which
+//! layers the products lose time in; `tools/bench/conv_layers_torch.py` prints PyTorch's for the
+//! same shapes.
 //!
-//! `cargo bench -p deeptune-kernels --bench conv_layers -- [size] [batch] [name]` (default 112 16;
-//! a name keeps only the layers whose name contains it, e.g. `"layer4 3x3"`).
+//! `cargo bench -p deeptune-kernels --bench conv_layers -- [size] [batch] [resnet50] [name]`
+//! (default 112 16 ResNet-18; a name keeps only the layers whose name contains it, e.g.
+//! `"layer4 3x3"`).
 
 use std::time::Instant;
 
@@ -31,6 +33,38 @@ fn resnet18_layers(s: usize) -> Vec<Layer> {
     ]
 }
 
+/// ResNet-50's convolutions at input size `s` (torchvision's v1.5: the stride on the 3×3), one line
+/// per distinct shape.
+fn resnet50_layers(s: usize) -> Vec<Layer> {
+    let side = |d: usize| s.div_ceil(d);
+    let mut layers = vec![("conv1 7x7/2", 3, 64, 7, 2, 3, s, 1)];
+    // (stage name, width, blocks, stride, input side); a stage's output has 4 × width channels.
+    let stages: [(&'static str, usize, usize, usize, usize); 4] = [
+        ("layer1", 64, 3, 1, side(4)),
+        ("layer2", 128, 4, 2, side(4)),
+        ("layer3", 256, 6, 2, side(8)),
+        ("layer4", 512, 3, 2, side(16)),
+    ];
+    let mut cin = 64;
+    for (stage, w, blocks, stride, p_in) in stages {
+        let p = p_in.div_ceil(stride);
+        let name = |what: &str| -> &'static str { format!("{stage} {what}").leak() };
+        layers.push((name(&format!("1x1 {cin}>{w}")), cin, w, 1, 1, 0, p_in, 1));
+        if stride == 1 {
+            layers.push((name("3x3"), w, w, 3, 1, 1, p, blocks));
+        } else {
+            layers.push((name("3x3/2"), w, w, 3, 2, 1, p_in, 1));
+            layers.push((name("3x3"), w, w, 3, 1, 1, p, blocks - 1));
+        }
+        layers.push((name(&format!("1x1 {w}>{}", 4 * w)), w, 4 * w, 1, 1, 0, p, blocks));
+        let down = if stride == 1 { format!("1x1 {cin}>{} down", 4 * w) } else { format!("1x1/2 {cin}>{}", 4 * w) };
+        layers.push((name(&down), cin, 4 * w, 1, stride, 0, p_in, 1));
+        layers.push((name(&format!("1x1 {}>{w}", 4 * w)), 4 * w, w, 1, 1, 0, p, blocks - 1));
+        cin = 4 * w;
+    }
+    layers
+}
+
 fn median_ms(reps: usize, mut f: impl FnMut()) -> f64 {
     f(); // warm-up: scratch buffers, page faults
     let mut times: Vec<f64> = (0..reps)
@@ -47,15 +81,19 @@ fn median_ms(reps: usize, mut f: impl FnMut()) -> f64 {
 fn main() {
     let args: Vec<usize> = std::env::args().skip(1).filter_map(|a| a.parse().ok()).collect();
     let (size, batch) = (args.first().copied().unwrap_or(112), args.get(1).copied().unwrap_or(16));
-    // A word among the arguments keeps only the layers whose name contains it ("layer4").
-    let only: Option<String> = std::env::args().skip(1).find(|a| a.parse::<usize>().is_err());
-    println!("ResNet-18 convolutions at {size} px, batch {batch}, {} threads", rayon::current_num_threads());
+    // "resnet50" picks the network; another word keeps only the layers whose name contains it.
+    let words: Vec<String> = std::env::args().skip(1).filter(|a| a.parse::<usize>().is_err()).collect();
+    let resnet50 = words.iter().any(|w| w == "resnet50");
+    let only = words.into_iter().find(|w| w != "resnet50" && w != "resnet18");
+    let (network, layers) =
+        if resnet50 { ("ResNet-50", resnet50_layers(size)) } else { ("ResNet-18", resnet18_layers(size)) };
+    println!("{network} convolutions at {size} px, batch {batch}, {} threads", rayon::current_num_threads());
     println!(
-        "{:<14} {:>5} {:>9} {:>8} {:>9} {:>8} {:>10} {:>8} {:>8}",
+        "{:<22} {:>5} {:>9} {:>8} {:>9} {:>8} {:>10} {:>8} {:>8}",
         "layer", "count", "fwd ms", "GFLOP/s", "bwd ms", "GFLOP/s", "step ms", "dx ms", "dw ms"
     );
     let (mut total_fwd, mut total_bwd) = (0.0, 0.0);
-    for (name, cin, cout, k, stride, pad, side, count) in resnet18_layers(size) {
+    for (name, cin, cout, k, stride, pad, side, count) in layers {
         if only.as_deref().is_some_and(|word| !name.contains(word)) {
             continue;
         }
@@ -103,7 +141,7 @@ fn main() {
         total_fwd += fwd * count as f64;
         total_bwd += bwd * count as f64;
         println!(
-            "{name:<14} {count:>5} {fwd:>9.2} {:>8.1} {bwd:>9.2} {:>8.1} {:>10.1} {input_only:>8.2} {weight_only:>8.2}",
+            "{name:<22} {count:>5} {fwd:>9.2} {:>8.1} {bwd:>9.2} {:>8.1} {:>10.1} {input_only:>8.2} {weight_only:>8.2}",
             flops / fwd / 1e6,
             bwd_flops / bwd / 1e6,
             (fwd + bwd) * count as f64

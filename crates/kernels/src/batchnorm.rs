@@ -84,6 +84,37 @@ pub fn forward(
     epsilon: f64,
     relu_cap: Option<f32>,
 ) -> NormForward {
+    normalize(g, x, None, gamma, beta, epsilon, relu_cap)
+}
+
+/// [`forward`] with `residual` (as large as `x`) added before the activation — a residual
+/// block's last batch norm, skip connection and ReLU in the passes of the batch norm alone
+/// (instead of one more pass each for the sum and the ReLU, which also read and write the
+/// activations). Bit for bit the three done one after the other.
+#[allow(clippy::too_many_arguments)]
+pub fn forward_with_residual(
+    g: &NormGeometry,
+    x: &[f32],
+    residual: &[f32],
+    gamma: &[f32],
+    beta: &[f32],
+    epsilon: f64,
+    relu_cap: Option<f32>,
+) -> NormForward {
+    assert_eq!(residual.len(), g.len(), "batch-norm residual size");
+    normalize(g, x, Some(residual), gamma, beta, epsilon, relu_cap)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn normalize(
+    g: &NormGeometry,
+    x: &[f32],
+    residual: Option<&[f32]>,
+    gamma: &[f32],
+    beta: &[f32],
+    epsilon: f64,
+    relu_cap: Option<f32>,
+) -> NormForward {
     assert_eq!(x.len(), g.len(), "batch-norm input size");
     assert_eq!((gamma.len(), beta.len()), (g.channels, g.channels), "batch-norm parameter sizes");
     let count = g.count().max(1) as f64;
@@ -115,12 +146,18 @@ pub fn forward(
         |index, c, out| {
             let (mean, scale, shift) = (stats[c].0 as f32, scales[c], beta[c]);
             let x = &x[index * g.plane..][..g.plane];
-            match relu_cap {
-                None => out.iter_mut().zip(x).for_each(|(o, &v)| {
+            match (residual.map(|r| &r[index * g.plane..][..g.plane]), relu_cap) {
+                (None, None) => out.iter_mut().zip(x).for_each(|(o, &v)| {
                     o.write((v - mean) * scale + shift);
                 }),
-                Some(cap) => out.iter_mut().zip(x).for_each(|(o, &v)| {
+                (None, Some(cap)) => out.iter_mut().zip(x).for_each(|(o, &v)| {
                     o.write(clamp_relu((v - mean) * scale + shift, cap));
+                }),
+                (Some(r), None) => out.iter_mut().zip(x).zip(r).for_each(|((o, &v), &r)| {
+                    o.write(((v - mean) * scale + shift) + r);
+                }),
+                (Some(r), Some(cap)) => out.iter_mut().zip(x).zip(r).for_each(|((o, &v), &r)| {
+                    o.write(clamp_relu(((v - mean) * scale + shift) + r, cap));
                 }),
             }
         },
@@ -249,6 +286,26 @@ mod tests {
             }
         }
         total
+    }
+
+    /// With a residual: the batch norm, the sum and the activation one after the other, bit for
+    /// bit.
+    #[test]
+    fn forward_with_residual_is_the_three_steps() {
+        let g = NormGeometry { batch: 3, channels: 4, plane: 37 };
+        let (x, r) = (values(g.len(), 1, 3.0), values(g.len(), 5, 0.2));
+        let (gamma, beta) = (values(g.channels, 2, 1.0), values(g.channels, 3, 0.0));
+        for cap in [None, Some(f32::INFINITY), Some(0.5)] {
+            let plain = forward(&g, &x, &gamma, &beta, 1e-5, None);
+            let fused = forward_with_residual(&g, &x, &r, &gamma, &beta, 1e-5, cap);
+            let expected: Vec<f32> =
+                plain.output.iter().zip(&r).map(|(&y, &r)| cap.map_or(y + r, |cap| clamp_relu(y + r, cap))).collect();
+            assert_eq!(fused.output, expected, "cap {cap:?}");
+            assert_eq!((fused.mean, fused.variance), (plain.mean, plain.variance));
+            if cap.is_some() {
+                assert!(expected.iter().any(|&y| y == 0.0) && expected.iter().any(|&y| y > 0.0));
+            }
+        }
     }
 
     /// Plain, and with ReLU and a low cap (both sides of the clamp) fused in.

@@ -127,6 +127,20 @@ pub trait DeepKernels: Backend {
         burn_batch_norm_training_backward::<Self>(x, gamma, beta, mean, variance, epsilon, out_grad, relu_cap)
     }
 
+    /// [`DeepKernels::batch_norm_training`] with `residual` added before the activation: a
+    /// residual block's last batch norm, skip connection and ReLU. (Its backward is the clamp's
+    /// and the batch norm's: no kernel of its own.)
+    fn batch_norm_residual_training(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        residual: FloatTensor<Self>,
+        epsilon: f64,
+        relu_cap: Option<f32>,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        unfused_batch_norm_residual_training::<Self>(x, gamma, beta, residual, epsilon, relu_cap)
+    }
+
     /// `min(max(x, 0), cap)`: ReLU (`cap` infinite) or ReLU6 (`cap` 6).
     fn clamped_relu(x: FloatTensor<Self>, cap: f32) -> FloatTensor<Self> {
         burn_clamped_relu::<Self>(x, cap)
@@ -404,6 +418,25 @@ fn burn_batch_norm_training_backward<B: Backend>(
     (result.x_grad, result.gamma_grad, result.beta_grad)
 }
 
+/// The batch norm, the sum and the activation one after the other, each by the backend's own
+/// operation.
+fn unfused_batch_norm_residual_training<B: DeepKernels>(
+    x: FloatTensor<B>,
+    gamma: FloatTensor<B>,
+    beta: FloatTensor<B>,
+    residual: FloatTensor<B>,
+    epsilon: f64,
+    relu_cap: Option<f32>,
+) -> (FloatTensor<B>, FloatTensor<B>, FloatTensor<B>) {
+    let (normalized, mean, variance) = B::batch_norm_training(x, gamma, beta, epsilon, None);
+    let sum = B::float_add(normalized, residual);
+    let output = match relu_cap {
+        Some(cap) => B::clamped_relu(sum, cap),
+        None => sum,
+    };
+    (output, mean, variance)
+}
+
 fn burn_clamped_relu<B: Backend>(x: FloatTensor<B>, cap: f32) -> FloatTensor<B> {
     let y = B::relu(x);
     if cap.is_finite() { B::float_clamp_max(y, cap.into()) } else { y }
@@ -524,6 +557,39 @@ impl DeepKernels for Flex {
         let shape = x.shape();
         let (x, gamma, beta) = (x.to_contiguous(), gamma.to_contiguous(), beta.to_contiguous());
         let result = batchnorm::forward(&geometry, f32s(&x), f32s(&gamma), f32s(&beta), epsilon, relu_cap);
+        let per_channel =
+            |values: Vec<f32>| FlexTensor::from_data(TensorData::new(values, Shape::new([geometry.channels])));
+        (
+            FlexTensor::from_data(TensorData::new(result.output, shape)),
+            per_channel(result.mean),
+            per_channel(result.variance),
+        )
+    }
+
+    fn batch_norm_residual_training(
+        x: FlexTensor,
+        gamma: FlexTensor,
+        beta: FlexTensor,
+        residual: FlexTensor,
+        epsilon: f64,
+        relu_cap: Option<f32>,
+    ) -> (FlexTensor, FlexTensor, FlexTensor) {
+        let geometry = norm_geometry(&[&x, &gamma, &beta])
+            .filter(|_| residual.dtype() == DType::F32 && residual.shape() == x.shape());
+        let Some(geometry) = geometry else {
+            return unfused_batch_norm_residual_training::<Flex>(x, gamma, beta, residual, epsilon, relu_cap);
+        };
+        let shape = x.shape();
+        let [x, gamma, beta, residual] = [x, gamma, beta, residual].map(|t| t.to_contiguous());
+        let result = batchnorm::forward_with_residual(
+            &geometry,
+            f32s(&x),
+            f32s(&residual),
+            f32s(&gamma),
+            f32s(&beta),
+            epsilon,
+            relu_cap,
+        );
         let per_channel =
             |values: Vec<f32>| FlexTensor::from_data(TensorData::new(values, Shape::new([geometry.channels])));
         (
@@ -1032,6 +1098,35 @@ impl<B: DeepKernels> Backward<B, 3> for BatchNormBackward {
 }
 
 #[derive(Debug)]
+struct BatchNormResidualBackward;
+
+impl<B: DeepKernels> Backward<B, 4> for BatchNormResidualBackward {
+    /// The batch norm's state, and the output (the clamp's gradient needs only it).
+    type State = (BatchNormState<B>, FloatTensor<B>);
+
+    fn backward(self, ops: Ops<Self::State, 4>, grads: &mut Gradients, _checkpointer: &mut Checkpointer) {
+        let [node_x, node_gamma, node_beta, node_residual] = ops.parents;
+        let grad = grads.consume::<B>(&ops.node);
+        let (BatchNormState { x, gamma, beta, mean, variance, epsilon, relu_cap }, output) = ops.state;
+        // The gradient of the sum reaches the residual unchanged and the batch norm's output.
+        let grad = match relu_cap {
+            Some(cap) => B::clamped_relu_backward(output, grad, cap),
+            None => grad,
+        };
+        if let Some(node) = node_residual {
+            grads.register::<B>(node.id, grad.clone());
+        }
+        let (x_grad, gamma_grad, beta_grad) =
+            B::batch_norm_training_backward(x, gamma, beta, mean, variance, epsilon, grad, None);
+        for (node, grad) in [(node_x, x_grad), (node_gamma, gamma_grad), (node_beta, beta_grad)] {
+            if let Some(node) = node {
+                grads.register::<B>(node.id, grad);
+            }
+        }
+    }
+}
+
+#[derive(Debug)]
 struct MaxPoolBackward;
 
 impl<B: DeepKernels> Backward<B, 1> for MaxPoolBackward {
@@ -1162,6 +1257,51 @@ impl<B: DeepKernels, C: CheckpointStrategy> DeepKernels for Autodiff<B, C> {
         }
     }
 
+    fn batch_norm_residual_training(
+        x: FloatTensor<Self>,
+        gamma: FloatTensor<Self>,
+        beta: FloatTensor<Self>,
+        residual: FloatTensor<Self>,
+        epsilon: f64,
+        relu_cap: Option<f32>,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        let parents = [x.node(), gamma.node(), beta.node(), residual.node()];
+        match BatchNormResidualBackward.prepare::<C>(parents).compute_bound().stateful() {
+            OpsKind::Tracked(prep) => {
+                let (output, mean, variance) = B::batch_norm_residual_training(
+                    x.primitive().clone(),
+                    gamma.primitive().clone(),
+                    beta.primitive().clone(),
+                    residual.into_primitive(),
+                    epsilon,
+                    relu_cap,
+                );
+                let state = BatchNormState {
+                    x: x.into_primitive(),
+                    gamma: gamma.into_primitive(),
+                    beta: beta.into_primitive(),
+                    mean: mean.clone(),
+                    variance: variance.clone(),
+                    epsilon,
+                    relu_cap,
+                };
+                let output = prep.finish((state, output.clone()), output);
+                (output, FloatTensor::<Self>::new(mean), FloatTensor::<Self>::new(variance))
+            }
+            OpsKind::UnTracked(prep) => {
+                let (output, mean, variance) = B::batch_norm_residual_training(
+                    x.into_primitive(),
+                    gamma.into_primitive(),
+                    beta.into_primitive(),
+                    residual.into_primitive(),
+                    epsilon,
+                    relu_cap,
+                );
+                (prep.finish(output), FloatTensor::<Self>::new(mean), FloatTensor::<Self>::new(variance))
+            }
+        }
+    }
+
     fn dense_conv2d(x: FloatTensor<Self>, weight: FloatTensor<Self>, options: ConvOptions<2>) -> FloatTensor<Self> {
         match DenseConvBackward.prepare::<C>([x.node(), weight.node()]).compute_bound().stateful() {
             OpsKind::Tracked(prep) => {
@@ -1256,6 +1396,27 @@ pub fn batch_norm_training(
         x.into_dispatch(),
         gamma.into_dispatch(),
         beta.into_dispatch(),
+        epsilon,
+        relu_cap,
+    );
+    (Tensor::from_dispatch(output), Tensor::from_dispatch(mean), Tensor::from_dispatch(variance))
+}
+
+/// [`batch_norm_training`] with `residual` (`x`'s shape) added before the activation: a residual
+/// block's `relu(bn(x) + residual)` in the batch norm's passes. The statistics leave the graph.
+pub fn batch_norm_residual_training(
+    x: Tensor<4>,
+    gamma: Tensor<1>,
+    beta: Tensor<1>,
+    residual: Tensor<4>,
+    epsilon: f64,
+    relu_cap: Option<f32>,
+) -> (Tensor<4>, Tensor<1>, Tensor<1>) {
+    let (output, mean, variance) = <Dispatch as DeepKernels>::batch_norm_residual_training(
+        x.into_dispatch(),
+        gamma.into_dispatch(),
+        beta.into_dispatch(),
+        residual.into_dispatch(),
         epsilon,
         relu_cap,
     );

@@ -22,7 +22,7 @@ mod winograd;
 
 pub use conv::EpilogueActivation;
 pub use ext::{
-    DeepKernels, adamw_step, batch_norm_training, conv2d_scale_shift, dense_conv2d, depthwise_conv2d, is_depthwise,
-    lamb_step, max_pool2d, relu, relu6, sgd_step, silu,
+    DeepKernels, adamw_step, batch_norm_residual_training, batch_norm_training, conv2d_scale_shift, dense_conv2d,
+    depthwise_conv2d, is_depthwise, lamb_step, max_pool2d, relu, relu6, sgd_step, silu,
 };
 pub use optim::{AdamWStep, LambStep, SgdStep};

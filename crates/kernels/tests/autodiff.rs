@@ -218,6 +218,65 @@ fn batch_norm_training_and_its_gradients_equal_burns() {
     }
 }
 
+/// A residual block's end, `act(bn(x) + residual)` in one operation, against burn's batch norm,
+/// sum and activation: the output and the gradients of all four inputs (the residual's is the
+/// activation's gradient, which must also not leak through the clamped outputs).
+#[test]
+fn batch_norm_with_residual_and_its_gradients_equal_burns() {
+    use burn::tensor::activation::relu;
+    use burn::tensor::module::batch_norm_train;
+    let device = seeded(Device::flex().autodiff());
+    let cases = [[4, 6, 5, 7], [2, 8, 12, 12]]
+        .into_iter()
+        .flat_map(|shape| [None, Some(f32::INFINITY), Some(1.5)].map(|cap| (shape, cap)));
+    for (shape, cap) in cases {
+        let channels = shape[1];
+        let x = Tensor::<4>::random(shape, Distribution::Normal(2.0, 3.0), &device).require_grad();
+        let residual = Tensor::<4>::random(shape, Distribution::Normal(0.0, 1.0), &device).require_grad();
+        let gamma = Tensor::<1>::random([channels], Distribution::Normal(1.0, 0.5), &device).require_grad();
+        let beta = Tensor::<1>::random([channels], Distribution::Normal(0.0, 0.5), &device).require_grad();
+        let (ours, _, _) = deeptune_kernels::batch_norm_residual_training(
+            x.clone(),
+            gamma.clone(),
+            beta.clone(),
+            residual.clone(),
+            1e-5,
+            cap,
+        );
+        let sum = batch_norm_train(x.clone(), gamma.clone(), beta.clone(), 1e-5).output + residual.clone();
+        let theirs = match cap {
+            Some(cap) if cap.is_finite() => relu(sum).clamp_max(cap),
+            Some(_) => relu(sum),
+            None => sum,
+        };
+        let forward = max_difference(ours.clone(), theirs.clone());
+        assert!(forward < 1e-4, "forward differs by {forward} for {shape:?}, cap {cap:?}");
+        let weights = Tensor::<4>::random(shape, Distribution::Normal(0.0, 1.0), &device);
+        let ours_grads = (ours * weights.clone()).sum().backward();
+        let theirs_grads = (theirs * weights).sum().backward();
+        let plain = |t: Tensor<4>| Tensor::<4>::from_data(t.to_data(), &Device::flex());
+        for (input, name) in [(&x, "input"), (&residual, "residual")] {
+            let (a, b) = (plain(input.grad(&ours_grads).unwrap()), plain(input.grad(&theirs_grads).unwrap()));
+            let zeros = |t: &Tensor<4>| t.clone().equal_elem(0.0).int().sum().into_scalar::<i64>();
+            if cap.is_some() && name == "residual" {
+                assert!(zeros(&b) > 0, "the clamp must cut some gradients ({shape:?}, cap {cap:?})");
+            }
+            let difference = max_difference(a, b);
+            assert!(difference < 1e-4, "{name} gradient differs by {difference} for {shape:?}, cap {cap:?}");
+        }
+        let flat = |t: Tensor<1>| t.into_data().try_to_vec::<f32>().unwrap();
+        for (param, name) in [(&gamma, "gamma"), (&beta, "beta")] {
+            let (a, b) = (flat(param.grad(&ours_grads).unwrap()), flat(param.grad(&theirs_grads).unwrap()));
+            for (a, b) in a.iter().zip(&b) {
+                assert!(
+                    (a - b).abs() < 1e-3 * b.abs().max(1.0),
+                    "{name} gradient differs for {shape:?}, cap {cap:?}: {a} vs {b}"
+                );
+            }
+        }
+    }
+}
+
 #[test]
 fn inference_conv_with_scale_shift_and_relu_equals_burns_composition() {
     use burn::tensor::activation::{relu, relu6, silu};
