@@ -58,13 +58,16 @@ fn sample() -> (Arc<Folder>, Arc<Folder>) {
     (Arc::new(Folder { items: train }), Arc::new(Folder { items: validation }))
 }
 
-/// The run's epochs and log messages.
+/// The run's epochs and log messages, and at each epoch's end whether products were bfloat16 on
+/// the training thread and on a thread outside the run (as a prediction served meanwhile).
 #[derive(Default)]
-struct Epochs(std::sync::Mutex<Vec<EpochEvent>>, std::sync::Mutex<Vec<String>>);
+struct Epochs(std::sync::Mutex<Vec<EpochEvent>>, std::sync::Mutex<Vec<String>>, std::sync::Mutex<Vec<(bool, bool)>>);
 
 impl ProgressSink for Epochs {
     fn on_epoch(&self, event: &EpochEvent) {
         self.0.lock().unwrap().push(event.clone());
+        let outside = std::thread::spawn(deeptune_kernels::bf16::enabled).join().unwrap();
+        self.2.lock().unwrap().push((deeptune_kernels::bf16::enabled(), outside));
     }
     fn on_message(&self, message: &str) {
         self.1.lock().unwrap().push(message.to_string());
@@ -78,6 +81,8 @@ struct FineTuned {
     cursor: deeptune_engine::train::checkpoint::Cursor,
     epochs: Vec<EpochEvent>,
     messages: Vec<String>,
+    /// Per epoch: bfloat16 products on the training thread, on a thread outside the run.
+    precisions: Vec<(bool, bool)>,
     dir: tempfile::TempDir,
 }
 
@@ -135,7 +140,8 @@ fn fine_tune(
     };
     let epochs = sink.0.lock().unwrap().clone();
     let messages = sink.1.lock().unwrap().clone();
-    FineTuned { config, model, cursor, epochs, messages, dir }
+    let precisions = sink.2.lock().unwrap().clone();
+    FineTuned { config, model, cursor, epochs, messages, precisions, dir }
 }
 
 #[test]
@@ -255,7 +261,10 @@ fn bfloat16_fine_tunes_as_well_as_float32() {
             eprintln!("seed {seed}, {precision:?}: validation accuracy {a}, loss {l}");
             accuracy[i] += a / 3.0;
             loss[i] += l / 3.0;
-            // The switch is the run's own: after it, products are float32 again.
+            // The switch is the run's own: its thread computed in its precision, a thread
+            // outside it (a prediction served meanwhile) in float32, and after it every thread.
+            let wanted = precision == Precision::Bfloat16;
+            assert!(run.precisions.iter().all(|&p| p == (wanted, false)), "{:?}", run.precisions);
             assert!(!deeptune_kernels::bf16::enabled());
             if seed == 11 && precision == Precision::Float32 {
                 // One model, both precisions: the predictions agree.

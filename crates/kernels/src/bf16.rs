@@ -1,7 +1,8 @@
 //! Mixed precision: the convolutions' matrix products with bfloat16 operands and float32 sums, on
 //! CPUs with AVX-512-BF16 (`vdpbf16ps`: 32 products per instruction, twice float32's 16 FMAs).
 //!
-//! Opt-in and process-wide ([`set_enabled`], or `DEEPTUNE_PRECISION=bf16` in the environment):
+//! Opt-in, for the threads of a [`pool`] (a training run's) or process-wide ([`set_enabled`], or
+//! `DEEPTUNE_PRECISION=bf16` in the environment, as the benchmarks use):
 //! everything else — activations, weights, optimizer state, batch norm, the sums themselves —
 //! stays float32; only each product's operands are rounded (to nearest even) to bfloat16 as they
 //! are packed. That is the usual mixed-precision recipe (PyTorch's `autocast(dtype=bfloat16)` on
@@ -52,9 +53,34 @@ pub fn set_enabled(on: bool) -> bool {
     on
 }
 
-/// Whether products run in bfloat16: [`set_enabled`]'s last word, else `DEEPTUNE_PRECISION=bf16`
-/// in the environment (and a CPU that can).
+thread_local! {
+    /// This thread's own setting, over the process-wide one: set on the threads of a [`pool`].
+    static THREAD_SETTING: std::cell::Cell<Option<bool>> = const { std::cell::Cell::new(None) };
+}
+
+/// A rayon pool, as many threads as the caller's (`rayon::current_num_threads`, the global pool's
+/// outside any), whose products run in bfloat16 if `on` and the CPU can, whatever the process-wide
+/// setting: a training run computes inside it
+/// (`pool.install`), so that predictions served by the same process meanwhile — on other
+/// threads — keep the process's precision. Also returns whether the pool's products are
+/// bfloat16.
+pub fn pool(on: bool) -> Result<(rayon::ThreadPool, bool), rayon::ThreadPoolBuildError> {
+    let on = on && supported();
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(rayon::current_num_threads())
+        .thread_name(|i| format!("deeptune-train-{i}"))
+        .start_handler(move |_| THREAD_SETTING.with(|setting| setting.set(Some(on))))
+        .build()?;
+    Ok((pool, on))
+}
+
+/// Whether products run in bfloat16 on this thread: its [`pool`]'s setting, else
+/// [`set_enabled`]'s last word, else `DEEPTUNE_PRECISION=bf16` in the environment (and a CPU that
+/// can).
 pub fn enabled() -> bool {
+    if let Some(on) = THREAD_SETTING.with(|setting| setting.get()) {
+        return on;
+    }
     match STATE.load(Ordering::Relaxed) {
         ON => true,
         OFF => false,
@@ -418,6 +444,27 @@ mod x86 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A pool's threads, and the work they share, compute in the pool's precision; the threads
+    /// outside keep the process's (as predictions served during a bfloat16 run must).
+    #[test]
+    fn a_pools_precision_stays_on_its_threads() {
+        use rayon::prelude::*;
+        set_enabled(false);
+        let (bfloat16, on) = pool(true).unwrap();
+        assert_eq!(on, supported());
+        let inside = bfloat16.install(|| (0..64).into_par_iter().map(|_| enabled()).collect::<Vec<_>>());
+        assert!(inside.iter().all(|&e| e == supported()), "{inside:?}");
+        assert!(!enabled());
+        assert!(!std::thread::spawn(enabled).join().unwrap());
+        // And the other way round: a float32 pool in a process set to bfloat16.
+        if set_enabled(true) {
+            let (float32, on) = pool(false).unwrap();
+            assert!(!on);
+            assert!(float32.install(|| (0..64).into_par_iter().all(|_| !enabled())));
+            assert!(enabled() && std::thread::spawn(enabled).join().unwrap());
+        }
+    }
 
     fn values(len: usize, seed: u32) -> Vec<f32> {
         let mut state = seed.wrapping_mul(2654435761).wrapping_add(12345);

@@ -64,29 +64,6 @@ impl Precision {
     }
 }
 
-/// Sets the kernels' process-wide precision for one run and restores the previous one after (a
-/// process trains one run at a time: `ONE_RUN_AT_A_TIME`).
-struct PrecisionScope {
-    previous: bool,
-}
-
-impl PrecisionScope {
-    fn enter(precision: Precision, sink: &dyn ProgressSink) -> PrecisionScope {
-        let previous = deeptune_kernels::bf16::enabled();
-        let wanted = precision == Precision::Bfloat16;
-        if deeptune_kernels::bf16::set_enabled(wanted) != wanted {
-            sink.on_message("precision bfloat16 asked for, but this CPU has no AVX-512-BF16: training in float32");
-        }
-        PrecisionScope { previous }
-    }
-}
-
-impl Drop for PrecisionScope {
-    fn drop(&mut self) {
-        deeptune_kernels::bf16::set_enabled(self.previous);
-    }
-}
-
 /// Everything that decides what a run computes. Same config, data and seed: same weights.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TrainConfig {
@@ -414,9 +391,24 @@ pub fn train(run: TrainRun, sink: &dyn ProgressSink, cancel: &CancelToken) -> Re
     train_exclusive(run, sink, cancel)
 }
 
-/// [`train`], for a caller that holds `ONE_RUN_AT_A_TIME` (a run, or a calibration).
+/// [`train`], for a caller that holds `ONE_RUN_AT_A_TIME` (a run, or a calibration): on a thread
+/// pool of its own, as many threads as the process's, whose products compute in the run's
+/// precision — predictions the same process serves meanwhile, on other threads, keep theirs.
 fn train_exclusive(run: TrainRun, sink: &dyn ProgressSink, cancel: &CancelToken) -> Result<TrainOutcome, TrainError> {
-    let _precision = PrecisionScope::enter(run.config.precision, sink);
+    let wanted = run.config.precision == Precision::Bfloat16;
+    let (pool, bfloat16) = deeptune_kernels::bf16::pool(wanted)
+        .map_err(|e| TrainError::Config(format!("cannot start the training threads: {e}")))?;
+    if bfloat16 != wanted {
+        sink.on_message("precision bfloat16 asked for, but this CPU has no AVX-512-BF16: training in float32");
+    }
+    pool.install(|| train_on_this_pool(run, sink, cancel))
+}
+
+fn train_on_this_pool(
+    run: TrainRun,
+    sink: &dyn ProgressSink,
+    cancel: &CancelToken,
+) -> Result<TrainOutcome, TrainError> {
     let config = &run.config;
     if config.batch_size == 0
         || config.accumulation_steps == 0
