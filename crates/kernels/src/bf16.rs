@@ -116,8 +116,9 @@ pub fn round(x: f32) -> f32 {
 /// float32 sums. Call only where [`enabled`] (the CPU has the instructions).
 ///
 /// # Safety
-/// As `conv::multiply_raw`: `dst + r·dst_row + c` for `r < m`, `c < n` valid initialised floats
-/// nothing else touches during the call; the operands' bounds checked by the caller.
+/// As `conv::multiply_raw`: `dst + r·dst_row + c` for `r < m`, `c < n` valid floats nothing else
+/// touches during the call, initialised where `accumulate` (otherwise the first block of `k`
+/// stores them before any later block adds to them); the operands' bounds checked by the caller.
 #[allow(clippy::too_many_arguments)]
 pub(crate) unsafe fn multiply(
     m: usize,

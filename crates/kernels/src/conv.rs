@@ -349,12 +349,35 @@ pub(crate) fn multiply(
     unsafe { multiply_raw(m, n, k, dst.as_mut_ptr(), dst_row, accumulate, lhs, rhs, parallelism) }
 }
 
+/// `dst (m×n, contiguous) = lhs · rhs` into memory not yet written, returned written. Neither
+/// gemm (with `read_dst` false its first block of `k` stores, later blocks add to what it stored)
+/// nor [`crate::bf16::multiply`] reads a destination it does not accumulate into, so it needs no
+/// zeros first (a `memset` of every such destination before).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn multiply_into<'a>(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: &'a mut [MaybeUninit<f32>],
+    lhs: View,
+    rhs: View,
+    parallelism: Parallelism,
+) -> &'a mut [f32] {
+    assert_eq!(dst.len(), m * n, "product destination size");
+    // SAFETY: the destination's bounds were just checked, it is borrowed mutably, and a product
+    // that does not accumulate only writes it before reading it (`multiply_raw`'s contract).
+    unsafe { multiply_raw(m, n, k, dst.as_mut_ptr().cast(), n, false, lhs, rhs, parallelism) };
+    // SAFETY: the product wrote all `m × n` values (zeros where `k` is 0).
+    unsafe { assume_written(dst) }
+}
+
 /// [`multiply`] into a destination given by pointer, for products whose rows interleave with
 /// other threads' (bands of one image: each band's columns of every output plane).
 ///
 /// # Safety
-/// `dst + r·dst_row + c` for `r < m`, `c < n` must be valid, initialised `f32`s that nothing else
-/// reads or writes during the call.
+/// `dst + r·dst_row + c` for `r < m`, `c < n` must be valid `f32`s that nothing else reads or
+/// writes during the call, initialised where `accumulate` (otherwise they are only written
+/// before they are read).
 #[allow(clippy::too_many_arguments)]
 unsafe fn multiply_raw(
     m: usize,
@@ -376,8 +399,8 @@ unsafe fn multiply_raw(
         assert!((k - 1) * rhs.row + (n - 1) * rhs.col < rhs.data.len(), "right operand too small");
     } else if !accumulate {
         for r in 0..m {
-            // SAFETY: row `r`'s `n` values are the caller's to write.
-            unsafe { std::slice::from_raw_parts_mut(dst.add(r * dst_row), n) }.fill(0.0);
+            // SAFETY: row `r`'s `n` values are the caller's to write (all-zero bits are 0.0).
+            unsafe { std::ptr::write_bytes(dst.add(r * dst_row), 0, n) };
         }
         return;
     }
@@ -1003,13 +1026,9 @@ fn image_forward(
         let band = |rows: std::ops::Range<usize>| {
             let (band, first_row) = g.output_rows(rows.clone());
             let (start, columns) = (rows.start * out_w, rows.len() * out_w);
-            // SAFETY (each `out` access below): this band's columns of each plane, which no other
-            // band reads or writes (the bands are disjoint ranges of rows).
-            // gemm does not read a destination it overwrites, but its contract takes initialised
-            // memory.
-            (0..g.out_channels).for_each(|c| {
-                zeroed(unsafe { out.part(c * plane + start, columns) });
-            });
+            // SAFETY (the products and each `out` access below): this band's columns of each
+            // plane, which no other band reads or writes (the bands are disjoint ranges of rows);
+            // the first product writes them without reading them.
             let dst = out.block(start, g.out_channels, plane, columns);
             // `col(x)` a block of input channels at a time, each block's product accumulated.
             let mut col = Scratch::stale(g.block_rows() * columns);
@@ -1049,9 +1068,8 @@ fn image_forward(
     let rhs = View { data: col, row: plane, col: 1 };
     let ranges = split_ranges(g.out_channels, pool, 8);
     let filters = |(channels, part): (std::ops::Range<usize>, &mut [MaybeUninit<f32>])| {
-        let part = zeroed(part);
         let lhs = View { data: &weight[channels.start * k..], row: k, col: 1 };
-        multiply(channels.len(), plane, k, part, plane, false, lhs, rhs, Parallelism::None);
+        let part = multiply_into(channels.len(), plane, k, part, lhs, rhs, Parallelism::None);
         if let Some(epilogue) = epilogue {
             widest(
                 #[inline(always)]
@@ -1282,20 +1300,7 @@ fn backward_by_images(
                 );
             }
             if let Some(input_part) = input_part {
-                // gemm does not read the destination when not accumulating, but its contract takes
-                // initialised memory.
-                let input_part = zeroed(input_part);
-                multiply(
-                    k,
-                    columns,
-                    g.out_channels,
-                    input_part,
-                    columns,
-                    false,
-                    weight_t,
-                    dy_view,
-                    plan.product_parallelism(),
-                );
+                multiply_into(k, columns, g.out_channels, input_part, weight_t, dy_view, plan.product_parallelism());
             }
             return;
         }
@@ -1402,7 +1407,7 @@ fn backward_by_images(
     };
     if let Some(grad) = input_grad.as_mut() {
         // SAFETY: the parts cover `0..x_len` and `compute` wrote every element of each (col2im
-        // writes whole images; the pointwise product its zeroed part); a panic in it propagated
+        // writes whole images; the pointwise product its whole part); a panic in it propagated
         // before this line.
         unsafe { grad.set_len(g.x_len()) };
     }
@@ -1491,15 +1496,12 @@ fn backward_by_channels(
         let mut grad: Vec<f32> = Vec::with_capacity(g.weight_len());
         let parts = cut_by_ranges(&mut grad.spare_capacity_mut()[..g.weight_len()], &out_ranges, k);
         parts.into_par_iter().for_each(|(r, part)| {
-            // gemm does not read the destination when not accumulating, but its contract takes
-            // initialised memory.
-            let part = zeroed(part);
             let dy_rows = View { data: &dy[r.start * total..], row: total, col: 1 };
             let col_t = View { data: &col, row: 1, col: total };
-            multiply(r.len(), k, total, part, k, false, dy_rows, col_t, Parallelism::None);
+            multiply_into(r.len(), k, total, part, dy_rows, col_t, Parallelism::None);
         });
-        // SAFETY: the parts cover `0..weight_len` and each was written in full (zeroed, then the
-        // product); a panic in the loop propagated before this line.
+        // SAFETY: the parts cover `0..weight_len` and each was written in full (by the product); a
+        // panic in the loop propagated before this line.
         unsafe { grad.set_len(g.weight_len()) };
         grad
     });
