@@ -1080,6 +1080,19 @@ struct BatchNormState<B: Backend> {
     relu_cap: Option<f32>,
 }
 
+impl<B: Backend> BatchNormState<B> {
+    /// The inputs `[x, gamma, beta]`, the statistics the forward computed, and its settings.
+    fn new(
+        [x, gamma, beta]: [FloatTensor<B>; 3],
+        mean: &FloatTensor<B>,
+        variance: &FloatTensor<B>,
+        epsilon: f64,
+        relu_cap: Option<f32>,
+    ) -> Self {
+        BatchNormState { x, gamma, beta, mean: mean.clone(), variance: variance.clone(), epsilon, relu_cap }
+    }
+}
+
 impl<B: DeepKernels> Backward<B, 3> for BatchNormBackward {
     type State = BatchNormState<B>;
 
@@ -1233,15 +1246,13 @@ impl<B: DeepKernels, C: CheckpointStrategy> DeepKernels for Autodiff<B, C> {
                     epsilon,
                     relu_cap,
                 );
-                let state = BatchNormState {
-                    x: x.into_primitive(),
-                    gamma: gamma.into_primitive(),
-                    beta: beta.into_primitive(),
-                    mean: mean.clone(),
-                    variance: variance.clone(),
+                let state = BatchNormState::new(
+                    [x, gamma, beta].map(|t| t.into_primitive()),
+                    &mean,
+                    &variance,
                     epsilon,
                     relu_cap,
-                };
+                );
                 (prep.finish(state, output), FloatTensor::<Self>::new(mean), FloatTensor::<Self>::new(variance))
             }
             OpsKind::UnTracked(prep) => {
@@ -1276,15 +1287,13 @@ impl<B: DeepKernels, C: CheckpointStrategy> DeepKernels for Autodiff<B, C> {
                     epsilon,
                     relu_cap,
                 );
-                let state = BatchNormState {
-                    x: x.into_primitive(),
-                    gamma: gamma.into_primitive(),
-                    beta: beta.into_primitive(),
-                    mean: mean.clone(),
-                    variance: variance.clone(),
+                let state = BatchNormState::new(
+                    [x, gamma, beta].map(|t| t.into_primitive()),
+                    &mean,
+                    &variance,
                     epsilon,
                     relu_cap,
-                };
+                );
                 let output = prep.finish((state, output.clone()), output);
                 (output, FloatTensor::<Self>::new(mean), FloatTensor::<Self>::new(variance))
             }

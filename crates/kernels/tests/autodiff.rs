@@ -206,14 +206,25 @@ fn batch_norm_training_and_its_gradients_equal_burns() {
         let plain = |t: Tensor<4>| Tensor::<4>::from_data(t.to_data(), &Device::flex());
         let dx = max_difference(plain(x.grad(&ours_grads).unwrap()), plain(x.grad(&theirs_grads).unwrap()));
         assert!(dx < 1e-4, "input gradient differs by {dx} for {shape:?}, cap {cap:?}");
-        for (param, name) in [(&gamma, "gamma"), (&beta, "beta")] {
-            let (a, b) = (flat(param.grad(&ours_grads).unwrap()), flat(param.grad(&theirs_grads).unwrap()));
-            for (a, b) in a.iter().zip(&b) {
-                assert!(
-                    (a - b).abs() < 1e-3 * b.abs().max(1.0),
-                    "{name} gradient differs for {shape:?}, cap {cap:?}: {a} vs {b}"
-                );
-            }
+        let context = format!("{shape:?}, cap {cap:?}");
+        assert_norm_parameter_gradients_equal(&gamma, &beta, &ours_grads, &theirs_grads, &context);
+    }
+}
+
+/// γ's and β's gradients in our batch norm's graph and in burn's, equal to 1e-3 (relative above
+/// 1).
+fn assert_norm_parameter_gradients_equal(
+    gamma: &Tensor<1>,
+    beta: &Tensor<1>,
+    ours: &burn::tensor::Gradients,
+    theirs: &burn::tensor::Gradients,
+    context: &str,
+) {
+    let flat = |t: Tensor<1>| t.into_data().try_to_vec::<f32>().unwrap();
+    for (param, name) in [(gamma, "gamma"), (beta, "beta")] {
+        let (a, b) = (flat(param.grad(ours).unwrap()), flat(param.grad(theirs).unwrap()));
+        for (a, b) in a.iter().zip(&b) {
+            assert!((a - b).abs() < 1e-3 * b.abs().max(1.0), "{name} gradient differs for {context}: {a} vs {b}");
         }
     }
 }
@@ -264,16 +275,8 @@ fn batch_norm_with_residual_and_its_gradients_equal_burns() {
             let difference = max_difference(a, b);
             assert!(difference < 1e-4, "{name} gradient differs by {difference} for {shape:?}, cap {cap:?}");
         }
-        let flat = |t: Tensor<1>| t.into_data().try_to_vec::<f32>().unwrap();
-        for (param, name) in [(&gamma, "gamma"), (&beta, "beta")] {
-            let (a, b) = (flat(param.grad(&ours_grads).unwrap()), flat(param.grad(&theirs_grads).unwrap()));
-            for (a, b) in a.iter().zip(&b) {
-                assert!(
-                    (a - b).abs() < 1e-3 * b.abs().max(1.0),
-                    "{name} gradient differs for {shape:?}, cap {cap:?}: {a} vs {b}"
-                );
-            }
-        }
+        let context = format!("{shape:?}, cap {cap:?}");
+        assert_norm_parameter_gradients_equal(&gamma, &beta, &ours_grads, &theirs_grads, &context);
     }
 }
 
