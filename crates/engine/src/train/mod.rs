@@ -175,6 +175,9 @@ pub enum TrainError {
     Restore(String),
     #[error("no usable training data: {0}")]
     NoData(String),
+    /// The operating system refused the run's threads (not the run's fault: try again).
+    #[error("cannot start the training threads: {0}")]
+    Threads(String),
 }
 
 // Returned once per run; boxing the model would only add a dereference.
@@ -396,8 +399,7 @@ pub fn train(run: TrainRun, sink: &dyn ProgressSink, cancel: &CancelToken) -> Re
 /// precision — predictions the same process serves meanwhile, on other threads, keep theirs.
 fn train_exclusive(run: TrainRun, sink: &dyn ProgressSink, cancel: &CancelToken) -> Result<TrainOutcome, TrainError> {
     let wanted = run.config.precision == Precision::Bfloat16;
-    let (pool, bfloat16) = deeptune_kernels::bf16::pool(wanted)
-        .map_err(|e| TrainError::Config(format!("cannot start the training threads: {e}")))?;
+    let (pool, bfloat16) = deeptune_kernels::bf16::pool(wanted).map_err(|e| TrainError::Threads(e.to_string()))?;
     if bfloat16 != wanted {
         sink.on_message("precision bfloat16 asked for, but this CPU has no AVX-512-BF16: training in float32");
     }
