@@ -213,8 +213,8 @@ fn efficientnet_lite0_fine_tunes_on_fashion_mnist() {
 }
 
 /// Validation accuracy and loss of `model` on `validation`, computed in the products' current
-/// precision.
-fn validate(model: &deeptune_engine::models::Classifier, validation: Arc<Folder>) -> (f64, f64) {
+/// precision, and the class probabilities (image by image).
+fn validate(model: &deeptune_engine::models::Classifier, validation: Arc<Folder>) -> (f64, f64, Vec<f32>) {
     let transform = deeptune_engine::data::EvalTransform::new(96, Normalization::MinusOneToOne127);
     let (probs, labels, _, _) = deeptune_engine::train::predict_source(
         model,
@@ -234,12 +234,13 @@ fn validate(model: &deeptune_engine::models::Classifier, validation: Arc<Folder>
         loss -= (p[truth] as f64).ln();
         count += 1;
     }
-    (correct as f64 / count as f64, loss / count as f64)
+    (correct as f64 / count as f64, loss / count as f64, probs)
 }
 
 /// The opt-in bfloat16 path (CPUs with AVX-512-BF16) predicts and learns as float32 does.
 ///
-/// Inference is compared on one model: the same predictions, nearly the same loss. Training is
+/// Inference is compared on one model: every probability within 0.05 of float32's, the same class
+/// for every image but close calls (float32's top two within 0.1), nearly the same loss. Training is
 /// compared as means over three seeds: on this small set, one run's validation accuracy moves by
 /// ±4 points from seed to seed (measured, in both precisions), so two single runs differ by more
 /// than rounding ever could; over three seeds and four epochs bfloat16 must be no worse than
@@ -268,13 +269,26 @@ fn bfloat16_fine_tunes_as_well_as_float32() {
             assert!(!deeptune_kernels::bf16::enabled());
             if seed == 11 && precision == Precision::Float32 {
                 // One model, both precisions: the predictions agree.
-                let float32 = validate(&run.model, validation_set.clone());
+                let (a32, l32, p32) = validate(&run.model, validation_set.clone());
                 assert!(deeptune_kernels::bf16::set_enabled(true));
-                let bfloat16 = validate(&run.model, validation_set.clone());
+                let (a16, l16, p16) = validate(&run.model, validation_set.clone());
                 deeptune_kernels::bf16::set_enabled(false);
+                let (float32, bfloat16) = ((a32, l32), (a16, l16));
+                // Image by image: bfloat16's rounding moves a probability by a few hundredths
+                // (0.033 at most, measured), so an image changes class only where float32's
+                // top two classes are that close.
+                let classes = CLASSES.len();
+                for (image, (p, q)) in p32.chunks(classes).zip(p16.chunks(classes)).enumerate() {
+                    let moved = p.iter().zip(q).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+                    assert!(moved <= 0.05, "image {image}: float32 {p:?}, bfloat16 {q:?}");
+                    let top = |p: &[f32]| (0..classes).max_by(|&a, &b| p[a].total_cmp(&p[b])).unwrap();
+                    let mut sorted = p.to_vec();
+                    sorted.sort_by(|a, b| b.total_cmp(a));
+                    let close_call = sorted[0] - sorted[1] < 0.1;
+                    assert!(top(p) == top(q) || close_call, "image {image}: float32 {p:?}, bfloat16 {q:?}");
+                }
                 eprintln!("one model: float32 {float32:?}, bfloat16 {bfloat16:?}");
                 assert!((float32.1 - l).abs() < 1e-6, "validation loss {} vs the run's {l}", float32.1);
-                assert!((bfloat16.0 - float32.0).abs() <= 0.005, "{bfloat16:?} vs {float32:?}");
                 assert!((bfloat16.1 - float32.1).abs() <= 0.05 * float32.1, "{bfloat16:?} vs {float32:?}");
                 // It did compute in bfloat16: not bit-identical.
                 assert_ne!(bfloat16.1, float32.1);

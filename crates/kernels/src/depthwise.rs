@@ -14,6 +14,8 @@
 // The geometry is a `ConvGeometry` with `in_channels` == `out_channels` (= the channels) and
 // filters `[channels, 1, kh, kw]`.
 
+mod interleaved;
+
 use rayon::prelude::*;
 
 use crate::conv::{ConvGeometry, Epilogue, PhaseLayout, Scratch};
@@ -54,22 +56,32 @@ fn filter_flat(out: &mut [f32], src: &[f32], offsets: &[usize], taps: &[f32]) {
 
 /// The convolution of `input` `[batch, channels, in_h, in_w]` by `weight` `[channels, kh, kw]`,
 /// `[batch, channels, out_h, out_w]`, with `epilogue` (per-channel scale, shift, clamp) applied
-/// to each output plane while it is in cache.
+/// to each output plane while it is in cache. Small or strided planes of whole groups of 16
+/// channels go sixteen channels at a time ([`interleaved`]), the rest plane by plane
+/// ([`forward_by_planes`]); both give the same values, bit for bit.
+pub fn forward(g: &ConvGeometry, input: &[f32], weight: &[f32], epilogue: Option<&Epilogue>) -> Vec<f32> {
+    assert_eq!(g.in_channels, g.out_channels, "depthwise channels");
+    assert_eq!(weight.len(), g.in_channels * g.taps(), "depthwise weight size");
+    assert_eq!(input.len(), g.batch * g.in_channels * g.in_plane(), "depthwise input size");
+    if g.batch * g.in_channels * g.out_plane() == 0 {
+        return Vec::new();
+    }
+    if interleaved::suits(g) {
+        return interleaved::forward(g, input, weight, epilogue);
+    }
+    forward_by_planes(g, input, weight, epilogue)
+}
+
+/// [`forward`] plane by plane (any geometry with outputs).
 ///
 /// Per plane: the padded input is cut into phase planes ([`PhaseLayout`]; for stride 1 it is the
 /// padded plane itself), then each block of 64 outputs of the flattened plane is accumulated in
 /// registers over all taps — one pass over the output where flex's kernel makes one per tap —
 /// and the valid columns are copied out. The padding is materialised zeros, so a non-finite
 /// weight over padding gives NaN as in PyTorch.
-pub fn forward(g: &ConvGeometry, input: &[f32], weight: &[f32], epilogue: Option<&Epilogue>) -> Vec<f32> {
-    assert_eq!(g.in_channels, g.out_channels, "depthwise channels");
-    assert_eq!(weight.len(), g.in_channels * g.taps(), "depthwise weight size");
-    assert_eq!(input.len(), g.batch * g.in_channels * g.in_plane(), "depthwise input size");
+fn forward_by_planes(g: &ConvGeometry, input: &[f32], weight: &[f32], epilogue: Option<&Epilogue>) -> Vec<f32> {
     let out_plane = g.out_plane();
     let len = g.batch * g.in_channels * out_plane;
-    if len == 0 {
-        return Vec::new();
-    }
     let layout = PhaseLayout::new(g);
     let planes_per_task = (TASK_OUTPUTS / out_plane).max(1);
     par_filled(len, planes_per_task * out_plane, |offset, out| {
@@ -110,18 +122,31 @@ const MAX_TAPS: usize = 49;
 /// Gradient of the loss with respect to the input, `[batch, channels, in_h, in_w]`, from the
 /// filters `[channels, kh, kw]` and the output gradient `[batch, channels, out_h, out_w]`.
 ///
+/// Small or strided planes of whole groups of 16 channels go sixteen channels at a time
+/// ([`interleaved`]), the rest plane by plane ([`input_grad_by_planes`]); both give the same
+/// values, bit for bit.
+pub fn input_grad(g: &ConvGeometry, weight: &[f32], out_grad: &[f32]) -> Vec<f32> {
+    assert_eq!(weight.len(), g.in_channels * g.taps(), "depthwise weight size");
+    assert_eq!(out_grad.len(), g.batch * g.in_channels * g.out_plane(), "depthwise output-gradient size");
+    let len = g.batch * g.in_channels * g.in_plane();
+    if len == 0 || g.out_plane() == 0 {
+        return vec![0.0; len];
+    }
+    if interleaved::suits(g) {
+        return interleaved::input_grad(g, weight, out_grad);
+    }
+    input_grad_by_planes(g, weight, out_grad)
+}
+
+/// [`input_grad`] plane by plane (any geometry with inputs and outputs).
+///
 /// The adjoint of [`forward`]'s flat filter: the output gradient is laid out "wide" (zeros in the
 /// discarded columns), each phase plane's gradient is a flat filter of it with the offsets
 /// negated (64 values accumulated in registers over the phase's taps), and the phases are
 /// scattered back onto the input plane. A channel with a non-finite weight goes row by row, so
 /// that the wide layout's zeros never meet it (`0 · ∞` would add a NaN PyTorch does not have).
-pub fn input_grad(g: &ConvGeometry, weight: &[f32], out_grad: &[f32]) -> Vec<f32> {
-    assert_eq!(weight.len(), g.in_channels * g.taps(), "depthwise weight size");
-    assert_eq!(out_grad.len(), g.batch * g.in_channels * g.out_plane(), "depthwise output-gradient size");
+fn input_grad_by_planes(g: &ConvGeometry, weight: &[f32], out_grad: &[f32]) -> Vec<f32> {
     let (in_plane, len) = (g.in_plane(), g.batch * g.in_channels * g.in_plane());
-    if len == 0 || g.out_plane() == 0 {
-        return vec![0.0; len];
-    }
     let layout = PhaseLayout::new(g);
     let planes_per_task = (TASK_OUTPUTS / g.out_plane()).max(1);
     // Each plane zeroed by the task that computes it, right before (in cache, on every thread),
@@ -274,18 +299,28 @@ impl PhaseLayout {
 }
 
 /// Gradient of the loss with respect to the filters, `[channels, kh, kw]`, from the input
-/// `[batch, channels, in_h, in_w]` and the output gradient. Per channel: for each image, the
+/// `[batch, channels, in_h, in_w]` and the output gradient. Small or strided planes of whole
+/// groups of 16 channels go sixteen channels at a time ([`interleaved`]), the rest channel by
+/// channel ([`weight_grad_by_planes`]); neither result depends on the number of threads.
+pub fn weight_grad(g: &ConvGeometry, input: &[f32], out_grad: &[f32]) -> Vec<f32> {
+    assert_eq!(input.len(), g.batch * g.in_channels * g.in_plane(), "depthwise input size");
+    assert_eq!(out_grad.len(), g.batch * g.in_channels * g.out_plane(), "depthwise output-gradient size");
+    if g.in_channels * g.taps() == 0 || g.out_plane() == 0 {
+        return vec![0.0f32; g.in_channels * g.taps()];
+    }
+    if interleaved::suits(g) {
+        return interleaved::weight_grad(g, input, out_grad);
+    }
+    weight_grad_by_planes(g, input, out_grad)
+}
+
+/// [`weight_grad`] channel by channel (any geometry with filters and outputs). Per channel: for each image, the
 /// input plane in [`PhaseLayout`] and the output gradient in the wide layout, then one pass in
 /// which the whole gradient plane is one dot product per tap; per plane sums in `f32` lanes,
 /// across the batch in `f64`. The work is split by channel, so the result does not depend
 /// on the number of threads. Planes with a non-finite input value go row by row.
-pub fn weight_grad(g: &ConvGeometry, input: &[f32], out_grad: &[f32]) -> Vec<f32> {
-    assert_eq!(input.len(), g.batch * g.in_channels * g.in_plane(), "depthwise input size");
-    assert_eq!(out_grad.len(), g.batch * g.in_channels * g.out_plane(), "depthwise output-gradient size");
+fn weight_grad_by_planes(g: &ConvGeometry, input: &[f32], out_grad: &[f32]) -> Vec<f32> {
     let mut grad = vec![0.0f32; g.in_channels * g.taps()];
-    if grad.is_empty() || g.out_plane() == 0 {
-        return grad;
-    }
     let layout = PhaseLayout::new(g);
     grad.par_chunks_mut(g.taps()).enumerate().for_each(|(channel, gw)| {
         widest(
@@ -418,12 +453,24 @@ mod tests {
         size: [usize; 2],
         pad_end: [usize; 2],
     ) {
+        check_channels(3, kernel, stride, padding, dilation, size, pad_end);
+    }
+
+    fn check_channels(
+        channels: usize,
+        kernel: usize,
+        stride: usize,
+        padding: [usize; 2],
+        dilation: usize,
+        size: [usize; 2],
+        pad_end: [usize; 2],
+    ) {
         let out =
             |len: usize, axis: usize| (len + padding[axis] + pad_end[axis] - dilation * (kernel - 1) - 1) / stride + 1;
         let g = ConvGeometry {
             batch: 2,
-            in_channels: 3,
-            out_channels: 3,
+            in_channels: channels,
+            out_channels: channels,
             in_h: size[0],
             in_w: size[1],
             out_h: out(size[0], 0),
@@ -461,6 +508,17 @@ mod tests {
         }
         let gx = input_grad(&g, &w, &gy);
         let gw = weight_grad(&g, &x, &gy);
+        if interleaved::suits(&g) {
+            // Same sums in the same order as plane by plane.
+            let bits = |v: &[f32]| v.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+            let epilogue =
+                Epilogue { scale: &scale, shift: &shift, activation: EpilogueActivation::Silu, residual: None };
+            assert_eq!(
+                bits(&forward(&g, &x, &w, Some(&epilogue))),
+                bits(&forward_by_planes(&g, &x, &w, Some(&epilogue)))
+            );
+            assert_eq!(bits(&gx), bits(&input_grad_by_planes(&g, &w, &gy)), "input grad for {g:?}");
+        }
         for (a, b) in gx.iter().zip(&gx_ref) {
             assert!((a - b).abs() <= 1e-5 * (1.0 + b.abs()), "input grad {a} vs {b} for {g:?}");
         }
@@ -483,15 +541,51 @@ mod tests {
         check(3, 3, [1, 1], 2, [17, 19], [0, 1]); // stride 3 with dilation 2: phases mixed
     }
 
+    /// Small planes of whole groups of 16 channels take the interleaved kernels.
+    #[test]
+    fn interleaved_kernels_match_the_definition() {
+        let probe = |side: usize| ConvGeometry {
+            batch: 1,
+            in_channels: 32,
+            out_channels: 32,
+            in_h: side,
+            in_w: side,
+            out_h: side,
+            out_w: side,
+            kernel: [3, 3],
+            stride: [1, 1],
+            padding: [1, 1],
+            dilation: [1, 1],
+        };
+        assert!(interleaved::suits(&probe(7)) && !interleaved::suits(&probe(28)), "the test must reach both paths");
+        check_channels(32, 3, 1, [1, 1], 1, [7, 7], [1, 1]); // MobileNetV2's late stride-1 3×3
+        check_channels(16, 3, 2, [1, 1], 1, [7, 7], [1, 1]); // its stride-2 3×3 onto 4×4
+        check_channels(32, 3, 1, [1, 1], 1, [4, 4], [1, 1]); // one vector per plane
+        check_channels(16, 3, 1, [1, 1], 1, [8, 8], [1, 1]); // the widest stride-1 plane it takes
+        check_channels(16, 3, 2, [1, 1], 1, [29, 27], [1, 1]); // strided: planes over several blocks of 16 pixels
+        check_channels(16, 5, 1, [2, 2], 1, [6, 6], [2, 2]); // EfficientNet's 5×5
+        check_channels(16, 5, 2, [1, 1], 1, [9, 8], [2, 2]); // TensorFlow "same": more padding at the end
+        check_channels(16, 3, 1, [2, 2], 2, [7, 7], [2, 2]); // dilated
+        check_channels(16, 3, 3, [1, 1], 2, [11, 12], [0, 1]); // stride 3 with dilation 2
+        check_channels(16, 3, 2, [0, 0], 1, [3, 4], [0, 0]); // one output row
+        check_channels(16, 1, 1, [0, 0], 1, [3, 4], [0, 0]);
+    }
+
     /// Non-finite weights or inputs take the row-by-row backward: the phase layout's zeros (the
-    /// discarded columns) must not turn an infinite gradient into NaN. The infinities sit where
-    /// those zeros would meet them: the top-left tap, and the last column of a row.
+    /// discarded columns) and the interleaved layout's padding must not turn an infinite gradient
+    /// into NaN. The infinities sit where those zeros would meet them: the top-left tap, and the
+    /// last column of a row.
     #[test]
     fn non_finite_values_keep_their_gradients() {
+        non_finite_values_keep_their_gradients_with(2);
+        non_finite_values_keep_their_gradients_with(16); // sixteen channels at a time
+    }
+
+    fn non_finite_values_keep_their_gradients_with(channels: usize) {
         let g = ConvGeometry {
             batch: 2,
-            in_channels: 2,
-            out_channels: 2,
+            in_channels: channels,
+            out_channels: channels,
             in_h: 5,
             in_w: 6,
             out_h: 5,

@@ -102,8 +102,8 @@ pub(crate) fn input_gradient_as_forward(g: &ConvGeometry, weight: &[f32]) -> Opt
     Some((transposed, flipped))
 }
 
-/// Whether the convolutions may leave im2col for a faster path (this one, and the tap-by-tap one
-/// of `tapwise`): unless `DEEPTUNE_CONV=direct` is set, read once per process.
+/// Whether the convolutions may leave im2col for a faster path (this one, the tap-by-tap one of
+/// `tapwise`, and the depthwise kernels' channels-interleaved one): unless `DEEPTUNE_CONV=direct` is set, read once per process.
 pub(crate) fn enabled() -> bool {
     static ENABLED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *ENABLED.get_or_init(|| std::env::var("DEEPTUNE_CONV").map_or(true, |v| v != "direct"))
