@@ -27,6 +27,9 @@ pub(super) const GROUP: usize = 16;
 /// Outputs per parallel task (whole groups, at least one).
 const TASK_OUTPUTS: usize = 1 << 13;
 
+/// Images per parallel task of the weight gradient.
+const IMAGES_PER_TASK: usize = 4;
+
 /// Widest output plane a stride-1 convolution takes this path for (any width when strided).
 /// Measured on MobileNetV2's and EfficientNet-Lite0's layers at 112 and 224 px
 /// (docs/PERFORMANCE.md, Change 18): on 7×7 and 4×4 planes this path takes a half to a fifth of
@@ -444,47 +447,61 @@ pub(super) fn input_grad(g: &ConvGeometry, weight: &[f32], out_grad: &[f32]) -> 
 
 /// The parent's [`super::weight_grad`] for geometries that [`suits`]: per group of channels, for
 /// each image, every tap's products summed over the plane in f32 (four taps at a time, even and
-/// odd pixels apart: eight sums in flight), then across the batch in f64.
+/// odd pixels apart: eight sums in flight), then across the batch in f64 (a few images per
+/// task, the tasks' sums in order).
 pub(super) fn weight_grad(g: &ConvGeometry, input: &[f32], out_grad: &[f32]) -> Vec<f32> {
     let (in_plane, out_plane, taps) = (g.in_plane(), g.out_plane(), g.taps());
     let layout = padded_input(g);
     let gather = forward_gather(g, &layout);
     let phase = &gather.phases[0];
+    // Tasks of a group and a few images each (not a group each: MobileNetV2's strided 96-channel
+    // layer has six groups, fewer than many CPUs' threads); the images' sums are added in a fixed
+    // order afterwards, so the result does not depend on the number of threads.
+    let chunks = g.batch.div_ceil(IMAGES_PER_TASK);
+    let groups = g.in_channels / GROUP;
+    let partial: Vec<Vec<f64>> = (0..groups * chunks)
+        .into_par_iter()
+        .map(|task| {
+            let (group, chunk) = (task / chunks, task % chunks);
+            widest(
+                #[inline(always)]
+                || {
+                    let mut sums = vec![0.0f64; taps * GROUP];
+                    let mut padded = layout.zeros();
+                    let mut flat = Scratch::stale(in_plane * GROUP);
+                    let mut gy = Scratch::stale(out_plane * GROUP);
+                    for n in chunk * IMAGES_PER_TASK..((chunk + 1) * IMAGES_PER_TASK).min(g.batch) {
+                        let first_plane = n * g.in_channels + group * GROUP;
+                        let planes = &input[first_plane * in_plane..(first_plane + GROUP) * in_plane];
+                        layout.fill(planes, &mut flat, &mut padded);
+                        interleave(&mut gy, &out_grad[first_plane * out_plane..], out_plane, out_plane);
+                        let mut t = 0;
+                        while t + 4 <= taps {
+                            tap_sums::<{ 4 * GROUP }>(phase, &padded, &gy, t, &mut sums);
+                            t += 4;
+                        }
+                        while t < taps {
+                            tap_sums::<GROUP>(phase, &padded, &gy, t, &mut sums);
+                            t += 1;
+                        }
+                    }
+                    sums
+                },
+            )
+        })
+        .collect();
     let mut grad = vec![0.0f32; g.in_channels * taps];
-    grad.par_chunks_mut(GROUP * taps).enumerate().for_each(|(group, gw)| {
-        widest(
-            #[inline(always)]
-            || {
-                let mut sums = vec![0.0f64; taps * GROUP];
-                let mut padded = layout.zeros();
-                let mut flat = Scratch::stale(in_plane * GROUP);
-                let mut gy = Scratch::stale(out_plane * GROUP);
-                for n in 0..g.batch {
-                    let first_plane = n * g.in_channels + group * GROUP;
-                    layout.fill(
-                        &input[first_plane * in_plane..(first_plane + GROUP) * in_plane],
-                        &mut flat,
-                        &mut padded,
-                    );
-                    interleave(&mut gy, &out_grad[first_plane * out_plane..], out_plane, out_plane);
-                    let mut t = 0;
-                    while t + 4 <= taps {
-                        tap_sums::<{ 4 * GROUP }>(phase, &padded, &gy, t, &mut sums);
-                        t += 4;
-                    }
-                    while t < taps {
-                        tap_sums::<GROUP>(phase, &padded, &gy, t, &mut sums);
-                        t += 1;
-                    }
-                }
-                for (t, lanes) in sums.chunks_exact(GROUP).enumerate() {
-                    for (c, &sum) in lanes.iter().enumerate() {
-                        gw[c * taps + t] = sum as f32;
-                    }
-                }
-            },
-        )
-    });
+    for (group, gw) in grad.chunks_exact_mut(GROUP * taps).enumerate() {
+        let mut sums = vec![0.0f64; taps * GROUP];
+        for part in &partial[group * chunks..(group + 1) * chunks] {
+            sums.iter_mut().zip(part).for_each(|(sum, v)| *sum += v);
+        }
+        for (t, lanes) in sums.chunks_exact(GROUP).enumerate() {
+            for (c, &sum) in lanes.iter().enumerate() {
+                gw[c * taps + t] = sum as f32;
+            }
+        }
+    }
     grad
 }
 
