@@ -133,6 +133,44 @@ pub(crate) unsafe fn assume_written(out: &mut [MaybeUninit<f32>]) -> &mut [f32] 
     unsafe { &mut *(out as *mut [MaybeUninit<f32>] as *mut [f32]) }
 }
 
+/// AVX-512 helpers shared by the kernels that shuffle in registers.
+#[cfg(target_arch = "x86_64")]
+pub(crate) mod x86 {
+    use std::arch::x86_64::*;
+
+    /// A 16 × 16 matrix of 32-bit words transposed: unpacks of words, then of word pairs, pair
+    /// 4 × 4 blocks within each 128-bit lane; two rounds of lane shuffles place the blocks.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    pub(crate) fn transpose16(r: [__m512i; 16]) -> [__m512i; 16] {
+        let mut a = [_mm512_setzero_si512(); 16];
+        for i in 0..8 {
+            a[2 * i] = _mm512_unpacklo_epi32(r[2 * i], r[2 * i + 1]);
+            a[2 * i + 1] = _mm512_unpackhi_epi32(r[2 * i], r[2 * i + 1]);
+        }
+        // b[4i + e], lane L: column 4L + e of rows 4i..4i + 4.
+        let mut b = [_mm512_setzero_si512(); 16];
+        for i in 0..4 {
+            b[4 * i] = _mm512_unpacklo_epi64(a[4 * i], a[4 * i + 2]);
+            b[4 * i + 1] = _mm512_unpackhi_epi64(a[4 * i], a[4 * i + 2]);
+            b[4 * i + 2] = _mm512_unpacklo_epi64(a[4 * i + 1], a[4 * i + 3]);
+            b[4 * i + 3] = _mm512_unpackhi_epi64(a[4 * i + 1], a[4 * i + 3]);
+        }
+        let mut c = [_mm512_setzero_si512(); 16];
+        for e in 0..4 {
+            let s0 = _mm512_shuffle_i32x4::<0x88>(b[e], b[4 + e]);
+            let s1 = _mm512_shuffle_i32x4::<0xDD>(b[e], b[4 + e]);
+            let s2 = _mm512_shuffle_i32x4::<0x88>(b[8 + e], b[12 + e]);
+            let s3 = _mm512_shuffle_i32x4::<0xDD>(b[8 + e], b[12 + e]);
+            c[e] = _mm512_shuffle_i32x4::<0x88>(s0, s2);
+            c[8 + e] = _mm512_shuffle_i32x4::<0xDD>(s0, s2);
+            c[4 + e] = _mm512_shuffle_i32x4::<0x88>(s1, s3);
+            c[12 + e] = _mm512_shuffle_i32x4::<0xDD>(s1, s3);
+        }
+        c
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

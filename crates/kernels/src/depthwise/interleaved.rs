@@ -323,36 +323,18 @@ mod x86 {
         (((1u32 << n) - 1) & 0xffff) as __mmask16
     }
 
-    /// The 16 × 16 transpose of `r` (row `i` of the result holds element `i` of every input row):
-    /// pairs, then 64-bit pairs within 128-bit quarters, then quarters, 64 shuffles.
+    /// The 16 × 16 transpose of `r` (row `i` of the result holds element `i` of every input row).
     #[target_feature(enable = "avx512f")]
     #[inline]
     fn transpose16(r: [__m512; 16]) -> [__m512; 16] {
-        let mut t = [_mm512_setzero_ps(); 16];
-        for i in 0..8 {
-            t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
-            t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
-        }
-        let mut u = [_mm512_setzero_ps(); 16];
-        for i in 0..4 {
-            let b = 4 * i;
-            u[b] = _mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(t[b]), _mm512_castps_pd(t[b + 2])));
-            u[b + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(t[b]), _mm512_castps_pd(t[b + 2])));
-            u[b + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(t[b + 1]), _mm512_castps_pd(t[b + 3])));
-            u[b + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(t[b + 1]), _mm512_castps_pd(t[b + 3])));
-        }
-        // Each 128-bit quarter now holds a 4 × 4 block transposed; move the quarters.
-        for h in 0..2 {
-            let b = 8 * h;
-            for k in 0..4 {
-                t[b + k] = _mm512_shuffle_f32x4::<0x88>(u[b + k], u[b + 4 + k]);
-                t[b + 4 + k] = _mm512_shuffle_f32x4::<0xdd>(u[b + k], u[b + 4 + k]);
-            }
+        // Casts are free; `array::map` with closures is not inlined into this function.
+        let mut words = [_mm512_setzero_si512(); 16];
+        for (w, v) in words.iter_mut().zip(r) {
+            *w = _mm512_castps_si512(v);
         }
         let mut out = [_mm512_setzero_ps(); 16];
-        for k in 0..8 {
-            out[k] = _mm512_shuffle_f32x4::<0x88>(t[k], t[8 + k]);
-            out[8 + k] = _mm512_shuffle_f32x4::<0xdd>(t[k], t[8 + k]);
+        for (o, w) in out.iter_mut().zip(crate::simd::x86::transpose16(words)) {
+            *o = _mm512_castsi512_ps(w);
         }
         out
     }
