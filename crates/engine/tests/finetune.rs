@@ -270,9 +270,11 @@ fn bfloat16_fine_tunes_as_well_as_float32() {
             if seed == 11 && precision == Precision::Float32 {
                 // One model, both precisions: the predictions agree.
                 let (a32, l32, p32) = validate(&run.model, validation_set.clone());
-                assert!(deeptune_kernels::bf16::set_enabled(true));
-                let (a16, l16, p16) = validate(&run.model, validation_set.clone());
-                deeptune_kernels::bf16::set_enabled(false);
+                // On a bfloat16 pool of its own, not the process-wide switch: the float32
+                // fine-tuning test may be computing beside this one (`cargo test`).
+                let (bfloat16_pool, on) = deeptune_kernels::bf16::pool(true).unwrap();
+                assert!(on);
+                let (a16, l16, p16) = bfloat16_pool.install(|| validate(&run.model, validation_set.clone()));
                 let (float32, bfloat16) = ((a32, l32), (a16, l16));
                 // Image by image: bfloat16's rounding moves a probability by a few hundredths
                 // (0.033 at most, measured), so an image changes class only where float32's

@@ -416,7 +416,9 @@ mod tests {
     use super::*;
 
     /// A pool's threads, and the work they share, compute in the pool's precision; the threads
-    /// outside keep the process's (as predictions served during a bfloat16 run must).
+    /// outside keep theirs (as predictions served during a bfloat16 run must). The process-wide
+    /// switch is only ever turned off here: the crate's other tests compute beside this one
+    /// under `cargo test`, in float32.
     #[test]
     fn a_pools_precision_stays_on_its_threads() {
         use rayon::prelude::*;
@@ -427,12 +429,14 @@ mod tests {
         assert!(inside.iter().all(|&e| e == supported()), "{inside:?}");
         assert!(!enabled());
         assert!(!std::thread::spawn(enabled).join().unwrap());
-        // And the other way round: a float32 pool in a process set to bfloat16.
-        if set_enabled(true) {
-            let (float32, on) = pool(false).unwrap();
-            assert!(!on);
-            assert!(float32.install(|| (0..64).into_par_iter().all(|_| !enabled())));
-            assert!(enabled() && std::thread::spawn(enabled).join().unwrap());
+        // And the other way round: a float32 pool started from a bfloat16 thread.
+        if supported() {
+            bfloat16.install(|| {
+                let (float32, on) = pool(false).unwrap();
+                assert!(!on);
+                assert!(float32.install(|| (0..64).into_par_iter().all(|_| !enabled())));
+                assert!(enabled(), "the bfloat16 pool's thread keeps its setting");
+            });
         }
     }
 
