@@ -1,4 +1,5 @@
-//! Depthwise convolution of small planes, sixteen channels at a time with the channel innermost.
+//! Depthwise convolution of small or strided planes, sixteen channels at a time with the channel
+//! innermost.
 //!
 //! Why: the plane-at-a-time kernels of the parent module pay a fixed cost per plane (the phase
 //! layout's rows, the wide plane, short rows copied out) that is several times the arithmetic
@@ -7,7 +8,9 @@
 //! of sixteen consecutive channels of one image are transposed into a buffer of pixels of
 //! sixteen lanes each, zero-padded, so that every tap of every pixel is one multiply-add of whole
 //! vectors (each lane a channel, with its own weight) and the per-plane costs are shared by
-//! sixteen planes. Four pixels at a time, so that four sums are in flight.
+//! sixteen planes. Four pixels at a time, so that four sums are in flight. Strided layers gain at
+//! every size: the plane-at-a-time input gradient scatters its phases back one value at a time,
+//! here each input pixel gathers its phase's taps.
 //!
 //! The sums run in the same order as the parent module's (taps in filter order, from zero), so
 //! the forward and the input gradient give its values bit for bit; the weight gradient sums a
