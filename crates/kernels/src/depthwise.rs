@@ -445,17 +445,6 @@ mod tests {
             .collect()
     }
 
-    fn check(
-        kernel: usize,
-        stride: usize,
-        padding: [usize; 2],
-        dilation: usize,
-        size: [usize; 2],
-        pad_end: [usize; 2],
-    ) {
-        check_channels(3, kernel, stride, padding, dilation, size, pad_end);
-    }
-
     fn check_channels(
         channels: usize,
         kernel: usize,
@@ -529,16 +518,16 @@ mod tests {
 
     #[test]
     fn forward_and_gradients_match_the_definition() {
-        check(3, 1, [1, 1], 1, [7, 6], [1, 1]); // MobileNetV2's stride-1 3×3
-        check(3, 2, [1, 1], 1, [8, 9], [1, 1]); // its stride-2 3×3
-        check(5, 1, [2, 2], 1, [6, 6], [2, 2]); // EfficientNet's 5×5
-        check(5, 2, [1, 1], 1, [9, 8], [2, 2]); // TensorFlow "same": more padding at the end
-        check(3, 1, [2, 2], 2, [7, 7], [2, 2]); // dilated
-        check(3, 2, [0, 0], 1, [3, 4], [0, 0]); // one output row and column
-        check(1, 1, [0, 0], 1, [3, 4], [0, 0]);
-        check(3, 1, [1, 1], 1, [40, 37], [1, 1]); // planes of several 64-value blocks
-        check(5, 2, [1, 2], 1, [23, 30], [2, 1]); // asymmetric, different per axis
-        check(3, 3, [1, 1], 2, [17, 19], [0, 1]); // stride 3 with dilation 2: phases mixed
+        check_channels(3, 3, 1, [1, 1], 1, [7, 6], [1, 1]); // MobileNetV2's stride-1 3×3
+        check_channels(3, 3, 2, [1, 1], 1, [8, 9], [1, 1]); // its stride-2 3×3
+        check_channels(3, 5, 1, [2, 2], 1, [6, 6], [2, 2]); // EfficientNet's 5×5
+        check_channels(3, 5, 2, [1, 1], 1, [9, 8], [2, 2]); // TensorFlow "same": more padding at the end
+        check_channels(3, 3, 1, [2, 2], 2, [7, 7], [2, 2]); // dilated
+        check_channels(3, 3, 2, [0, 0], 1, [3, 4], [0, 0]); // one output row and column
+        check_channels(3, 1, 1, [0, 0], 1, [3, 4], [0, 0]);
+        check_channels(3, 3, 1, [1, 1], 1, [40, 37], [1, 1]); // planes of several 64-value blocks
+        check_channels(3, 5, 2, [1, 2], 1, [23, 30], [2, 1]); // asymmetric, different per axis
+        check_channels(3, 3, 3, [1, 1], 2, [17, 19], [0, 1]); // stride 3 with dilation 2: phases mixed
     }
 
     /// Small planes of whole groups of 16 channels take the interleaved kernels.
