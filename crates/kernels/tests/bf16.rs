@@ -63,6 +63,11 @@ fn convolutions_in_bfloat16_match_float32_within_its_rounding() {
         geometry(2, [3, 16], 20, 7, 2, 3),
         // A 4×4 plane: the gradients tap by tap (the forward stays direct in bfloat16).
         geometry(8, [40, 24], 4, 3, 1, 1),
+        // Two blocks of input channels (80·9 rows of `col(x)`), chunks of several images: the
+        // filters packed once per block for every chunk.
+        geometry(8, [80, 16], 6, 3, 2, 1),
+        // Pointwise, one image per chunk, its filters in two blocks of input channels.
+        geometry(2, [600, 8], 5, 1, 1, 0),
     ];
     for (i, g) in cases.iter().enumerate() {
         let x = values(g.x_len(), 3 * i as u64 + 1);
