@@ -8,8 +8,8 @@
 //! - forward: per channel (in parallel), the mean and the biased variance (accumulated in f64,
 //!   the channel's values read twice while they are in cache); then per plane,
 //!   `(x − μ)·γ/σ + β`.
-//! - backward: per channel, `Σ dy` and `Σ dy·x̂`; then per plane,
-//!   `dx = γ/σ · (dy − Σdy/n − x̂ · Σdy·x̂/n)`, with `x̂ = (x − μ)/σ`, `σ = √(var + ε)`.
+//! - backward: `Σ dy` and `Σ dy·x̂` of each plane (in memory order), added per channel; then per
+//!   plane, `dx = γ/σ · (dy − Σdy/n − x̂ · Σdy·x̂/n)`, with `x̂ = (x − μ)/σ`, `σ = √(var + ε)`.
 
 use rayon::prelude::*;
 
@@ -76,6 +76,33 @@ fn per_plane(g: &NormGeometry, f: impl Fn(usize, usize, &mut [MaybeUninit<f32>])
             },
         )
     })
+}
+
+/// Per channel, the two sums `f(plane index, channel)` gives for each of its planes, added in
+/// image order. The planes are taken in memory order, several per parallel task: a channel's
+/// planes lie `channels` planes apart, and reading them channel by channel jumped between
+/// images — for small planes a few cache lines per jump, fetched without the prefetcher's help
+/// (batch norm's backward sums on MobileNetV2's 7×7 and 4×4 layers took 1.5–2.5× as long).
+/// The order of the sums does not depend on the number of threads.
+fn channel_sums(g: &NormGeometry, f: impl Fn(usize, usize) -> (f64, f64) + Sync) -> Vec<(f64, f64)> {
+    let planes_per_task = (TASK_VALUES / g.plane.max(1)).max(1);
+    let mut plane_sums = vec![(0.0f64, 0.0f64); g.batch * g.channels];
+    plane_sums.par_chunks_mut(planes_per_task).enumerate().for_each(|(task, sums)| {
+        widest(
+            #[inline(always)]
+            || {
+                for (i, sum) in sums.iter_mut().enumerate() {
+                    let index = task * planes_per_task + i;
+                    *sum = f(index, index % g.channels);
+                }
+            },
+        )
+    });
+    (0..g.channels)
+        .map(|c| {
+            (0..g.batch).map(|b| plane_sums[b * g.channels + c]).fold((0.0, 0.0), |(s, d), (ps, pd)| (s + ps, d + pd))
+        })
+        .collect()
 }
 
 /// Each channel's `γ/σ` as the forward applies it, from the variance as returned (f32), so that
@@ -199,28 +226,25 @@ pub fn backward(
     let count = g.count().max(1) as f64;
     let inv_std: Vec<f64> = variance.iter().map(|&v| 1.0 / (v as f64 + epsilon).sqrt()).collect();
     let scales = scales(gamma, variance, epsilon);
-    let sums: Vec<(f64, f64)> = (0..g.channels)
-        .into_par_iter()
-        .map(|c| {
-            let (m, s) = (mean[c], inv_std[c] as f32);
-            let (scale, shift) = (scales[c], beta.get(c).copied().unwrap_or(0.0));
-            widest(
-                #[inline(always)]
-                || {
-                    let planes = || g.planes(out_grad, c).zip(g.planes(x, c));
-                    // One pass for both sums; `Σ dy·x̂ = σ⁻¹ · Σ dy·(x − μ)`.
-                    let (sum, dot) = match relu_cap {
-                        None => lane_sums2(planes(), |d, v| (d, d * (v - m))),
-                        Some(cap) => lane_sums2(planes(), |d, v| {
-                            let d = passed(d, (v - m) * scale + shift, cap);
-                            (d, d * (v - m))
-                        }),
-                    };
-                    (sum, dot * s as f64)
-                },
-            )
-        })
-        .collect();
+    let plane_sums = channel_sums(
+        g,
+        #[inline(always)]
+        |index, c| {
+            let (m, scale, shift) = (mean[c], scales[c], beta.get(c).copied().unwrap_or(0.0));
+            let range = index * g.plane..(index + 1) * g.plane;
+            let pair = std::iter::once((&out_grad[range.clone()], &x[range]));
+            match relu_cap {
+                None => lane_sums2(pair, |d, v| (d, d * (v - m))),
+                Some(cap) => lane_sums2(pair, |d, v| {
+                    let d = passed(d, (v - m) * scale + shift, cap);
+                    (d, d * (v - m))
+                }),
+            }
+        },
+    );
+    // `Σ dy·x̂ = σ⁻¹ · Σ dy·(x − μ)`.
+    let sums: Vec<(f64, f64)> =
+        plane_sums.iter().zip(&inv_std).map(|(&(sum, dot), &s)| (sum, dot * s as f32 as f64)).collect();
     let coefficients: Vec<(f32, f32, f32)> = (0..g.channels)
         .map(|c| {
             let (sum, dot) = sums[c];
