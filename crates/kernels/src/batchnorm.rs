@@ -341,6 +341,64 @@ mod tests {
         }
     }
 
+    /// Channels whose mean is far from zero against their spread (10⁴ and a standard deviation
+    /// near 0.6, or a mean of −300 with images offset from each other): the statistics match
+    /// the two-pass definition in f64 (a one-pass `E[x²] − μ²` would cancel).
+    #[test]
+    fn statistics_hold_for_channels_with_a_large_mean() {
+        let g = NormGeometry { batch: 4, channels: 3, plane: 49 };
+        let mut x = values(g.len(), 7, 0.0);
+        for (i, v) in x.iter_mut().enumerate() {
+            let (image, channel) = (i / (g.channels * g.plane), i / g.plane % g.channels);
+            *v += [1e4, -300.0 + image as f32, 0.25][channel];
+        }
+        let (gamma, beta) = (vec![1.0; g.channels], vec![0.0; g.channels]);
+        let f = forward(&g, &x, &gamma, &beta, 1e-5, None);
+        for c in 0..g.channels {
+            let values: Vec<f64> = (0..g.batch)
+                .flat_map(|b| x[(b * g.channels + c) * g.plane..][..g.plane].iter().map(|&v| v as f64))
+                .collect();
+            let mean = values.iter().sum::<f64>() / values.len() as f64;
+            let variance = values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / values.len() as f64;
+            assert!((f.mean[c] as f64 - mean).abs() <= 1e-6 * mean.abs().max(1.0), "mean {c}: {} vs {mean}", f.mean[c]);
+            assert!(
+                (f.variance[c] as f64 - variance).abs() <= 1e-4 * variance,
+                "variance {c}: {} vs {variance}",
+                f.variance[c]
+            );
+        }
+    }
+
+    /// The backward's sums over many parallel tasks (planes of 4 values: 2048 planes per task,
+    /// so each channel's planes fall in several): `∂β = Σ dy` and `∂γ = Σ dy·x̂` per channel, as
+    /// f64 sums over the channel's values in any order.
+    #[test]
+    fn gradient_sums_add_every_plane_of_their_channel() {
+        let g = NormGeometry { batch: 3000, channels: 3, plane: 4 };
+        let (x, dy) = (values(g.len(), 11, 0.5), values(g.len(), 12, 0.1));
+        let (gamma, beta) = (vec![1.5, 0.5, -1.0], vec![0.0; 3]);
+        let f = forward(&g, &x, &gamma, &beta, 1e-5, None);
+        let b = backward(&g, &x, &gamma, &beta, &f.mean, &f.variance, 1e-5, &dy, None);
+        for c in 0..g.channels {
+            let inv_std = 1.0 / (f.variance[c] as f64 + 1e-5).sqrt();
+            let (mut sum, mut dot) = (0.0f64, 0.0f64);
+            for i in (0..g.len()).filter(|i| i / g.plane % g.channels == c) {
+                sum += dy[i] as f64;
+                dot += dy[i] as f64 * (x[i] as f64 - f.mean[c] as f64) * inv_std;
+            }
+            assert!(
+                (b.beta_grad[c] as f64 - sum).abs() <= 1e-5 * sum.abs().max(1.0),
+                "dβ {c}: {} vs {sum}",
+                b.beta_grad[c]
+            );
+            assert!(
+                (b.gamma_grad[c] as f64 - dot).abs() <= 1e-5 * dot.abs().max(1.0),
+                "dγ {c}: {} vs {dot}",
+                b.gamma_grad[c]
+            );
+        }
+    }
+
     /// Plain, and with ReLU and a low cap (both sides of the clamp) fused in.
     #[test]
     fn forward_and_gradients_are_the_definition() {
