@@ -9,7 +9,7 @@
 mod common;
 
 use common::TestServer;
-use common::training::{CLOTHES, fashion_dataset, seed_weights_cache, train_request};
+use common::training::{CLOTHES, fashion_dataset, seed_weights_cache, short_run_params, train_request};
 use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -17,11 +17,7 @@ async fn the_first_estimate_calibrates_and_later_ones_reuse_the_measurement() {
     let s = TestServer::start().await;
     seed_weights_cache(&s);
     fashion_dataset(&s).await;
-    let params = json!({
-        "template": "EfficientNet_Lite0", "dataset_id": "ds", "dataset_version_id": "v1",
-        "image_size": 64, "batch_size": 8, "num_epochs": 2, "warmup_iters": 1, "rand_augment_magnitude": 0,
-        "per_item_lrate": 1e-4, "seed": 5,
-    });
+    let params = short_run_params();
     let request = train_request(params.clone(), &["trouser", "sneaker"]);
 
     // The estimate: a calibration run measures this machine the first time, then it is reused.

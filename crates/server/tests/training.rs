@@ -7,7 +7,7 @@ mod common;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use common::training::{CLOTHES, fashion_dataset, seed_weights_cache, train_request};
+use common::training::{CLOTHES, fashion_dataset, seed_weights_cache, short_run_params, train_request};
 use common::*;
 use serde_json::{Value, json};
 
@@ -45,12 +45,7 @@ async fn a_version_trains_from_queued_to_trained_with_an_evaluation() {
     let s = TestServer::start().await;
     seed_weights_cache(&s);
     fashion_dataset(&s).await;
-    let params = json!({
-        "template": "EfficientNet_Lite0", "dataset_id": "ds", "dataset_version_id": "v1",
-        "image_size": 64, "batch_size": 8, "num_epochs": 2, "warmup_iters": 1, "rand_augment_magnitude": 0,
-        "per_item_lrate": 1e-4, "seed": 5,
-    });
-    let request = train_request(params.clone(), &["trouser", "sneaker"]);
+    let request = train_request(short_run_params(), &["trouser", "sneaker"]);
 
     let (status, body) = s.post(CLOTHES, request).await;
     assert_eq!(status, 200, "{body}");

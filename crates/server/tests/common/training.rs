@@ -62,3 +62,12 @@ pub fn train_request(params: Value, concepts: &[&str]) -> Value {
         "output_info": {"data": {"concepts": concepts}, "output_config": {"concepts_mutually_exclusive": true}}
     }]})
 }
+
+/// Two epochs of EfficientNet-Lite0 at 64 px on [`fashion_dataset`]'s version.
+pub fn short_run_params() -> Value {
+    json!({
+        "template": "EfficientNet_Lite0", "dataset_id": "ds", "dataset_version_id": "v1",
+        "image_size": 64, "batch_size": 8, "num_epochs": 2, "warmup_iters": 1, "rand_augment_magnitude": 0,
+        "per_item_lrate": 1e-4, "seed": 5,
+    })
+}
