@@ -560,11 +560,7 @@ async fn evaluations_thresholds_and_leaderboards() {
     }
     let refs: Vec<Upload> = uploads.iter().map(|(id, b, c)| (id.as_str(), b.clone(), vec![(*c, 1.0)])).collect();
     s.upload("b", refs).await;
-    s.post("/v2/users/me/apps/b/datasets", json!({"datasets": [{"id": "test"}]})).await;
-    let ids = s.input_ids("b").await;
-    let items: Vec<_> = ids.iter().map(|id| json!({"input": {"id": id}})).collect();
-    s.post("/v2/users/me/apps/b/datasets/test/inputs", json!({"dataset_inputs": items})).await;
-    s.post("/v2/users/me/apps/b/datasets/test/versions", json!({"dataset_versions": [{"id": "t1"}]})).await;
+    s.dataset_of_every_input("b", "test", "t1").await;
     let other =
         json!({"eval_metrics": [{"ground_truth_dataset": {"app_id": "b", "id": "test", "version": {"id": "t1"}}}]});
     let (status, body) = s.post(&format!("{CLOTHES}/{v1}/evaluations"), other.clone()).await;

@@ -102,6 +102,29 @@ impl TestServer {
         ids
     }
 
+    /// A dataset of every input in the app, and one version of it.
+    pub async fn dataset_of_every_input(&self, app: &str, dataset: &str, version: &str) {
+        let (status, body) =
+            self.post(&format!("/v2/users/me/apps/{app}/datasets"), json!({"datasets": [{"id": dataset}]})).await;
+        assert_eq!(status, 200, "{body}");
+        let ids = self.input_ids(app).await;
+        let dataset_inputs: Vec<Value> = ids.iter().map(|id| json!({"input": {"id": id}})).collect();
+        let (status, body) = self
+            .post(
+                &format!("/v2/users/me/apps/{app}/datasets/{dataset}/inputs"),
+                json!({"dataset_inputs": dataset_inputs}),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        let (status, body) = self
+            .post(
+                &format!("/v2/users/me/apps/{app}/datasets/{dataset}/versions"),
+                json!({"dataset_versions": [{"id": version}]}),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+    }
+
     /// The blob files on disk (not counting temporaries).
     pub fn blob_files(&self) -> Vec<String> {
         let mut out = Vec::new();

@@ -46,11 +46,7 @@ pub async fn fashion_dataset(s: &TestServer) {
     let refs: Vec<Upload> = inputs.iter().map(|(id, b, c)| (id.as_str(), b.clone(), vec![(*c, 1.0)])).collect();
     let (status, body) = s.upload("a", refs).await;
     assert_eq!(status, 200, "{body}");
-    s.post("/v2/users/me/apps/a/datasets", json!({"datasets": [{"id": "ds"}]})).await;
-    let ids = s.input_ids("a").await;
-    let dataset_inputs: Vec<_> = ids.iter().map(|id| json!({"input": {"id": id}})).collect();
-    s.post("/v2/users/me/apps/a/datasets/ds/inputs", json!({"dataset_inputs": dataset_inputs})).await;
-    s.post("/v2/users/me/apps/a/datasets/ds/versions", json!({"dataset_versions": [{"id": "v1"}]})).await;
+    s.dataset_of_every_input("a", "ds", "v1").await;
     s.post("/v2/users/me/apps/a/models", json!({"model": {"id": "clothes"}})).await;
 }
 
