@@ -341,6 +341,39 @@ fn transform_input_block(
 ) {
     let tile_cols = tiles(g).1;
     let n = rows.len() * tile_cols;
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx512f") {
+        assert!(v.len() >= (POINTS - 1) * v_stride + g.in_channels * n, "transformed input size");
+        for c in 0..g.in_channels {
+            for (r, block_row) in rows.clone().enumerate() {
+                let (image, row) = tile_row(block_row);
+                let plane = &x[(image * g.in_channels + c) * g.in_plane()..][..g.in_plane()];
+                // SAFETY: the CPU has AVX-512F; the tiles' 16 points at `c·n + r·tile_cols + t`
+                // (`t < tile_cols`), `v_stride` apart, are inside `v` (asserted above).
+                unsafe { x86::transform_input_row(g, plane, row, v.as_mut_ptr().add(c * n + r * tile_cols), v_stride) };
+            }
+        }
+        return;
+    }
+    transform_input_block_portable(g, x, tile_row, rows, padded, patch, v, v_stride);
+}
+
+/// [`transform_input_block`] without AVX-512: each channel's patches gathered a tile row at a
+/// time, then transformed along the block's tiles.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn transform_input_block_portable(
+    g: &ConvGeometry,
+    x: &[f32],
+    tile_row: impl Fn(usize) -> (usize, usize),
+    rows: std::ops::Range<usize>,
+    padded: &mut [f32],
+    patch: &mut [f32],
+    v: &mut [f32],
+    v_stride: usize,
+) {
+    let tile_cols = tiles(g).1;
+    let n = rows.len() * tile_cols;
     for c in 0..g.in_channels {
         for (r, block_row) in rows.clone().enumerate() {
             let (image, row) = tile_row(block_row);
@@ -348,6 +381,194 @@ fn transform_input_block(
             gather_input_patches(g, plane, row, padded, patch, n, r * tile_cols);
         }
         transform_input(patch, n, &mut v[c * n..], v_stride);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The transformed input of every block of `g`'s first two images, by `transform`.
+    fn transformed_blocks(
+        g: &ConvGeometry,
+        x: &[f32],
+        transform: impl Fn(&ConvGeometry, &[f32], &dyn Fn(usize) -> (usize, usize), std::ops::Range<usize>, &mut [f32], usize),
+    ) -> Vec<f32> {
+        let (tile_rows, tile_cols) = tiles(g);
+        let rows_per_block = 3;
+        let all_rows = g.batch * tile_rows;
+        let mut out = Vec::new();
+        for first in (0..all_rows).step_by(rows_per_block) {
+            let rows = first..(first + rows_per_block).min(all_rows);
+            let n = rows.len() * tile_cols;
+            let v_stride = g.in_channels * n + STAGGER;
+            let mut v = vec![f32::NAN; POINTS * v_stride];
+            transform(g, x, &|row| (row / tile_rows, row % tile_rows), rows, &mut v, v_stride);
+            for point in v.chunks(v_stride) {
+                out.extend_from_slice(&point[..g.in_channels * n]);
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn the_vector_input_transform_is_the_portable_one_bit_for_bit() {
+        // Planes of one to three blocks of 16 tiles a row, odd sides, every padding the path takes.
+        let cases = [([9, 7], [1, 1]), ([28, 28], [1, 1]), ([14, 14], [0, 2]), ([40, 37], [2, 1]), ([66, 70], [1, 0])];
+        for ([h, w], padding) in cases {
+            let out = |size: usize, pad: usize| size + 2 * pad - 2;
+            let g = ConvGeometry {
+                batch: 2,
+                in_channels: 3,
+                out_channels: 1,
+                in_h: h,
+                in_w: w,
+                out_h: out(h, padding[0]),
+                out_w: out(w, padding[1]),
+                kernel: [3, 3],
+                stride: [1, 1],
+                padding,
+                dilation: [1, 1],
+            };
+            let x: Vec<f32> = (0..g.x_len()).map(|i| ((i * 7919 % 1000) as f32 - 500.0) / 37.0).collect();
+            let tile_cols = tiles(&g).1;
+            let vector = transformed_blocks(&g, &x, |g, x, tile_row, rows, v, v_stride| {
+                let mut padded = vec![0.0; 2 * tile_cols + 2];
+                let mut patch = vec![0.0; POINTS * rows.len() * tile_cols];
+                widest(|| transform_input_block(g, x, tile_row, rows, &mut padded, &mut patch, v, v_stride));
+            });
+            let portable = transformed_blocks(&g, &x, |g, x, tile_row, rows, v, v_stride| {
+                let mut padded = vec![0.0; 2 * tile_cols + 2];
+                let mut patch = vec![0.0; POINTS * rows.len() * tile_cols];
+                transform_input_block_portable(g, x, tile_row, rows, &mut padded, &mut patch, v, v_stride);
+            });
+            assert_eq!(vector.len(), portable.len());
+            for (i, (a, b)) in vector.iter().zip(&portable).enumerate() {
+                assert_eq!(a.to_bits(), b.to_bits(), "{h}×{w}, padding {padding:?}: value {i} is {a}, not {b}");
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::*;
+
+    use super::POINTS;
+    use crate::conv::ConvGeometry;
+
+    /// `V = Bᵀ·d·B` of the tiles in `tile_row` of one input `plane`, 16 tiles at a time in
+    /// registers: point `ξ` of tile `t` to `v[ξ·point_stride + t]`. The same operations in the
+    /// same order as [`super::gather_input_patches`] and [`super::transform_input`] (bit for bit
+    /// their result), without their passes over a patch buffer: for a row of 14 tiles (a 28×28
+    /// plane) those were 16 arrays of 14 values — vector remainders — each written and read
+    /// three times, a fifth of ResNet-18's bfloat16 training step at 112 px outside the products.
+    ///
+    /// Tile `t` covers padded columns `2t..2t + 4`: with `E`/`O` the even/odd padded columns
+    /// from `2t` and `E'`/`O'` those from `2t + 2`, a row's four points are `E − E'`, `O + E'`,
+    /// `E' − O` and `O − O'`; rows combine first (`Bᵀ·d`), lane by lane.
+    ///
+    /// # Safety
+    /// AVX-512F; `v` valid for writes at `ξ·point_stride + t` for `ξ < 16`, `t < tile_cols`.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn transform_input_row(
+        g: &ConvGeometry,
+        plane: &[f32],
+        tile_row: usize,
+        v: *mut f32,
+        point_stride: usize,
+    ) {
+        assert!(plane.len() >= g.in_h * g.in_w, "input plane size");
+        let tile_cols = g.out_w.div_ceil(2);
+        let even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+        let odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+        let zero = _mm512_setzero_ps();
+        for first in (0..tile_cols).step_by(16) {
+            let store = mask((tile_cols - first).min(16));
+            // Per input row `a` of the tiles: [E, O, E', O'], zeros in the padding.
+            let mut d = [[zero; 4]; 4];
+            for (a, quantities) in d.iter_mut().enumerate() {
+                let iy = (2 * tile_row + a) as isize - g.padding[0] as isize;
+                if iy < 0 || iy >= g.in_h as isize {
+                    continue;
+                }
+                let row = plane[iy as usize * g.in_w..].as_ptr();
+                let start = (2 * first) as isize - g.padding[1] as isize;
+                // SAFETY: `columns` loads only the lanes inside the row's `in_w` values.
+                let ((e, o), (e2, o2)) =
+                    unsafe { (columns(row, start, g.in_w, even, odd), columns(row, start + 2, g.in_w, even, odd)) };
+                *quantities = [e, o, e2, o2];
+            }
+            // Bᵀ·d: rows (d0, d1, d2, d3) → (d0 − d2, d1 + d2, d2 − d1, d1 − d3).
+            let mut e = [[zero; 4]; 4];
+            for k in 0..4 {
+                let (d0, d1, d2, d3) = (d[0][k], d[1][k], d[2][k], d[3][k]);
+                e[0][k] = _mm512_sub_ps(d0, d2);
+                e[1][k] = _mm512_add_ps(d1, d2);
+                e[2][k] = _mm512_sub_ps(d2, d1);
+                e[3][k] = _mm512_sub_ps(d1, d3);
+            }
+            for (i, [even_cols, odd_cols, even_next, odd_next]) in e.into_iter().enumerate() {
+                let points = [
+                    _mm512_sub_ps(even_cols, even_next),
+                    _mm512_add_ps(odd_cols, even_next),
+                    _mm512_sub_ps(even_next, odd_cols),
+                    _mm512_sub_ps(odd_cols, odd_next),
+                ];
+                for (j, point) in points.into_iter().enumerate() {
+                    debug_assert!(4 * i + j < POINTS);
+                    // SAFETY: tiles `first..first + 16` masked to `tile_cols` (the caller's bound).
+                    unsafe { _mm512_mask_storeu_ps(v.add((4 * i + j) * point_stride + first), store, point) };
+                }
+            }
+        }
+    }
+
+    /// The even and odd values of a row's 32 values from `start` (which may lie before the row or
+    /// run past its `len` values: those lanes read as zeros, the padding).
+    ///
+    /// # Safety
+    /// AVX-512F; `row` valid for reads of `len` values.
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    unsafe fn columns(row: *const f32, start: isize, len: usize, even: __m512i, odd: __m512i) -> (__m512, __m512) {
+        // SAFETY: masked-out lanes are not read; the others lie in `row[..len]`.
+        let (low, high) = unsafe {
+            (
+                _mm512_maskz_loadu_ps(inside(start, len), row.wrapping_offset(start)),
+                _mm512_maskz_loadu_ps(inside(start + 16, len), row.wrapping_offset(start + 16)),
+            )
+        };
+        (_mm512_permutex2var_ps(low, even, high), _mm512_permutex2var_ps(low, odd, high))
+    }
+
+    /// Lanes `k < 16` with `0 ≤ start + k < len`.
+    #[inline]
+    fn inside(start: isize, len: usize) -> __mmask16 {
+        let low = (-start).clamp(0, 16) as u32;
+        let high = (len as isize - start).clamp(0, 16) as u32;
+        if high <= low { 0 } else { (((1u32 << high) - 1) & !((1u32 << low) - 1)) as __mmask16 }
+    }
+
+    /// The first `n` of 16 lanes.
+    #[inline]
+    fn mask(n: usize) -> __mmask16 {
+        (((1u32 << n) - 1) & 0xffff) as __mmask16
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn lanes_inside_a_row() {
+            assert_eq!(inside(0, 28), 0xffff);
+            assert_eq!(inside(-1, 28), 0xfffe);
+            assert_eq!(inside(16, 28), 0x0fff);
+            assert_eq!(inside(-3, 2), 0b11000);
+            assert_eq!(inside(30, 28), 0);
+            assert_eq!(inside(-20, 28), 0);
+        }
     }
 }
 
