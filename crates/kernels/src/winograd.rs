@@ -256,6 +256,22 @@ fn images_forward(g: &ConvGeometry, x: &[f32], u: &[f32], y: &mut [MaybeUninit<f
             let rhs = View { data: &v[point * v_stride..][..cin * n], row: n, col: 1 };
             multiply(cout, n, cin, &mut m[point * m_stride..][..cout * n], n, false, lhs, rhs, Parallelism::None);
         }
+        #[cfg(target_arch = "x86_64")]
+        if std::is_x86_feature_detected!("avx512f") {
+            assert!(m.len() >= (POINTS - 1) * m_stride + cout * n, "products' size");
+            for o in 0..cout {
+                for r in 0..block_rows {
+                    let (image, row) = tile_row(first_row + r);
+                    let plane = &mut y[(image * cout + o) * g.out_plane()..][..g.out_plane()];
+                    // SAFETY: the CPU has AVX-512F; the tiles' 16 points at `o·n + r·tile_cols + t`
+                    // (`t < tile_cols`), `m_stride` apart, are inside `m` (asserted above).
+                    unsafe {
+                        x86::transform_output_row(g, m.as_ptr().add(o * n + r * tile_cols), m_stride, row, plane)
+                    };
+                }
+            }
+            continue;
+        }
         widest(
             #[inline(always)]
             || {
@@ -392,7 +408,14 @@ mod tests {
     fn transformed_blocks(
         g: &ConvGeometry,
         x: &[f32],
-        transform: impl Fn(&ConvGeometry, &[f32], &dyn Fn(usize) -> (usize, usize), std::ops::Range<usize>, &mut [f32], usize),
+        transform: impl Fn(
+            &ConvGeometry,
+            &[f32],
+            &dyn Fn(usize) -> (usize, usize),
+            std::ops::Range<usize>,
+            &mut [f32],
+            usize,
+        ),
     ) -> Vec<f32> {
         let (tile_rows, tile_cols) = tiles(g);
         let rows_per_block = 3;
@@ -409,6 +432,105 @@ mod tests {
             }
         }
         out
+    }
+
+    #[test]
+    fn the_vector_output_transform_is_the_portable_one_bit_for_bit() {
+        for [out_h, out_w] in [[7, 9], [28, 28], [14, 14], [5, 37], [3, 64], [4, 33]] {
+            let g = ConvGeometry {
+                batch: 1,
+                in_channels: 1,
+                out_channels: 1,
+                in_h: out_h + 2,
+                in_w: out_w + 2,
+                out_h,
+                out_w,
+                kernel: [3, 3],
+                stride: [1, 1],
+                padding: [0, 0],
+                dilation: [1, 1],
+            };
+            let (tile_rows, tile_cols) = tiles(&g);
+            let n = tile_rows * tile_cols;
+            let m_stride = n + STAGGER;
+            let m: Vec<f32> = (0..POINTS * m_stride).map(|i| ((i * 7919 % 1000) as f32 - 500.0) / 37.0).collect();
+            let sentinel = std::mem::MaybeUninit::new(f32::NAN);
+            let (mut vector, mut portable) = (vec![sentinel; out_h * out_w], vec![sentinel; out_h * out_w]);
+            let mut work = vec![0.0; 12 * n];
+            transform_output(&m, m_stride, &mut work, n);
+            for row in 0..tile_rows {
+                scatter_output_tiles(&g, &work, n, row * tile_cols, row, &mut portable);
+                #[cfg(target_arch = "x86_64")]
+                if std::is_x86_feature_detected!("avx512f") {
+                    // SAFETY: AVX-512F; the row's tiles are inside `m`.
+                    unsafe {
+                        x86::transform_output_row(&g, m.as_ptr().add(row * tile_cols), m_stride, row, &mut vector)
+                    };
+                } else {
+                    scatter_output_tiles(&g, &work, n, row * tile_cols, row, &mut vector);
+                }
+            }
+            for (i, (a, b)) in vector.iter().zip(&portable).enumerate() {
+                // SAFETY: both planes were initialised (NaN where nothing was written).
+                let (a, b) = unsafe { (a.assume_init(), b.assume_init()) };
+                assert!(!b.is_nan(), "{out_h}×{out_w}: output {i} not written");
+                assert_eq!(a.to_bits(), b.to_bits(), "{out_h}×{out_w}: output {i} is {a}, not {b}");
+            }
+        }
+    }
+
+    #[test]
+    fn the_vector_output_gradient_transform_is_the_portable_one_bit_for_bit() {
+        for [out_h, out_w] in [[7, 9], [28, 28], [14, 14], [5, 37], [3, 64], [4, 33]] {
+            let g = ConvGeometry {
+                batch: 1,
+                in_channels: 1,
+                out_channels: 1,
+                in_h: out_h + 2,
+                in_w: out_w + 2,
+                out_h,
+                out_w,
+                kernel: [3, 3],
+                stride: [1, 1],
+                padding: [0, 0],
+                dilation: [1, 1],
+            };
+            let (tile_rows, tile_cols) = tiles(&g);
+            let n = tile_rows * tile_cols;
+            let d_stride = n + STAGGER;
+            // Signed zeros among the values: the transform's negations must keep their sign.
+            let dy: Vec<f32> = (0..out_h * out_w)
+                .map(|i| if i % 5 == 0 { -0.0 } else { ((i * 7919 % 1000) as f32 - 500.0) / 37.0 })
+                .collect();
+            let (mut vector, mut portable) = (vec![f32::NAN; POINTS * d_stride], vec![f32::NAN; POINTS * d_stride]);
+            let mut patch = vec![0.0; 12 * n];
+            for row in 0..tile_rows {
+                gather_output_tiles(&g, &dy, row, &mut patch, n, row * tile_cols);
+                #[cfg(target_arch = "x86_64")]
+                if std::is_x86_feature_detected!("avx512f") {
+                    // SAFETY: AVX-512F; the row's tiles are inside `vector`.
+                    unsafe {
+                        x86::transform_output_gradient_row(
+                            &g,
+                            &dy,
+                            row,
+                            vector.as_mut_ptr().add(row * tile_cols),
+                            d_stride,
+                        )
+                    };
+                }
+            }
+            transform_output_gradient(&mut patch, n, &mut portable, d_stride);
+            if !std::is_x86_feature_detected!("avx512f") {
+                vector.clone_from(&portable);
+            }
+            for point in 0..POINTS {
+                for t in 0..n {
+                    let (a, b) = (vector[point * d_stride + t], portable[point * d_stride + t]);
+                    assert_eq!(a.to_bits(), b.to_bits(), "{out_h}×{out_w}: point {point} of tile {t} is {a}, not {b}");
+                }
+            }
+        }
     }
 
     #[test]
@@ -524,6 +646,114 @@ mod x86 {
         }
     }
 
+    /// `Y = Aᵀ·m·A` of the tiles in `tile_row` (point `ξ` of tile `t` read at
+    /// `m[ξ·point_stride + t]`), 16 tiles at a time, written to the output rows and columns of
+    /// `plane` they cover: the same operations in the same order as [`super::transform_output`]
+    /// and [`super::scatter_output_tiles`] (bit for bit), without their buffer.
+    ///
+    /// # Safety
+    /// AVX-512F; `m` valid for reads at `ξ·point_stride + t` for `ξ < 16`, `t < tile_cols`.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn transform_output_row(
+        g: &ConvGeometry,
+        m: *const f32,
+        point_stride: usize,
+        tile_row: usize,
+        plane: &mut [std::mem::MaybeUninit<f32>],
+    ) {
+        assert!(plane.len() >= g.out_h * g.out_w, "output plane size");
+        let tile_cols = g.out_w.div_ceil(2);
+        // Output columns 2t and 2t + 1 side by side: tiles 0–7 of the left and right values, then 8–15.
+        let low = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+        let high = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
+        for first in (0..tile_cols).step_by(16) {
+            let load = mask((tile_cols - first).min(16));
+            // SAFETY: tiles `first..first + 16` masked to `tile_cols` (the caller's bound).
+            let point =
+                |i: usize, j: usize| unsafe { _mm512_maskz_loadu_ps(load, m.add((4 * i + j) * point_stride + first)) };
+            // Aᵀ·m: column j's output rows (m0j + m1j + m2j, m1j − m2j − m3j).
+            let (mut top, mut bottom) = ([_mm512_setzero_ps(); 4], [_mm512_setzero_ps(); 4]);
+            for (j, (top, bottom)) in top.iter_mut().zip(&mut bottom).enumerate() {
+                let (m0, m1, m2, m3) = (point(0, j), point(1, j), point(2, j), point(3, j));
+                *top = _mm512_add_ps(_mm512_add_ps(m0, m1), m2);
+                *bottom = _mm512_sub_ps(_mm512_sub_ps(m1, m2), m3);
+            }
+            for (p, [c0, c1, c2, c3]) in [top, bottom].into_iter().enumerate() {
+                let oy = 2 * tile_row + p;
+                if oy >= g.out_h {
+                    break;
+                }
+                let left = _mm512_add_ps(_mm512_add_ps(c0, c1), c2);
+                let right = _mm512_sub_ps(_mm512_sub_ps(c1, c2), c3);
+                let x0 = 2 * first;
+                let row = plane[oy * g.out_w..][..g.out_w].as_mut_ptr().cast::<f32>();
+                let (low_count, high_count) = ((g.out_w - x0).min(16), (g.out_w - x0).saturating_sub(16).min(16));
+                // SAFETY: columns `x0..x0 + 32` masked to the row's `out_w`.
+                unsafe {
+                    _mm512_mask_storeu_ps(row.add(x0), mask(low_count), _mm512_permutex2var_ps(left, low, right));
+                    if high_count > 0 {
+                        _mm512_mask_storeu_ps(
+                            row.add(x0 + 16),
+                            mask(high_count),
+                            _mm512_permutex2var_ps(left, high, right),
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    /// `D = A·δ·Aᵀ` of the output-gradient tiles in `tile_row` of one output-gradient `plane`,
+    /// 16 tiles at a time: point `ξ` of tile `t` to `d[ξ·point_stride + t]`. The same operations
+    /// in the same order as [`super::gather_output_tiles`] and
+    /// [`super::transform_output_gradient`] (bit for bit), without their buffer.
+    ///
+    /// # Safety
+    /// AVX-512F; `d` valid for writes at `ξ·point_stride + t` for `ξ < 16`, `t < tile_cols`.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn transform_output_gradient_row(
+        g: &ConvGeometry,
+        plane: &[f32],
+        tile_row: usize,
+        d: *mut f32,
+        point_stride: usize,
+    ) {
+        assert!(plane.len() >= g.out_h * g.out_w, "output gradient plane size");
+        let tile_cols = g.out_w.div_ceil(2);
+        let even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+        let odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+        let zero = _mm512_setzero_ps();
+        // −x exactly (0 − x would turn −0 into +0).
+        let negate =
+            |x: __m512| _mm512_castsi512_ps(_mm512_xor_si512(_mm512_castps_si512(x), _mm512_set1_epi32(i32::MIN)));
+        for first in (0..tile_cols).step_by(16) {
+            let store = mask((tile_cols - first).min(16));
+            // δ[p][q]: output row 2·tile_row + p, column 2t + q (zeros beyond the plane).
+            let mut delta = [[zero; 2]; 2];
+            for (p, values) in delta.iter_mut().enumerate() {
+                let oy = 2 * tile_row + p;
+                if oy >= g.out_h {
+                    continue;
+                }
+                let row = plane[oy * g.out_w..].as_ptr();
+                // SAFETY: `columns` loads only the lanes inside the row's `out_w` values.
+                let (left, right) = unsafe { columns(row, (2 * first) as isize, g.out_w, even, odd) };
+                *values = [left, right];
+            }
+            // A·δ: column q's rows (δ0q, δ0q + δ1q, δ0q − δ1q, −δ1q).
+            let [[top_left, top_right], [bottom_left, bottom_right]] = delta;
+            let rows = |top, bottom| [top, _mm512_add_ps(top, bottom), _mm512_sub_ps(top, bottom), negate(bottom)];
+            let (left, right) = (rows(top_left, bottom_left), rows(top_right, bottom_right));
+            for (i, (c0, c1)) in left.into_iter().zip(right).enumerate() {
+                let points = [c0, _mm512_add_ps(c0, c1), _mm512_sub_ps(c0, c1), negate(c1)];
+                for (j, point) in points.into_iter().enumerate() {
+                    // SAFETY: tiles `first..first + 16` masked to `tile_cols` (the caller's bound).
+                    unsafe { _mm512_mask_storeu_ps(d.add((4 * i + j) * point_stride + first), store, point) };
+                }
+            }
+        }
+    }
+
     /// The even and odd values of a row's 32 values from `start` (which may lie before the row or
     /// run past its `len` values: those lanes read as zeros, the padding).
     ///
@@ -603,6 +833,23 @@ fn weight_gradient_sums(g: &ConvGeometry, x: &[f32], dy: &[f32], images: std::op
                     v,
                     v_stride,
                 );
+                #[cfg(target_arch = "x86_64")]
+                if std::is_x86_feature_detected!("avx512f") {
+                    assert!(d.len() >= (POINTS - 1) * d_stride + cout * n, "transformed gradient size");
+                    for o in 0..cout {
+                        for r in 0..block_rows {
+                            let (image, row) = tile_row(first_row + r);
+                            let plane = &dy[(image * cout + o) * g.out_plane()..][..g.out_plane()];
+                            let at = o * n + r * tile_cols;
+                            // SAFETY: the CPU has AVX-512F; the tiles' 16 points at `at + t`
+                            // (`t < tile_cols`), `d_stride` apart, are inside `d` (asserted above).
+                            unsafe {
+                                x86::transform_output_gradient_row(g, plane, row, d.as_mut_ptr().add(at), d_stride)
+                            };
+                        }
+                    }
+                    return;
+                }
                 for o in 0..cout {
                     for r in 0..block_rows {
                         let (image, row) = tile_row(first_row + r);
