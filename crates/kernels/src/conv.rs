@@ -276,9 +276,9 @@ thread_local! {
 /// on first touch, and zeroed ones read before written are copy-on-write faults with a TLB
 /// shootdown across cores — a fifth of a ResNet-18 step in the profile.
 pub(crate) struct Scratch {
-    /// Initialised in full; the first `len` values are the caller's.
+    /// The caller's values (`len` as asked); its first `initialised` values were all written.
     buf: Vec<f32>,
-    len: usize,
+    initialised: usize,
 }
 
 impl Scratch {
@@ -295,29 +295,37 @@ impl Scratch {
             let fits = (0..pool.len()).filter(|&i| pool[i].capacity() >= len).min_by_key(|&i| pool[i].capacity());
             fits.map(|i| pool.swap_remove(i)).unwrap_or_else(|| Vec::with_capacity(len))
         });
+        // Pooled buffers keep every value ever written in their length.
+        let initialised = buf.len().max(len);
         if buf.len() < len {
             buf.resize(len, 0.0);
         }
-        Scratch { buf, len }
+        buf.truncate(len);
+        Scratch { buf, initialised }
     }
 }
 
+// `Deref` to the `Vec`'s own slice: kernels index scratch buffers in their inner loops, where a
+// re-slicing per access (a first version kept the length apart) cost a bounds test each.
 impl Deref for Scratch {
     type Target = [f32];
     fn deref(&self) -> &[f32] {
-        &self.buf[..self.len]
+        &self.buf
     }
 }
 
 impl DerefMut for Scratch {
     fn deref_mut(&mut self) -> &mut [f32] {
-        &mut self.buf[..self.len]
+        &mut self.buf
     }
 }
 
 impl Drop for Scratch {
     fn drop(&mut self) {
-        let buf = std::mem::take(&mut self.buf);
+        let mut buf = std::mem::take(&mut self.buf);
+        // SAFETY: the first `initialised` values were written (by `stale` or an earlier user), and
+        // the capacity holds them (it was never shrunk).
+        unsafe { buf.set_len(self.initialised) };
         SCRATCH_POOL.with(|pool| {
             let mut pool = pool.borrow_mut();
             if pool.len() < POOLED_BUFFERS {
