@@ -149,7 +149,7 @@ mod x86 {
     use std::arch::x86_64::*;
 
     use super::{KC, MR, NR, View, round_bits};
-    use crate::simd::x86::transpose16;
+    use crate::simd::x86::{first_lanes, transpose16};
 
     thread_local! {
         /// Packed panels, reused across calls: (left block, right block).
@@ -252,12 +252,6 @@ mod x86 {
                 pack_strided(|kk| rhs.data[(kb + kk) * rhs.row + c * rhs.col], kc, out, NR, j);
             }
         }
-    }
-
-    /// The mask of the first `n` of 16 lanes.
-    #[inline(always)]
-    fn first_lanes(n: usize) -> __mmask16 {
-        if n >= 16 { 0xFFFF } else { (1u16 << n) - 1 }
     }
 
     /// `lines ≤ 16` lines contiguous along `k` (rows of the left operand, columns of a transposed

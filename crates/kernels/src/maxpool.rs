@@ -195,6 +195,7 @@ mod x86 {
     use std::arch::x86_64::*;
 
     use super::PoolGeometry;
+    use crate::simd::x86::{even_odd, first_lanes, lanes_inside};
 
     /// The gradient of output row `oy` (`out`, `dy`: its values and gradients) added to `dx`
     /// (one plane), 16 outputs at a time: each tap in row-major order compared with the
@@ -218,12 +219,11 @@ mod x86 {
         assert!(matches!(sw, 1 | 2), "column stride");
         assert!(input.len() >= g.in_h * g.in_w && dx.len() >= g.in_h * g.in_w, "input plane size");
         assert!(out.len() >= g.out_w && dy.len() >= g.out_w, "output row size");
-        let even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
         let lanes = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
         let mut found_at = [0i32; 16];
         for first in (0..g.out_w).step_by(16) {
             let count = (g.out_w - first).min(16);
-            let outputs = mask(count);
+            let outputs = first_lanes(count);
             // SAFETY: lanes masked to the row's outputs.
             let value = unsafe { _mm512_maskz_loadu_ps(outputs, out.as_ptr().add(first)) };
             let nan_outputs = _mm512_cmp_ps_mask::<_CMP_UNORD_Q>(value, value);
@@ -247,12 +247,9 @@ mod x86 {
                     // SAFETY: only lanes inside the row are read.
                     let taps = unsafe {
                         if sw == 1 {
-                            _mm512_maskz_loadu_ps(inside(start, g.in_w), row.wrapping_offset(start))
+                            _mm512_maskz_loadu_ps(lanes_inside(start, 1, g.in_w), row.wrapping_offset(start))
                         } else {
-                            let low = _mm512_maskz_loadu_ps(inside(start, g.in_w), row.wrapping_offset(start));
-                            let high =
-                                _mm512_maskz_loadu_ps(inside(start + 16, g.in_w), row.wrapping_offset(start + 16));
-                            _mm512_permutex2var_ps(low, even, high)
+                            even_odd(row, start, g.in_w).0
                         }
                     };
                     let mut matches = _mm512_cmp_ps_mask::<_CMP_EQ_OQ>(taps, value);
@@ -272,44 +269,6 @@ mod x86 {
                     dx[at as usize] += dy[first + lane];
                 }
             }
-        }
-    }
-
-    /// Lanes `k < 16` with `0 ≤ start + step·k < len`.
-    #[inline]
-    fn lanes_inside(start: isize, step: usize, len: usize) -> __mmask16 {
-        let step = step as isize;
-        let low = if start >= 0 { 0 } else { (-start + step - 1) / step };
-        let high = (len as isize - start).max(0);
-        let high = (high + step - 1) / step;
-        let (low, high) = (low.clamp(0, 16) as u32, high.clamp(0, 16) as u32);
-        if high <= low { 0 } else { (((1u32 << high) - 1) & !((1u32 << low) - 1)) as __mmask16 }
-    }
-
-    /// Lanes `k < 16` with `0 ≤ start + k < len`.
-    #[inline]
-    fn inside(start: isize, len: usize) -> __mmask16 {
-        lanes_inside(start, 1, len)
-    }
-
-    /// The first `n` of 16 lanes.
-    #[inline]
-    fn mask(n: usize) -> __mmask16 {
-        (((1u32 << n) - 1) & 0xffff) as __mmask16
-    }
-
-    #[cfg(test)]
-    mod tests {
-        use super::*;
-
-        #[test]
-        fn lanes_inside_a_row() {
-            assert_eq!(inside(-1, 28), 0xfffe);
-            assert_eq!(inside(16, 28), 0x0fff);
-            assert_eq!(lanes_inside(-1, 2, 28), 0x7ffe);
-            assert_eq!(lanes_inside(-1, 2, 10), 0b111110);
-            assert_eq!(lanes_inside(0, 2, 9), 0b11111);
-            assert_eq!(lanes_inside(30, 2, 28), 0);
         }
     }
 }

@@ -138,6 +138,43 @@ pub(crate) unsafe fn assume_written(out: &mut [MaybeUninit<f32>]) -> &mut [f32] 
 pub(crate) mod x86 {
     use std::arch::x86_64::*;
 
+    /// The first `n` of 16 lanes (all of them for `n ≥ 16`).
+    #[inline(always)]
+    pub(crate) fn first_lanes(n: usize) -> __mmask16 {
+        if n >= 16 { 0xFFFF } else { (1u16 << n) - 1 }
+    }
+
+    /// Lanes `k < 16` with `0 ≤ start + step·k < len`: those of every `step`-th value from
+    /// `start` that lie inside a row of `len` values (`start` may lie before the row).
+    #[inline(always)]
+    pub(crate) fn lanes_inside(start: isize, step: usize, len: usize) -> __mmask16 {
+        let step = step as isize;
+        let low = if start >= 0 { 0 } else { (-start + step - 1) / step };
+        let high = ((len as isize - start).max(0) + step - 1) / step;
+        let (low, high) = (low.clamp(0, 16) as u32, high.clamp(0, 16) as u32);
+        if high <= low { 0 } else { (((1u32 << high) - 1) & !((1u32 << low) - 1)) as __mmask16 }
+    }
+
+    /// The even and odd values of a row's 32 values from `start`, zeros for those outside the
+    /// row's `len` values (`start` may lie before the row: a padded row without the copy).
+    ///
+    /// # Safety
+    /// `row` valid for reads of `len` values.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    pub(crate) unsafe fn even_odd(row: *const f32, start: isize, len: usize) -> (__m512, __m512) {
+        let even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+        let odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+        // SAFETY: masked-out lanes are not read; the others lie in `row[..len]`.
+        let (low, high) = unsafe {
+            (
+                _mm512_maskz_loadu_ps(lanes_inside(start, 1, len), row.wrapping_offset(start)),
+                _mm512_maskz_loadu_ps(lanes_inside(start + 16, 1, len), row.wrapping_offset(start + 16)),
+            )
+        };
+        (_mm512_permutex2var_ps(low, even, high), _mm512_permutex2var_ps(low, odd, high))
+    }
+
     /// A 16 × 16 matrix of 32-bit words transposed: unpacks of words, then of word pairs, pair
     /// 4 × 4 blocks within each 128-bit lane; two rounds of lane shuffles place the blocks.
     #[inline]
@@ -173,6 +210,24 @@ pub(crate) mod x86 {
 
 #[cfg(test)]
 mod tests {
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn lanes_inside_a_row() {
+        use super::x86::{first_lanes, lanes_inside};
+        assert_eq!((first_lanes(0), first_lanes(3), first_lanes(16), first_lanes(20)), (0, 0b111, 0xffff, 0xffff));
+        assert_eq!(lanes_inside(0, 1, 28), 0xffff);
+        assert_eq!(lanes_inside(-1, 1, 28), 0xfffe);
+        assert_eq!(lanes_inside(16, 1, 28), 0x0fff);
+        assert_eq!(lanes_inside(-3, 1, 2), 0b11000);
+        assert_eq!(lanes_inside(30, 1, 28), 0);
+        assert_eq!(lanes_inside(-20, 1, 28), 0);
+        // Every second value: columns −1, 1, 3, … of a row of 28 (lanes 1–14) or 10 (lanes 1–5).
+        assert_eq!(lanes_inside(-1, 2, 28), 0x7ffe);
+        assert_eq!(lanes_inside(-1, 2, 10), 0b111110);
+        assert_eq!(lanes_inside(0, 2, 9), 0b11111);
+        assert_eq!(lanes_inside(30, 2, 28), 0);
+    }
+
     #[test]
     fn exp_is_within_two_ulp_of_libm() {
         let mut x = -87.0f32;

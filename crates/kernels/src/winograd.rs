@@ -400,408 +400,6 @@ fn transform_input_block_portable(
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// The transformed input of every block of `g`'s first two images, by `transform`.
-    fn transformed_blocks(
-        g: &ConvGeometry,
-        x: &[f32],
-        transform: impl Fn(
-            &ConvGeometry,
-            &[f32],
-            &dyn Fn(usize) -> (usize, usize),
-            std::ops::Range<usize>,
-            &mut [f32],
-            usize,
-        ),
-    ) -> Vec<f32> {
-        let (tile_rows, tile_cols) = tiles(g);
-        let rows_per_block = 3;
-        let all_rows = g.batch * tile_rows;
-        let mut out = Vec::new();
-        for first in (0..all_rows).step_by(rows_per_block) {
-            let rows = first..(first + rows_per_block).min(all_rows);
-            let n = rows.len() * tile_cols;
-            let v_stride = g.in_channels * n + STAGGER;
-            let mut v = vec![f32::NAN; POINTS * v_stride];
-            transform(g, x, &|row| (row / tile_rows, row % tile_rows), rows, &mut v, v_stride);
-            for point in v.chunks(v_stride) {
-                out.extend_from_slice(&point[..g.in_channels * n]);
-            }
-        }
-        out
-    }
-
-    #[test]
-    fn the_vector_output_transform_is_the_portable_one_bit_for_bit() {
-        for [out_h, out_w] in [[7, 9], [28, 28], [14, 14], [5, 37], [3, 64], [4, 33]] {
-            let g = ConvGeometry {
-                batch: 1,
-                in_channels: 1,
-                out_channels: 1,
-                in_h: out_h + 2,
-                in_w: out_w + 2,
-                out_h,
-                out_w,
-                kernel: [3, 3],
-                stride: [1, 1],
-                padding: [0, 0],
-                dilation: [1, 1],
-            };
-            let (tile_rows, tile_cols) = tiles(&g);
-            let n = tile_rows * tile_cols;
-            let m_stride = n + STAGGER;
-            let m: Vec<f32> = (0..POINTS * m_stride).map(|i| ((i * 7919 % 1000) as f32 - 500.0) / 37.0).collect();
-            let sentinel = std::mem::MaybeUninit::new(f32::NAN);
-            let (mut vector, mut portable) = (vec![sentinel; out_h * out_w], vec![sentinel; out_h * out_w]);
-            let mut work = vec![0.0; 12 * n];
-            transform_output(&m, m_stride, &mut work, n);
-            for row in 0..tile_rows {
-                scatter_output_tiles(&g, &work, n, row * tile_cols, row, &mut portable);
-                #[cfg(target_arch = "x86_64")]
-                if std::is_x86_feature_detected!("avx512f") {
-                    // SAFETY: AVX-512F; the row's tiles are inside `m`.
-                    unsafe {
-                        x86::transform_output_row(&g, m.as_ptr().add(row * tile_cols), m_stride, row, &mut vector)
-                    };
-                } else {
-                    scatter_output_tiles(&g, &work, n, row * tile_cols, row, &mut vector);
-                }
-            }
-            for (i, (a, b)) in vector.iter().zip(&portable).enumerate() {
-                // SAFETY: both planes were initialised (NaN where nothing was written).
-                let (a, b) = unsafe { (a.assume_init(), b.assume_init()) };
-                assert!(!b.is_nan(), "{out_h}×{out_w}: output {i} not written");
-                assert_eq!(a.to_bits(), b.to_bits(), "{out_h}×{out_w}: output {i} is {a}, not {b}");
-            }
-        }
-    }
-
-    #[test]
-    fn the_vector_output_gradient_transform_is_the_portable_one_bit_for_bit() {
-        for [out_h, out_w] in [[7, 9], [28, 28], [14, 14], [5, 37], [3, 64], [4, 33]] {
-            let g = ConvGeometry {
-                batch: 1,
-                in_channels: 1,
-                out_channels: 1,
-                in_h: out_h + 2,
-                in_w: out_w + 2,
-                out_h,
-                out_w,
-                kernel: [3, 3],
-                stride: [1, 1],
-                padding: [0, 0],
-                dilation: [1, 1],
-            };
-            let (tile_rows, tile_cols) = tiles(&g);
-            let n = tile_rows * tile_cols;
-            let d_stride = n + STAGGER;
-            // Signed zeros among the values: the transform's negations must keep their sign.
-            let dy: Vec<f32> = (0..out_h * out_w)
-                .map(|i| if i % 5 == 0 { -0.0 } else { ((i * 7919 % 1000) as f32 - 500.0) / 37.0 })
-                .collect();
-            let (mut vector, mut portable) = (vec![f32::NAN; POINTS * d_stride], vec![f32::NAN; POINTS * d_stride]);
-            let mut patch = vec![0.0; 12 * n];
-            for row in 0..tile_rows {
-                gather_output_tiles(&g, &dy, row, &mut patch, n, row * tile_cols);
-                #[cfg(target_arch = "x86_64")]
-                if std::is_x86_feature_detected!("avx512f") {
-                    // SAFETY: AVX-512F; the row's tiles are inside `vector`.
-                    unsafe {
-                        x86::transform_output_gradient_row(
-                            &g,
-                            &dy,
-                            row,
-                            vector.as_mut_ptr().add(row * tile_cols),
-                            d_stride,
-                        )
-                    };
-                }
-            }
-            transform_output_gradient(&mut patch, n, &mut portable, d_stride);
-            if !std::is_x86_feature_detected!("avx512f") {
-                vector.clone_from(&portable);
-            }
-            for point in 0..POINTS {
-                for t in 0..n {
-                    let (a, b) = (vector[point * d_stride + t], portable[point * d_stride + t]);
-                    assert_eq!(a.to_bits(), b.to_bits(), "{out_h}×{out_w}: point {point} of tile {t} is {a}, not {b}");
-                }
-            }
-        }
-    }
-
-    #[test]
-    fn the_vector_input_transform_is_the_portable_one_bit_for_bit() {
-        // Planes of one to three blocks of 16 tiles a row, odd sides, every padding the path takes.
-        let cases = [([9, 7], [1, 1]), ([28, 28], [1, 1]), ([14, 14], [0, 2]), ([40, 37], [2, 1]), ([66, 70], [1, 0])];
-        for ([h, w], padding) in cases {
-            let out = |size: usize, pad: usize| size + 2 * pad - 2;
-            let g = ConvGeometry {
-                batch: 2,
-                in_channels: 3,
-                out_channels: 1,
-                in_h: h,
-                in_w: w,
-                out_h: out(h, padding[0]),
-                out_w: out(w, padding[1]),
-                kernel: [3, 3],
-                stride: [1, 1],
-                padding,
-                dilation: [1, 1],
-            };
-            let x: Vec<f32> = (0..g.x_len()).map(|i| ((i * 7919 % 1000) as f32 - 500.0) / 37.0).collect();
-            let tile_cols = tiles(&g).1;
-            let vector = transformed_blocks(&g, &x, |g, x, tile_row, rows, v, v_stride| {
-                let mut padded = vec![0.0; 2 * tile_cols + 2];
-                let mut patch = vec![0.0; POINTS * rows.len() * tile_cols];
-                widest(|| transform_input_block(g, x, tile_row, rows, &mut padded, &mut patch, v, v_stride));
-            });
-            let portable = transformed_blocks(&g, &x, |g, x, tile_row, rows, v, v_stride| {
-                let mut padded = vec![0.0; 2 * tile_cols + 2];
-                let mut patch = vec![0.0; POINTS * rows.len() * tile_cols];
-                transform_input_block_portable(g, x, tile_row, rows, &mut padded, &mut patch, v, v_stride);
-            });
-            assert_eq!(vector.len(), portable.len());
-            for (i, (a, b)) in vector.iter().zip(&portable).enumerate() {
-                assert_eq!(a.to_bits(), b.to_bits(), "{h}×{w}, padding {padding:?}: value {i} is {a}, not {b}");
-            }
-        }
-    }
-}
-
-#[cfg(target_arch = "x86_64")]
-mod x86 {
-    use std::arch::x86_64::*;
-
-    use super::POINTS;
-    use crate::conv::ConvGeometry;
-
-    /// `V = Bᵀ·d·B` of the tiles in `tile_row` of one input `plane`, 16 tiles at a time in
-    /// registers: point `ξ` of tile `t` to `v[ξ·point_stride + t]`. The same operations in the
-    /// same order as [`super::gather_input_patches`] and [`super::transform_input`] (bit for bit
-    /// their result), without their passes over a patch buffer: for a row of 14 tiles (a 28×28
-    /// plane) those were 16 arrays of 14 values — vector remainders — each written and read
-    /// three times, a fifth of ResNet-18's bfloat16 training step at 112 px outside the products.
-    ///
-    /// Tile `t` covers padded columns `2t..2t + 4`: with `E`/`O` the even/odd padded columns
-    /// from `2t` and `E'`/`O'` those from `2t + 2`, a row's four points are `E − E'`, `O + E'`,
-    /// `E' − O` and `O − O'`; rows combine first (`Bᵀ·d`), lane by lane.
-    ///
-    /// # Safety
-    /// AVX-512F; `v` valid for writes at `ξ·point_stride + t` for `ξ < 16`, `t < tile_cols`.
-    #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn transform_input_row(
-        g: &ConvGeometry,
-        plane: &[f32],
-        tile_row: usize,
-        v: *mut f32,
-        point_stride: usize,
-    ) {
-        assert!(plane.len() >= g.in_h * g.in_w, "input plane size");
-        let tile_cols = g.out_w.div_ceil(2);
-        let even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
-        let odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
-        let zero = _mm512_setzero_ps();
-        for first in (0..tile_cols).step_by(16) {
-            let store = mask((tile_cols - first).min(16));
-            // Per input row `a` of the tiles: [E, O, E', O'], zeros in the padding.
-            let mut d = [[zero; 4]; 4];
-            for (a, quantities) in d.iter_mut().enumerate() {
-                let iy = (2 * tile_row + a) as isize - g.padding[0] as isize;
-                if iy < 0 || iy >= g.in_h as isize {
-                    continue;
-                }
-                let row = plane[iy as usize * g.in_w..].as_ptr();
-                let start = (2 * first) as isize - g.padding[1] as isize;
-                // SAFETY: `columns` loads only the lanes inside the row's `in_w` values.
-                let ((e, o), (e2, o2)) =
-                    unsafe { (columns(row, start, g.in_w, even, odd), columns(row, start + 2, g.in_w, even, odd)) };
-                *quantities = [e, o, e2, o2];
-            }
-            // Bᵀ·d: rows (d0, d1, d2, d3) → (d0 − d2, d1 + d2, d2 − d1, d1 − d3).
-            let mut e = [[zero; 4]; 4];
-            for k in 0..4 {
-                let (d0, d1, d2, d3) = (d[0][k], d[1][k], d[2][k], d[3][k]);
-                e[0][k] = _mm512_sub_ps(d0, d2);
-                e[1][k] = _mm512_add_ps(d1, d2);
-                e[2][k] = _mm512_sub_ps(d2, d1);
-                e[3][k] = _mm512_sub_ps(d1, d3);
-            }
-            for (i, [even_cols, odd_cols, even_next, odd_next]) in e.into_iter().enumerate() {
-                let points = [
-                    _mm512_sub_ps(even_cols, even_next),
-                    _mm512_add_ps(odd_cols, even_next),
-                    _mm512_sub_ps(even_next, odd_cols),
-                    _mm512_sub_ps(odd_cols, odd_next),
-                ];
-                for (j, point) in points.into_iter().enumerate() {
-                    debug_assert!(4 * i + j < POINTS);
-                    // SAFETY: tiles `first..first + 16` masked to `tile_cols` (the caller's bound).
-                    unsafe { _mm512_mask_storeu_ps(v.add((4 * i + j) * point_stride + first), store, point) };
-                }
-            }
-        }
-    }
-
-    /// `Y = Aᵀ·m·A` of the tiles in `tile_row` (point `ξ` of tile `t` read at
-    /// `m[ξ·point_stride + t]`), 16 tiles at a time, written to the output rows and columns of
-    /// `plane` they cover: the same operations in the same order as [`super::transform_output`]
-    /// and [`super::scatter_output_tiles`] (bit for bit), without their buffer.
-    ///
-    /// # Safety
-    /// AVX-512F; `m` valid for reads at `ξ·point_stride + t` for `ξ < 16`, `t < tile_cols`.
-    #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn transform_output_row(
-        g: &ConvGeometry,
-        m: *const f32,
-        point_stride: usize,
-        tile_row: usize,
-        plane: &mut [std::mem::MaybeUninit<f32>],
-    ) {
-        assert!(plane.len() >= g.out_h * g.out_w, "output plane size");
-        let tile_cols = g.out_w.div_ceil(2);
-        // Output columns 2t and 2t + 1 side by side: tiles 0–7 of the left and right values, then 8–15.
-        let low = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
-        let high = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
-        for first in (0..tile_cols).step_by(16) {
-            let load = mask((tile_cols - first).min(16));
-            // SAFETY: tiles `first..first + 16` masked to `tile_cols` (the caller's bound).
-            let point =
-                |i: usize, j: usize| unsafe { _mm512_maskz_loadu_ps(load, m.add((4 * i + j) * point_stride + first)) };
-            // Aᵀ·m: column j's output rows (m0j + m1j + m2j, m1j − m2j − m3j).
-            let (mut top, mut bottom) = ([_mm512_setzero_ps(); 4], [_mm512_setzero_ps(); 4]);
-            for (j, (top, bottom)) in top.iter_mut().zip(&mut bottom).enumerate() {
-                let (m0, m1, m2, m3) = (point(0, j), point(1, j), point(2, j), point(3, j));
-                *top = _mm512_add_ps(_mm512_add_ps(m0, m1), m2);
-                *bottom = _mm512_sub_ps(_mm512_sub_ps(m1, m2), m3);
-            }
-            for (p, [c0, c1, c2, c3]) in [top, bottom].into_iter().enumerate() {
-                let oy = 2 * tile_row + p;
-                if oy >= g.out_h {
-                    break;
-                }
-                let left = _mm512_add_ps(_mm512_add_ps(c0, c1), c2);
-                let right = _mm512_sub_ps(_mm512_sub_ps(c1, c2), c3);
-                let x0 = 2 * first;
-                let row = plane[oy * g.out_w..][..g.out_w].as_mut_ptr().cast::<f32>();
-                let (low_count, high_count) = ((g.out_w - x0).min(16), (g.out_w - x0).saturating_sub(16).min(16));
-                // SAFETY: columns `x0..x0 + 32` masked to the row's `out_w`.
-                unsafe {
-                    _mm512_mask_storeu_ps(row.add(x0), mask(low_count), _mm512_permutex2var_ps(left, low, right));
-                    if high_count > 0 {
-                        _mm512_mask_storeu_ps(
-                            row.add(x0 + 16),
-                            mask(high_count),
-                            _mm512_permutex2var_ps(left, high, right),
-                        );
-                    }
-                }
-            }
-        }
-    }
-
-    /// `D = A·δ·Aᵀ` of the output-gradient tiles in `tile_row` of one output-gradient `plane`,
-    /// 16 tiles at a time: point `ξ` of tile `t` to `d[ξ·point_stride + t]`. The same operations
-    /// in the same order as [`super::gather_output_tiles`] and
-    /// [`super::transform_output_gradient`] (bit for bit), without their buffer.
-    ///
-    /// # Safety
-    /// AVX-512F; `d` valid for writes at `ξ·point_stride + t` for `ξ < 16`, `t < tile_cols`.
-    #[target_feature(enable = "avx512f")]
-    pub(super) unsafe fn transform_output_gradient_row(
-        g: &ConvGeometry,
-        plane: &[f32],
-        tile_row: usize,
-        d: *mut f32,
-        point_stride: usize,
-    ) {
-        assert!(plane.len() >= g.out_h * g.out_w, "output gradient plane size");
-        let tile_cols = g.out_w.div_ceil(2);
-        let even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
-        let odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
-        let zero = _mm512_setzero_ps();
-        // −x exactly (0 − x would turn −0 into +0).
-        let negate =
-            |x: __m512| _mm512_castsi512_ps(_mm512_xor_si512(_mm512_castps_si512(x), _mm512_set1_epi32(i32::MIN)));
-        for first in (0..tile_cols).step_by(16) {
-            let store = mask((tile_cols - first).min(16));
-            // δ[p][q]: output row 2·tile_row + p, column 2t + q (zeros beyond the plane).
-            let mut delta = [[zero; 2]; 2];
-            for (p, values) in delta.iter_mut().enumerate() {
-                let oy = 2 * tile_row + p;
-                if oy >= g.out_h {
-                    continue;
-                }
-                let row = plane[oy * g.out_w..].as_ptr();
-                // SAFETY: `columns` loads only the lanes inside the row's `out_w` values.
-                let (left, right) = unsafe { columns(row, (2 * first) as isize, g.out_w, even, odd) };
-                *values = [left, right];
-            }
-            // A·δ: column q's rows (δ0q, δ0q + δ1q, δ0q − δ1q, −δ1q).
-            let [[top_left, top_right], [bottom_left, bottom_right]] = delta;
-            let rows = |top, bottom| [top, _mm512_add_ps(top, bottom), _mm512_sub_ps(top, bottom), negate(bottom)];
-            let (left, right) = (rows(top_left, bottom_left), rows(top_right, bottom_right));
-            for (i, (c0, c1)) in left.into_iter().zip(right).enumerate() {
-                let points = [c0, _mm512_add_ps(c0, c1), _mm512_sub_ps(c0, c1), negate(c1)];
-                for (j, point) in points.into_iter().enumerate() {
-                    // SAFETY: tiles `first..first + 16` masked to `tile_cols` (the caller's bound).
-                    unsafe { _mm512_mask_storeu_ps(d.add((4 * i + j) * point_stride + first), store, point) };
-                }
-            }
-        }
-    }
-
-    /// The even and odd values of a row's 32 values from `start` (which may lie before the row or
-    /// run past its `len` values: those lanes read as zeros, the padding).
-    ///
-    /// # Safety
-    /// AVX-512F; `row` valid for reads of `len` values.
-    #[target_feature(enable = "avx512f")]
-    #[inline]
-    unsafe fn columns(row: *const f32, start: isize, len: usize, even: __m512i, odd: __m512i) -> (__m512, __m512) {
-        // SAFETY: masked-out lanes are not read; the others lie in `row[..len]`.
-        let (low, high) = unsafe {
-            (
-                _mm512_maskz_loadu_ps(inside(start, len), row.wrapping_offset(start)),
-                _mm512_maskz_loadu_ps(inside(start + 16, len), row.wrapping_offset(start + 16)),
-            )
-        };
-        (_mm512_permutex2var_ps(low, even, high), _mm512_permutex2var_ps(low, odd, high))
-    }
-
-    /// Lanes `k < 16` with `0 ≤ start + k < len`.
-    #[inline]
-    fn inside(start: isize, len: usize) -> __mmask16 {
-        let low = (-start).clamp(0, 16) as u32;
-        let high = (len as isize - start).clamp(0, 16) as u32;
-        if high <= low { 0 } else { (((1u32 << high) - 1) & !((1u32 << low) - 1)) as __mmask16 }
-    }
-
-    /// The first `n` of 16 lanes.
-    #[inline]
-    fn mask(n: usize) -> __mmask16 {
-        (((1u32 << n) - 1) & 0xffff) as __mmask16
-    }
-
-    #[cfg(test)]
-    mod tests {
-        use super::*;
-
-        #[test]
-        fn lanes_inside_a_row() {
-            assert_eq!(inside(0, 28), 0xffff);
-            assert_eq!(inside(-1, 28), 0xfffe);
-            assert_eq!(inside(16, 28), 0x0fff);
-            assert_eq!(inside(-3, 2), 0b11000);
-            assert_eq!(inside(30, 28), 0);
-            assert_eq!(inside(-20, 28), 0);
-        }
-    }
-}
-
 /// `S[ξ] = Σ D[ξ] · V[ξ]ᵀ` over the tiles of `images`, laid out `[16][out_channels][in_channels]`.
 fn weight_gradient_sums(g: &ConvGeometry, x: &[f32], dy: &[f32], images: std::ops::Range<usize>) -> Scratch {
     let (cin, cout) = (g.in_channels, g.out_channels);
@@ -1070,6 +668,354 @@ fn scatter_output_tiles(
         }
         if let [single] = last {
             single.write(left[pairs.len()]);
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::*;
+
+    use super::POINTS;
+    use crate::conv::ConvGeometry;
+    use crate::simd::x86::{even_odd, first_lanes};
+
+    /// `V = Bᵀ·d·B` of the tiles in `tile_row` of one input `plane`, 16 tiles at a time in
+    /// registers: point `ξ` of tile `t` to `v[ξ·point_stride + t]`. The same operations in the
+    /// same order as [`super::gather_input_patches`] and [`super::transform_input`] (bit for bit
+    /// their result), without their passes over a patch buffer: for a row of 14 tiles (a 28×28
+    /// plane) those were 16 arrays of 14 values — vector remainders — each written and read
+    /// three times, a fifth of ResNet-18's bfloat16 training step at 112 px outside the products.
+    ///
+    /// Tile `t` covers padded columns `2t..2t + 4`: with `E`/`O` the even/odd padded columns
+    /// from `2t` and `E'`/`O'` those from `2t + 2`, a row's four points are `E − E'`, `O + E'`,
+    /// `E' − O` and `O − O'`; rows combine first (`Bᵀ·d`), lane by lane.
+    ///
+    /// # Safety
+    /// AVX-512F; `v` valid for writes at `ξ·point_stride + t` for `ξ < 16`, `t < tile_cols`.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn transform_input_row(
+        g: &ConvGeometry,
+        plane: &[f32],
+        tile_row: usize,
+        v: *mut f32,
+        point_stride: usize,
+    ) {
+        assert!(plane.len() >= g.in_h * g.in_w, "input plane size");
+        let tile_cols = g.out_w.div_ceil(2);
+        let zero = _mm512_setzero_ps();
+        for first in (0..tile_cols).step_by(16) {
+            let store = first_lanes(tile_cols - first);
+            // Per input row `a` of the tiles: [E, O, E', O'], zeros in the padding.
+            let mut d = [[zero; 4]; 4];
+            for (a, quantities) in d.iter_mut().enumerate() {
+                let iy = (2 * tile_row + a) as isize - g.padding[0] as isize;
+                if iy < 0 || iy >= g.in_h as isize {
+                    continue;
+                }
+                let row = plane[iy as usize * g.in_w..].as_ptr();
+                let start = (2 * first) as isize - g.padding[1] as isize;
+                // SAFETY: the row holds `in_w` values.
+                let ((e, o), (e2, o2)) = unsafe { (even_odd(row, start, g.in_w), even_odd(row, start + 2, g.in_w)) };
+                *quantities = [e, o, e2, o2];
+            }
+            // Bᵀ·d: rows (d0, d1, d2, d3) → (d0 − d2, d1 + d2, d2 − d1, d1 − d3).
+            let mut e = [[zero; 4]; 4];
+            for k in 0..4 {
+                let (d0, d1, d2, d3) = (d[0][k], d[1][k], d[2][k], d[3][k]);
+                e[0][k] = _mm512_sub_ps(d0, d2);
+                e[1][k] = _mm512_add_ps(d1, d2);
+                e[2][k] = _mm512_sub_ps(d2, d1);
+                e[3][k] = _mm512_sub_ps(d1, d3);
+            }
+            for (i, [even_cols, odd_cols, even_next, odd_next]) in e.into_iter().enumerate() {
+                let points = [
+                    _mm512_sub_ps(even_cols, even_next),
+                    _mm512_add_ps(odd_cols, even_next),
+                    _mm512_sub_ps(even_next, odd_cols),
+                    _mm512_sub_ps(odd_cols, odd_next),
+                ];
+                for (j, point) in points.into_iter().enumerate() {
+                    debug_assert!(4 * i + j < POINTS);
+                    // SAFETY: tiles `first..first + 16` masked to `tile_cols` (the caller's bound).
+                    unsafe { _mm512_mask_storeu_ps(v.add((4 * i + j) * point_stride + first), store, point) };
+                }
+            }
+        }
+    }
+
+    /// `Y = Aᵀ·m·A` of the tiles in `tile_row` (point `ξ` of tile `t` read at
+    /// `m[ξ·point_stride + t]`), 16 tiles at a time, written to the output rows and columns of
+    /// `plane` they cover: the same operations in the same order as [`super::transform_output`]
+    /// and [`super::scatter_output_tiles`] (bit for bit), without their buffer.
+    ///
+    /// # Safety
+    /// AVX-512F; `m` valid for reads at `ξ·point_stride + t` for `ξ < 16`, `t < tile_cols`.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn transform_output_row(
+        g: &ConvGeometry,
+        m: *const f32,
+        point_stride: usize,
+        tile_row: usize,
+        plane: &mut [std::mem::MaybeUninit<f32>],
+    ) {
+        assert!(plane.len() >= g.out_h * g.out_w, "output plane size");
+        let tile_cols = g.out_w.div_ceil(2);
+        // Output columns 2t and 2t + 1 side by side: tiles 0–7 of the left and right values, then 8–15.
+        let low = _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23);
+        let high = _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31);
+        for first in (0..tile_cols).step_by(16) {
+            let load = first_lanes(tile_cols - first);
+            // SAFETY: tiles `first..first + 16` masked to `tile_cols` (the caller's bound).
+            let point =
+                |i: usize, j: usize| unsafe { _mm512_maskz_loadu_ps(load, m.add((4 * i + j) * point_stride + first)) };
+            // Aᵀ·m: column j's output rows (m0j + m1j + m2j, m1j − m2j − m3j).
+            let (mut top, mut bottom) = ([_mm512_setzero_ps(); 4], [_mm512_setzero_ps(); 4]);
+            for (j, (top, bottom)) in top.iter_mut().zip(&mut bottom).enumerate() {
+                let (m0, m1, m2, m3) = (point(0, j), point(1, j), point(2, j), point(3, j));
+                *top = _mm512_add_ps(_mm512_add_ps(m0, m1), m2);
+                *bottom = _mm512_sub_ps(_mm512_sub_ps(m1, m2), m3);
+            }
+            for (p, [c0, c1, c2, c3]) in [top, bottom].into_iter().enumerate() {
+                let oy = 2 * tile_row + p;
+                if oy >= g.out_h {
+                    break;
+                }
+                let left = _mm512_add_ps(_mm512_add_ps(c0, c1), c2);
+                let right = _mm512_sub_ps(_mm512_sub_ps(c1, c2), c3);
+                let x0 = 2 * first;
+                let row = plane[oy * g.out_w..][..g.out_w].as_mut_ptr().cast::<f32>();
+                let (low_count, high_count) = (g.out_w - x0, (g.out_w - x0).saturating_sub(16));
+                // SAFETY: columns `x0..x0 + 32` masked to the row's `out_w`.
+                unsafe {
+                    _mm512_mask_storeu_ps(
+                        row.add(x0),
+                        first_lanes(low_count),
+                        _mm512_permutex2var_ps(left, low, right),
+                    );
+                    if high_count > 0 {
+                        _mm512_mask_storeu_ps(
+                            row.add(x0 + 16),
+                            first_lanes(high_count),
+                            _mm512_permutex2var_ps(left, high, right),
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    /// `D = A·δ·Aᵀ` of the output-gradient tiles in `tile_row` of one output-gradient `plane`,
+    /// 16 tiles at a time: point `ξ` of tile `t` to `d[ξ·point_stride + t]`. The same operations
+    /// in the same order as [`super::gather_output_tiles`] and
+    /// [`super::transform_output_gradient`] (bit for bit), without their buffer.
+    ///
+    /// # Safety
+    /// AVX-512F; `d` valid for writes at `ξ·point_stride + t` for `ξ < 16`, `t < tile_cols`.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn transform_output_gradient_row(
+        g: &ConvGeometry,
+        plane: &[f32],
+        tile_row: usize,
+        d: *mut f32,
+        point_stride: usize,
+    ) {
+        assert!(plane.len() >= g.out_h * g.out_w, "output gradient plane size");
+        let tile_cols = g.out_w.div_ceil(2);
+        let zero = _mm512_setzero_ps();
+        // −x exactly (0 − x would turn −0 into +0).
+        let negate =
+            |x: __m512| _mm512_castsi512_ps(_mm512_xor_si512(_mm512_castps_si512(x), _mm512_set1_epi32(i32::MIN)));
+        for first in (0..tile_cols).step_by(16) {
+            let store = first_lanes(tile_cols - first);
+            // δ[p][q]: output row 2·tile_row + p, column 2t + q (zeros beyond the plane).
+            let mut delta = [[zero; 2]; 2];
+            for (p, values) in delta.iter_mut().enumerate() {
+                let oy = 2 * tile_row + p;
+                if oy >= g.out_h {
+                    continue;
+                }
+                let row = plane[oy * g.out_w..].as_ptr();
+                // SAFETY: the row holds `out_w` values.
+                let (left, right) = unsafe { even_odd(row, (2 * first) as isize, g.out_w) };
+                *values = [left, right];
+            }
+            // A·δ: column q's rows (δ0q, δ0q + δ1q, δ0q − δ1q, −δ1q).
+            let [[top_left, top_right], [bottom_left, bottom_right]] = delta;
+            let rows = |top, bottom| [top, _mm512_add_ps(top, bottom), _mm512_sub_ps(top, bottom), negate(bottom)];
+            let (left, right) = (rows(top_left, bottom_left), rows(top_right, bottom_right));
+            for (i, (c0, c1)) in left.into_iter().zip(right).enumerate() {
+                let points = [c0, _mm512_add_ps(c0, c1), _mm512_sub_ps(c0, c1), negate(c1)];
+                for (j, point) in points.into_iter().enumerate() {
+                    // SAFETY: tiles `first..first + 16` masked to `tile_cols` (the caller's bound).
+                    unsafe { _mm512_mask_storeu_ps(d.add((4 * i + j) * point_stride + first), store, point) };
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The transformed input of every block of `g`'s first two images, by `transform`.
+    fn transformed_blocks(
+        g: &ConvGeometry,
+        x: &[f32],
+        transform: impl Fn(
+            &ConvGeometry,
+            &[f32],
+            &dyn Fn(usize) -> (usize, usize),
+            std::ops::Range<usize>,
+            &mut [f32],
+            usize,
+        ),
+    ) -> Vec<f32> {
+        let (tile_rows, tile_cols) = tiles(g);
+        let rows_per_block = 3;
+        let all_rows = g.batch * tile_rows;
+        let mut out = Vec::new();
+        for first in (0..all_rows).step_by(rows_per_block) {
+            let rows = first..(first + rows_per_block).min(all_rows);
+            let n = rows.len() * tile_cols;
+            let v_stride = g.in_channels * n + STAGGER;
+            let mut v = vec![f32::NAN; POINTS * v_stride];
+            transform(g, x, &|row| (row / tile_rows, row % tile_rows), rows, &mut v, v_stride);
+            for point in v.chunks(v_stride) {
+                out.extend_from_slice(&point[..g.in_channels * n]);
+            }
+        }
+        out
+    }
+
+    /// A 3×3 convolution of one channel without padding whose output is `out_h × out_w`.
+    fn one_plane(out_h: usize, out_w: usize) -> ConvGeometry {
+        ConvGeometry {
+            batch: 1,
+            in_channels: 1,
+            out_channels: 1,
+            in_h: out_h + 2,
+            in_w: out_w + 2,
+            out_h,
+            out_w,
+            kernel: [3, 3],
+            stride: [1, 1],
+            padding: [0, 0],
+            dilation: [1, 1],
+        }
+    }
+
+    #[test]
+    fn the_vector_output_transform_is_the_portable_one_bit_for_bit() {
+        for [out_h, out_w] in [[7, 9], [28, 28], [14, 14], [5, 37], [3, 64], [4, 33]] {
+            let g = one_plane(out_h, out_w);
+            let (tile_rows, tile_cols) = tiles(&g);
+            let n = tile_rows * tile_cols;
+            let m_stride = n + STAGGER;
+            let m: Vec<f32> = (0..POINTS * m_stride).map(|i| ((i * 7919 % 1000) as f32 - 500.0) / 37.0).collect();
+            let sentinel = std::mem::MaybeUninit::new(f32::NAN);
+            let (mut vector, mut portable) = (vec![sentinel; out_h * out_w], vec![sentinel; out_h * out_w]);
+            let mut work = vec![0.0; 12 * n];
+            transform_output(&m, m_stride, &mut work, n);
+            for row in 0..tile_rows {
+                scatter_output_tiles(&g, &work, n, row * tile_cols, row, &mut portable);
+                #[cfg(target_arch = "x86_64")]
+                if std::is_x86_feature_detected!("avx512f") {
+                    // SAFETY: AVX-512F; the row's tiles are inside `m`.
+                    unsafe {
+                        x86::transform_output_row(&g, m.as_ptr().add(row * tile_cols), m_stride, row, &mut vector)
+                    };
+                } else {
+                    scatter_output_tiles(&g, &work, n, row * tile_cols, row, &mut vector);
+                }
+            }
+            for (i, (a, b)) in vector.iter().zip(&portable).enumerate() {
+                // SAFETY: both planes were initialised (NaN where nothing was written).
+                let (a, b) = unsafe { (a.assume_init(), b.assume_init()) };
+                assert!(!b.is_nan(), "{out_h}×{out_w}: output {i} not written");
+                assert_eq!(a.to_bits(), b.to_bits(), "{out_h}×{out_w}: output {i} is {a}, not {b}");
+            }
+        }
+    }
+
+    #[test]
+    fn the_vector_output_gradient_transform_is_the_portable_one_bit_for_bit() {
+        for [out_h, out_w] in [[7, 9], [28, 28], [14, 14], [5, 37], [3, 64], [4, 33]] {
+            let g = one_plane(out_h, out_w);
+            let (tile_rows, tile_cols) = tiles(&g);
+            let n = tile_rows * tile_cols;
+            let d_stride = n + STAGGER;
+            // Signed zeros among the values: the transform's negations must keep their sign.
+            let dy: Vec<f32> = (0..out_h * out_w)
+                .map(|i| if i % 5 == 0 { -0.0 } else { ((i * 7919 % 1000) as f32 - 500.0) / 37.0 })
+                .collect();
+            let (mut vector, mut portable) = (vec![f32::NAN; POINTS * d_stride], vec![f32::NAN; POINTS * d_stride]);
+            let mut patch = vec![0.0; 12 * n];
+            for row in 0..tile_rows {
+                gather_output_tiles(&g, &dy, row, &mut patch, n, row * tile_cols);
+                #[cfg(target_arch = "x86_64")]
+                if std::is_x86_feature_detected!("avx512f") {
+                    // SAFETY: AVX-512F; the row's tiles are inside `vector`.
+                    unsafe {
+                        x86::transform_output_gradient_row(
+                            &g,
+                            &dy,
+                            row,
+                            vector.as_mut_ptr().add(row * tile_cols),
+                            d_stride,
+                        )
+                    };
+                }
+            }
+            transform_output_gradient(&mut patch, n, &mut portable, d_stride);
+            if !std::is_x86_feature_detected!("avx512f") {
+                vector.clone_from(&portable);
+            }
+            for point in 0..POINTS {
+                for t in 0..n {
+                    let (a, b) = (vector[point * d_stride + t], portable[point * d_stride + t]);
+                    assert_eq!(a.to_bits(), b.to_bits(), "{out_h}×{out_w}: point {point} of tile {t} is {a}, not {b}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_vector_input_transform_is_the_portable_one_bit_for_bit() {
+        // Planes of one to three blocks of 16 tiles a row, odd sides, every padding the path takes.
+        let cases = [([9, 7], [1, 1]), ([28, 28], [1, 1]), ([14, 14], [0, 2]), ([40, 37], [2, 1]), ([66, 70], [1, 0])];
+        for ([h, w], padding) in cases {
+            let out = |size: usize, pad: usize| size + 2 * pad - 2;
+            let g = ConvGeometry {
+                batch: 2,
+                in_channels: 3,
+                out_channels: 1,
+                in_h: h,
+                in_w: w,
+                out_h: out(h, padding[0]),
+                out_w: out(w, padding[1]),
+                kernel: [3, 3],
+                stride: [1, 1],
+                padding,
+                dilation: [1, 1],
+            };
+            let x: Vec<f32> = (0..g.x_len()).map(|i| ((i * 7919 % 1000) as f32 - 500.0) / 37.0).collect();
+            let tile_cols = tiles(&g).1;
+            let vector = transformed_blocks(&g, &x, |g, x, tile_row, rows, v, v_stride| {
+                let mut padded = vec![0.0; 2 * tile_cols + 2];
+                let mut patch = vec![0.0; POINTS * rows.len() * tile_cols];
+                widest(|| transform_input_block(g, x, tile_row, rows, &mut padded, &mut patch, v, v_stride));
+            });
+            let portable = transformed_blocks(&g, &x, |g, x, tile_row, rows, v, v_stride| {
+                let mut padded = vec![0.0; 2 * tile_cols + 2];
+                let mut patch = vec![0.0; POINTS * rows.len() * tile_cols];
+                transform_input_block_portable(g, x, tile_row, rows, &mut padded, &mut patch, v, v_stride);
+            });
+            assert_eq!(vector.len(), portable.len());
+            for (i, (a, b)) in vector.iter().zip(&portable).enumerate() {
+                assert_eq!(a.to_bits(), b.to_bits(), "{h}×{w}, padding {padding:?}: value {i} is {a}, not {b}");
+            }
         }
     }
 }

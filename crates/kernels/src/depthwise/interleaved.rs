@@ -276,6 +276,8 @@ fn deinterleave_scalar(dst: &mut [MaybeUninit<f32>], stride: usize, src: &[f32],
 mod x86 {
     use std::arch::x86_64::*;
 
+    use crate::simd::x86::first_lanes;
+
     /// [`super::interleave`] by blocks of 16 pixels transposed in registers (the last masked).
     ///
     /// # Safety
@@ -288,7 +290,7 @@ mod x86 {
             let mut rows = [_mm512_setzero_ps(); 16];
             for (c, row) in rows.iter_mut().enumerate() {
                 // SAFETY: plane `c`'s pixels `x..x + n` are in bounds.
-                *row = unsafe { _mm512_maskz_loadu_ps(mask(n), src.add(c * stride + x)) };
+                *row = unsafe { _mm512_maskz_loadu_ps(first_lanes(n), src.add(c * stride + x)) };
             }
             for (i, pixel) in transpose16(rows).iter().enumerate().take(n) {
                 // SAFETY: pixel `x + i`'s 16 values are in bounds.
@@ -314,16 +316,10 @@ mod x86 {
             }
             for (c, row) in transpose16(pixels).iter().enumerate() {
                 // SAFETY: plane `c`'s pixels `x..x + n` are in bounds.
-                unsafe { _mm512_mask_storeu_ps(dst.add(c * stride + x), mask(n), *row) };
+                unsafe { _mm512_mask_storeu_ps(dst.add(c * stride + x), first_lanes(n), *row) };
             }
             x += n;
         }
-    }
-
-    /// The first `n` of 16 lanes.
-    #[inline]
-    fn mask(n: usize) -> __mmask16 {
-        (((1u32 << n) - 1) & 0xffff) as __mmask16
     }
 
     /// The 16 × 16 transpose of `r` (row `i` of the result holds element `i` of every input row).
