@@ -16,7 +16,7 @@
 
 use std::sync::atomic::{AtomicU8, Ordering};
 
-use crate::conv::View;
+use crate::conv::{ConvGeometry, View};
 
 /// Rows of the destination per microkernel call: one 32-bit broadcast each.
 const MR: usize = 12;
@@ -135,7 +135,7 @@ pub(crate) unsafe fn multiply(
         debug_assert!(enabled());
         // SAFETY: the CPU has the instructions (`enabled` checks `supported`); the rest is the
         // caller's contract.
-        unsafe { x86::multiply(m, n, k, dst, dst_row, accumulate, lhs, rhs) }
+        unsafe { x86::product(m, n, k, dst, dst_row, accumulate, Left::View(lhs), Right::View(rhs)) }
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
@@ -144,58 +144,320 @@ pub(crate) unsafe fn multiply(
     }
 }
 
+/// A left operand packed once for many products: a convolution's filters, which every chunk of
+/// images (and every band of one) multiplies. Packing them per product cost ResNet-50's
+/// bfloat16 inference at 112 px ~4 % of its time, the 7×7 and 14×14 layers' filters packed again
+/// for each of their 2–8 chunks.
+pub(crate) struct PackedLeft {
+    m: usize,
+    k: usize,
+    /// Per block of [`KC`] values of `k`, in order: its row panels as the product reads them.
+    words: Vec<u32>,
+}
+
+impl PackedLeft {
+    /// `lhs` (`m × k`) packed, its panels shared among the rayon pool's threads (one thread
+    /// packing filters the others wait for cost more than each packing its own as before). Call
+    /// only where [`supported`].
+    pub(crate) fn new(m: usize, k: usize, lhs: View) -> PackedLeft {
+        use rayon::prelude::*;
+        assert!(supported(), "bfloat16 packing on a CPU without AVX-512-BF16");
+        if m > 0 && k > 0 {
+            assert!((m - 1) * lhs.row + (k - 1) * lhs.col < lhs.data.len(), "left operand too small");
+        }
+        let row_panels = m.div_ceil(MR);
+        let mut words = spare_words(row_panels * MR * k.next_multiple_of(2));
+        // Per block of `k`, per row panel: its part of `words`.
+        let mut panels = Vec::with_capacity(row_panels * k.div_ceil(KC));
+        let mut rest = &mut words[..];
+        for kb in (0..k).step_by(KC) {
+            let kc = KC.min(k - kb);
+            for panel in 0..row_panels {
+                let (words, after) = rest.split_at_mut(kc.div_ceil(2) * MR);
+                panels.push((kb..kb + kc, panel * MR..(panel * MR + MR).min(m), words));
+                rest = after;
+            }
+        }
+        panels.into_par_iter().for_each(|(values, rows, words)| {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: the CPU has the instructions (asserted); `lhs`'s bounds were checked above.
+            unsafe {
+                x86::pack_left(lhs, rows, values.start, values.len(), words)
+            };
+            #[cfg(not(target_arch = "x86_64"))]
+            let _ = (values, rows, words);
+        });
+        PackedLeft { m, k, words }
+    }
+
+    /// The row panels of the block of `k` that starts at `kb` (a multiple of [`KC`]).
+    fn block(&self, kb: usize) -> &[u32] {
+        let (row_panels, pairs) = (self.m.div_ceil(MR), KC.min(self.k - kb).div_ceil(2));
+        &self.words[row_panels * MR * (kb / 2)..][..row_panels * MR * pairs]
+    }
+}
+
+impl Drop for PackedLeft {
+    fn drop(&mut self) {
+        let words = std::mem::take(&mut self.words);
+        SPARE_WORDS.with(|spare| {
+            let mut spare = spare.borrow_mut();
+            spare.push(words);
+            // Keep the largest: a network's filters take turns, and a buffer grown once stays
+            // large enough for the smaller ones.
+            if spare.len() > SPARE_BUFFERS {
+                let smallest = (0..spare.len()).min_by_key(|&i| spare[i].len()).expect("not empty");
+                spare.swap_remove(smallest);
+            }
+        });
+    }
+}
+
+/// Packed filters' buffers a thread keeps for the next convolution's (a fresh multi-megabyte
+/// buffer is a `memset` or page faults, on the one thread that allocates it).
+const SPARE_BUFFERS: usize = 4;
+
+thread_local! {
+    /// Each buffer's whole length written before (with filters or zeros).
+    static SPARE_WORDS: std::cell::RefCell<Vec<Vec<u32>>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// A buffer of at least `len` words, what it holds stale: the smallest spare one that is long
+/// enough, else the largest grown (zeros written only where it grows), else a new one.
+fn spare_words(len: usize) -> Vec<u32> {
+    SPARE_WORDS.with(|spare| {
+        let mut spare = spare.borrow_mut();
+        let fit = (0..spare.len()).filter(|&i| spare[i].len() >= len).min_by_key(|&i| spare[i].len());
+        let pick = fit.or_else(|| (0..spare.len()).max_by_key(|&i| spare[i].len()));
+        let mut words = pick.map(|i| spare.swap_remove(i)).unwrap_or_default();
+        if words.len() < len {
+            words.resize(len, 0);
+        }
+        words
+    })
+}
+
+/// The right operand of a stride-1 "same"-width convolution's product over several images side
+/// by side — `col(x)`, `[in_channels · taps, images · out_plane]` — read straight from the input
+/// as it is packed: no im2col copy in float32 first (ResNet-50's bfloat16 inference at 112 px spent
+/// ~9 % of its time writing `col(x)` and ~3 % reading it back to pack it).
+///
+/// Per tap, each 16 columns of a panel are one to a few masked loads (one per image the columns
+/// span), their masks the outputs whose input lies inside the plane (padding reads as zeros).
+pub(crate) struct Patches<'a> {
+    data: &'a [f32],
+    channels: usize,
+    in_plane: usize,
+    taps: usize,
+    /// Columns: images × output plane.
+    n: usize,
+    /// Masked loads per (tap, group of 16 columns): `slots` of them for each, as
+    /// `loads[(tap · groups + group) · slots..][..slots]` (mask, offset from channel 0's first
+    /// value); unused slots have an empty mask. One slot per image a group's columns span.
+    loads: Vec<(u16, isize)>,
+    slots: usize,
+}
+
+impl<'a> Patches<'a> {
+    /// `col(x)` of `images` images of `g` (whose stride is 1 and output rows as wide as the
+    /// input's: [`crate::conv::ConvGeometry::flat_shift`]); image `b`'s channel `c` starts at
+    /// `data[b · image_len + c · in_plane]`.
+    pub(crate) fn new(g: &ConvGeometry, data: &'a [f32], image_len: usize, images: usize) -> Patches<'a> {
+        let (in_plane, plane) = (g.in_plane(), g.out_plane());
+        assert!(images == 0 || (images - 1) * image_len + g.in_channels * in_plane <= data.len(), "input too small");
+        let n = images * plane;
+        let groups = n.div_ceil(NR) * (NR / 16);
+        // 16 columns span at most this many images (one more than fit whole).
+        let slots = (16 / plane.max(1) + 2).min(16);
+        let mut loads = Vec::with_capacity(g.taps() * groups * slots);
+        for ky in 0..g.kernel[0] {
+            let rows = g.valid(0, ky, g.out_h, g.in_h);
+            for kx in 0..g.kernel[1] {
+                let cols = g.valid(1, kx, g.out_w, g.in_w);
+                let shift = g.flat_shift(ky, kx).expect("a stride-1 same-width convolution");
+                for group in 0..groups {
+                    let (first, end) = (group * 16, (group * 16 + 16).min(n));
+                    let group_loads = loads.len();
+                    let mut j = first;
+                    while j < end {
+                        let (b, o) = (j / plane, j % plane);
+                        let len = (plane - o).min(end - j);
+                        let mut mask = 0u16;
+                        for l in 0..len {
+                            let (oy, ox) = ((o + l) / g.out_w, (o + l) % g.out_w);
+                            if rows.contains(&oy) && cols.contains(&ox) {
+                                // Reads stay inside image `b`'s plane (what makes the loads sound).
+                                let at = (o + l) as isize + shift;
+                                assert!(0 <= at && at < in_plane as isize, "a patch outside the plane");
+                                mask |= 1 << (j - first + l);
+                            }
+                        }
+                        loads.push((mask, (b * image_len + o) as isize + shift - (j - first) as isize));
+                        j += len;
+                    }
+                    assert!(loads.len() - group_loads <= slots);
+                    loads.resize(group_loads + slots, (0, 0));
+                }
+            }
+        }
+        Patches { data, channels: g.in_channels, in_plane, taps: g.taps(), n, loads, slots }
+    }
+}
+
+/// Where a product's right operand comes from.
+#[derive(Clone, Copy)]
+pub(crate) enum Right<'a> {
+    View(View<'a>),
+    /// `col(x)` of these patches from this input channel on (its rows: that channel's taps, the
+    /// next channel's, …).
+    Patches(&'a Patches<'a>, usize),
+}
+
+/// Where a product's left operand comes from.
+#[derive(Clone, Copy)]
+pub(crate) enum Left<'a> {
+    View(View<'a>),
+    Packed(&'a PackedLeft),
+}
+
+/// [`multiply`] of operands given either way: `dst (m×n) = [dst +] left · right`.
+///
+/// # Safety
+/// As [`multiply`]'s (the destination); the operands' bounds are checked here (patches' columns
+/// are their images' outputs, their rows the input channels'). Call only where [`enabled`].
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn multiply_with(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: *mut f32,
+    dst_row: usize,
+    accumulate: bool,
+    left: Left,
+    right: Right,
+) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    match left {
+        Left::View(lhs) => {
+            assert!(k == 0 || (m - 1) * lhs.row + (k - 1) * lhs.col < lhs.data.len(), "left operand too small")
+        }
+        Left::Packed(packed) => assert!(packed.m == m && packed.k == k, "packed for another product"),
+    }
+    match right {
+        Right::View(rhs) => {
+            assert!(k == 0 || (k - 1) * rhs.row + (n - 1) * rhs.col < rhs.data.len(), "right operand too small")
+        }
+        Right::Patches(patches, first) => {
+            assert!(
+                n == patches.n && (k == 0 || first + (k - 1) / patches.taps < patches.channels),
+                "patches too small"
+            )
+        }
+    }
+    if k == 0 {
+        if !accumulate {
+            for r in 0..m {
+                // SAFETY: row `r`'s `n` values are the caller's to write (all-zero bits are 0.0).
+                unsafe { std::ptr::write_bytes(dst.add(r * dst_row), 0, n) };
+            }
+        }
+        return;
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        debug_assert!(supported());
+        // SAFETY: the CPU has the instructions (the caller's contract, as packed filters' being
+        // there shows); operands checked above; the destination is the caller's.
+        unsafe { x86::product(m, n, k, dst, dst_row, accumulate, left, right) }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (dst, dst_row, accumulate, left, right);
+        unreachable!("bfloat16 products are only enabled on x86-64");
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use std::arch::x86_64::*;
 
-    use super::{KC, MR, NR, View, round_bits};
+    use super::{KC, Left, MR, NR, Patches, Right, View, round_bits};
     use crate::simd::x86::{first_lanes, transpose16};
+
+    /// 16 words on a cache line of their own: the right panels' unit, so that their loads and
+    /// stores (whole vectors) never straddle two lines.
+    #[derive(Clone, Copy)]
+    #[repr(C, align(64))]
+    struct Line([u32; 16]);
 
     thread_local! {
         /// Packed panels, reused across calls: (left block, right block).
-        static PACKED: std::cell::RefCell<(Vec<u32>, Vec<u32>)> = const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
+        static PACKED: std::cell::RefCell<(Vec<u32>, Vec<Line>)> = const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
     }
 
+    /// `dst (m×n) = [dst +] left · right`, a block of [`KC`] values of `k` at a time: the block's
+    /// left panels (packed now, or before), its right panels packed now, then every `MR × NR`
+    /// block of the destination by the microkernel.
     #[allow(clippy::too_many_arguments)]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
-    pub(super) unsafe fn multiply(
+    pub(super) unsafe fn product(
         m: usize,
         n: usize,
         k: usize,
         dst: *mut f32,
         dst_row: usize,
         accumulate: bool,
-        lhs: View,
-        rhs: View,
+        left: Left,
+        right: Right,
     ) {
         let row_panels = m.div_ceil(MR);
         let col_panels = n.div_ceil(NR);
         PACKED.with(|packed| {
-            let (left, right) = &mut *packed.borrow_mut();
+            let (left_words, right_lines) = &mut *packed.borrow_mut();
             let mut kb = 0;
             while kb < k {
                 let kc = KC.min(k - kb);
                 let pairs = kc.div_ceil(2);
                 // The packers write every word (padding included), so the buffers need no clearing.
-                left.resize(left.len().max(row_panels * pairs * MR), 0);
-                right.resize(right.len().max(col_panels * pairs * NR), 0);
-                for panel in 0..row_panels {
-                    let rows = panel * MR..(panel * MR + MR).min(m);
-                    pack_left(lhs, rows, kb, kc, &mut left[panel * pairs * MR..][..pairs * MR]);
-                }
-                for panel in 0..col_panels {
-                    let cols = panel * NR..(panel * NR + NR).min(n);
-                    pack_right(rhs, cols, kb, kc, &mut right[panel * pairs * NR..][..pairs * NR]);
+                let left_block: &[u32] = match left {
+                    Left::View(lhs) => {
+                        left_words.resize(left_words.len().max(row_panels * pairs * MR), 0);
+                        for panel in 0..row_panels {
+                            let rows = panel * MR..(panel * MR + MR).min(m);
+                            pack_left(lhs, rows, kb, kc, &mut left_words[panel * pairs * MR..][..pairs * MR]);
+                        }
+                        left_words
+                    }
+                    Left::Packed(packed) => packed.block(kb),
+                };
+                let lines = (col_panels * pairs * NR).div_ceil(16);
+                right_lines.resize(right_lines.len().max(lines), Line([0; 16]));
+                // SAFETY: `Line` is 16 `u32`s without padding (`repr(C)`, 64 bytes).
+                let right_words: &mut [u32] =
+                    unsafe { std::slice::from_raw_parts_mut(right_lines.as_mut_ptr().cast(), 16 * right_lines.len()) };
+                match right {
+                    Right::View(rhs) => {
+                        for panel in 0..col_panels {
+                            let cols = panel * NR..(panel * NR + NR).min(n);
+                            pack_right(rhs, cols, kb, kc, &mut right_words[panel * pairs * NR..][..pairs * NR]);
+                        }
+                    }
+                    // SAFETY: the rows `kb..kb + kc` are the patches' (the caller's contract).
+                    Right::Patches(patches, first) => unsafe {
+                        pack_patches(patches, first, kb, kc, &mut right_words[..col_panels * pairs * NR])
+                    },
                 }
                 let add = accumulate || kb > 0;
                 for cp in 0..col_panels {
                     let c0 = cp * NR;
                     let cols = NR.min(n - c0);
-                    let b = right[cp * pairs * NR..].as_ptr();
+                    let b = right_words[cp * pairs * NR..].as_ptr();
                     for rp in 0..row_panels {
                         let r0 = rp * MR;
                         let rows = MR.min(m - r0);
-                        let a = left[rp * pairs * MR..].as_ptr();
+                        let a = left_block[rp * pairs * MR..][..pairs * MR].as_ptr();
                         // SAFETY: the panels hold `pairs` words per row/column; the destination
                         // block is within `m × n` (the caller's contract).
                         unsafe { micro(pairs, a, b, dst.add(r0 * dst_row + c0), dst_row, rows, cols, add) };
@@ -206,11 +468,69 @@ mod x86 {
         });
     }
 
+    /// Rows `kb..kb + kc` of `patches`' `col(x)` from input channel `first` on, every column
+    /// panel, as `[panel][pair][column]` words (columns past the images' as zeros): per pair of
+    /// rows and 16 columns, each row's masked loads, both rows converted at once, their halves
+    /// interleaved into words.
+    ///
+    /// # Safety
+    /// The rows must exist: `first + (kb + kc − 1) / taps` an input channel of the data.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
+    unsafe fn pack_patches(patches: &Patches, first: usize, kb: usize, kc: usize, out: &mut [u32]) {
+        let pairs = kc.div_ceil(2);
+        let groups = out.len() / pairs / 16;
+        let slots = patches.slots;
+        assert!(out.len() == groups * 16 * pairs && patches.loads.len() == patches.taps * groups * slots);
+        // 16-bit element `2i` of the result: row 0's column `i`; `2i + 1`: row 1's.
+        const INTERLEAVE: [u16; 32] = [
+            0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23, 8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14,
+            30, 15, 31,
+        ];
+        // SAFETY: a 64-byte read of a 64-byte array.
+        let interleave = unsafe { _mm512_loadu_si512(INTERLEAVE.as_ptr().cast()) };
+        // Row `row`'s base pointer and its tap's loads (all groups').
+        let row_loads = |row: usize| {
+            let (channel, tap) = (first + row / patches.taps, row % patches.taps);
+            let base = patches.data.as_ptr().wrapping_add(channel * patches.in_plane);
+            (base, &patches.loads[tap * groups * slots..][..groups * slots])
+        };
+        #[inline]
+        #[target_feature(enable = "avx512f")]
+        fn lanes(base: *const f32, loads: &[(u16, isize)]) -> __m512 {
+            let mut lanes = _mm512_setzero_ps();
+            for &(mask, offset) in loads {
+                // SAFETY: the lanes in `mask` read inside an image's plane of this channel
+                // (`Patches::new` checked each; the channel is the caller's); an empty mask reads
+                // nothing.
+                lanes = unsafe { _mm512_mask_loadu_ps(lanes, mask, base.wrapping_offset(offset)) };
+            }
+            lanes
+        }
+        for pair in 0..pairs {
+            let row = kb + 2 * pair;
+            let (low_base, low_loads) = row_loads(row);
+            let high = (2 * pair + 1 < kc).then(|| row_loads(row + 1));
+            for group in 0..groups {
+                let low = lanes(low_base, &low_loads[group * slots..][..slots]);
+                let high = match high {
+                    Some((base, loads)) => lanes(base, &loads[group * slots..][..slots]),
+                    None => _mm512_setzero_ps(),
+                };
+                // SAFETY: a reinterpretation of 512 bits.
+                let halves = unsafe { std::mem::transmute::<__m512bh, __m512i>(_mm512_cvtne2ps_pbh(high, low)) };
+                let words = _mm512_permutexvar_epi16(interleave, halves);
+                let at = ((group / 2) * pairs + pair) * NR + (group % 2) * 16;
+                // SAFETY: `at + 16 ≤ out.len()` (`group / 2` < panels, `pair` < pairs).
+                unsafe { _mm512_storeu_si512(out[at..][..16].as_mut_ptr().cast(), words) };
+            }
+        }
+    }
+
     /// Rows `rows` of `lhs`, values `kb..kb + kc`, as `[pair][row]` words (`bf16(a[r][2p]) |
     /// bf16(a[r][2p + 1]) << 16`); every word of `out` is written, rows past `m` and the odd
     /// last value as zeros.
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
-    fn pack_left(lhs: View, rows: std::ops::Range<usize>, kb: usize, kc: usize, out: &mut [u32]) {
+    pub(super) fn pack_left(lhs: View, rows: std::ops::Range<usize>, kb: usize, kc: usize, out: &mut [u32]) {
         let start = rows.start * lhs.row + kb * lhs.col;
         if lhs.col == 1 {
             // SAFETY: rows `< m` of values `< k` lie within the operand (checked by the caller).
@@ -457,6 +777,85 @@ mod tests {
         assert_eq!(round(f32::INFINITY), f32::INFINITY);
     }
 
+    /// Filters packed once and `col(x)` packed straight from the input give, bit for bit, the
+    /// product of the filters and an im2col copy packed as any matrix: for planes narrower and
+    /// wider than 16 columns (a group spanning up to five images), padding on every side, a
+    /// dilated and a non-square kernel, `k` over one block, odd `k`, blocks of channels starting
+    /// past the first, with and without accumulation.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn patches_and_packed_filters_multiply_as_im2col_and_packing_do_bit_for_bit() {
+        if !supported() {
+            eprintln!("skipped: this CPU has no AVX-512-BF16");
+            return;
+        }
+        // (in channels, out channels, side, images, kernel, padding, dilation, channels multiplied)
+        type Case = (usize, usize, usize, usize, [usize; 2], [usize; 2], usize, std::ops::Range<usize>);
+        let cases: [Case; 7] = [
+            (5, 13, 7, 3, [3, 3], [1, 1], 1, 0..5),
+            (8, 30, 4, 5, [1, 1], [0, 0], 1, 0..8),
+            (6, 12, 2, 9, [3, 3], [1, 1], 1, 1..6),
+            (12, 25, 9, 2, [5, 5], [2, 2], 1, 0..12),
+            (4, 7, 6, 3, [3, 3], [2, 2], 2, 0..4),
+            (3, 40, 5, 4, [1, 3], [0, 1], 1, 2..3),
+            (64, 12, 3, 6, [3, 3], [1, 1], 1, 10..60),
+        ];
+        for (cin, cout, side, images, kernel, padding, dilation, channels) in cases {
+            let g = ConvGeometry {
+                batch: images,
+                in_channels: cin,
+                out_channels: cout,
+                in_h: side,
+                in_w: side,
+                out_h: side,
+                out_w: side,
+                kernel,
+                stride: [1, 1],
+                padding,
+                dilation: [dilation, dilation],
+            };
+            let (taps, plane, image_len) = (g.taps(), side * side, cin * side * side);
+            let x = values(images * image_len, 7);
+            let weight = values(cout * cin * taps, 11);
+            // `col(x)` of the channels, by the definition.
+            let (k, n) = (channels.len() * taps, images * plane);
+            let mut col = vec![0.0; k * n];
+            for (i, c) in channels.clone().enumerate() {
+                for t in 0..taps {
+                    let (ky, kx) = (t / kernel[1], t % kernel[1]);
+                    for b in 0..images {
+                        for o in 0..plane {
+                            let iy = (o / side + ky * dilation) as isize - padding[0] as isize;
+                            let ix = (o % side + kx * dilation) as isize - padding[1] as isize;
+                            if (0..side as isize).contains(&iy) && (0..side as isize).contains(&ix) {
+                                col[(i * taps + t) * n + b * plane + o] =
+                                    x[b * image_len + c * plane + iy as usize * side + ix as usize];
+                            }
+                        }
+                    }
+                }
+            }
+            let lhs = View { data: &weight[channels.start * taps..], row: cin * taps, col: 1 };
+            let filters = PackedLeft::new(cout, k, lhs);
+            let patches = Patches::new(&g, &x, image_len, images);
+            for accumulate in [false, true] {
+                let start = values(cout * n, 3);
+                let (mut want, mut got) = (start.clone(), start.clone());
+                let rhs = View { data: &col, row: n, col: 1 };
+                unsafe {
+                    x86::product(cout, n, k, want.as_mut_ptr(), n, accumulate, Left::View(lhs), Right::View(rhs));
+                    let right = Right::Patches(&patches, channels.start);
+                    multiply_with(cout, n, k, got.as_mut_ptr(), n, accumulate, Left::Packed(&filters), right);
+                }
+                let same = want.iter().zip(&got).all(|(a, b)| a.to_bits() == b.to_bits());
+                assert!(
+                    same,
+                    "{cin}>{cout} {side}×{side} ×{images} {kernel:?} pad {padding:?} dil {dilation} {channels:?} acc {accumulate}"
+                );
+            }
+        }
+    }
+
     /// Every stride shape the convolutions use (row-major, transposed, and neither), edges of
     /// the panels (m, n not multiples of 12, 32; odd k; k over one block), with and without
     /// accumulation: the result equals the f64 sum of the bfloat16-rounded operands to float32
@@ -489,7 +888,9 @@ mod tests {
                 for accumulate in [false, true] {
                     let start = values(m * (n + 3), 5);
                     let mut dst = start.clone();
-                    unsafe { x86::multiply(m, n, k, dst.as_mut_ptr(), n + 3, accumulate, lhs, rhs) };
+                    unsafe {
+                        x86::product(m, n, k, dst.as_mut_ptr(), n + 3, accumulate, Left::View(lhs), Right::View(rhs))
+                    };
                     for r in 0..m {
                         for c in 0..n + 3 {
                             let got = dst[r * (n + 3) + c];

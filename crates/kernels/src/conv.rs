@@ -30,6 +30,7 @@ use gemm::Parallelism;
 
 use rayon::prelude::*;
 
+use crate::bf16;
 use crate::simd::{assume_written, widest, zeroed};
 
 /// Pixels (columns of the products) a chunk of images aims for: below a few hundred, gemm's
@@ -964,6 +965,26 @@ fn direct_forward_into(
     let plan = Plan::new(g);
     let (k, plane, out_image) = (g.patch_len(), g.out_plane(), g.out_channels * g.out_plane());
     let lhs = View { data: weight, row: k, col: 1 };
+    // In bfloat16, `col(x)` read from the input as it is packed where the convolution is stride
+    // 1 and "same" wide (`bf16::Patches`): then there is no copy to keep small, and all input
+    // channels are one block (no short last block of `k` per channel block). The filters are
+    // packed once for all chunks where there are more chunks than threads (with one per thread,
+    // packing them first only adds a fork and join).
+    let in_bf16 = bf16::enabled() && plan.images_per_chunk > 1;
+    let patches_apply = in_bf16 && g.flat_shift(0, 0).is_some();
+    let blocks = || {
+        let all = std::iter::once(0..g.in_channels);
+        if patches_apply { Box::new(all) as Box<dyn Iterator<Item = _>> } else { Box::new(g.channel_blocks()) }
+    };
+    let block_filters = |channels: &std::ops::Range<usize>| View { data: &weight[channels.start * g.taps()..], ..lhs };
+    let packed_filters = (in_bf16 && plan.chunks > rayon::current_num_threads()).then(|| {
+        blocks()
+            .map(|channels| {
+                let rows = g.over_channels(&channels).patch_len();
+                bf16::PackedLeft::new(g.out_channels, rows, block_filters(&channels))
+            })
+            .collect::<Vec<_>>()
+    });
     let compute = |(chunk, y_chunk): (usize, &mut [MaybeUninit<f32>])| {
         let images = plan.images(chunk, g.batch);
         let columns = images.len() * plane;
@@ -977,8 +998,32 @@ fn direct_forward_into(
         }
         let y_chunk: &mut [f32] = {
             let mut product = Scratch::stale(g.out_channels * columns);
+            if in_bf16 {
+                let image_len = g.in_channels * g.in_plane();
+                let images_x = &x[images.start * image_len..];
+                let patches = patches_apply.then(|| bf16::Patches::new(g, images_x, image_len, images.len()));
+                for (i, channels) in blocks().enumerate() {
+                    let rows = g.over_channels(&channels).patch_len();
+                    let left = match &packed_filters {
+                        Some(filters) => bf16::Left::Packed(&filters[i]),
+                        None => bf16::Left::View(block_filters(&channels)),
+                    };
+                    let col;
+                    let right = match &patches {
+                        Some(patches) => bf16::Right::Patches(patches, channels.start),
+                        None => {
+                            col = chunk_col(g, x, images.clone(), channels.clone());
+                            bf16::Right::View(View { data: &col, row: columns, col: 1 })
+                        }
+                    };
+                    let (m, dst) = (g.out_channels, product.as_mut_ptr());
+                    // SAFETY: `product` holds the filters' rows × `columns`, borrowed mutably; the
+                    // products are bfloat16 on this thread's pool.
+                    unsafe { bf16::multiply_with(m, columns, rows, dst, columns, i > 0, left, right) };
+                }
+            }
             // `col(x)` a block of input channels at a time, each block's product accumulated.
-            for (i, channels) in g.channel_blocks().enumerate() {
+            for (i, channels) in g.channel_blocks().enumerate().filter(|_| !in_bf16) {
                 let col = chunk_col(g, x, images.clone(), channels.clone());
                 let first_row = channels.start * g.taps();
                 let lhs = View { data: &weight[first_row..], ..lhs };

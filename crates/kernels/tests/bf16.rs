@@ -68,6 +68,11 @@ fn convolutions_in_bfloat16_match_float32_within_its_rounding() {
         geometry(8, [80, 16], 6, 3, 2, 1),
         // Pointwise, one image per chunk, its filters in two blocks of input channels.
         geometry(2, [600, 8], 5, 1, 1, 0),
+        // Stride 1, chunks of several images: `col(x)` packed straight from the input, over
+        // several blocks of `k` (a 3×3 of 80 channels, a pointwise of 600), planes narrower than
+        // 16 columns.
+        geometry(8, [80, 16], 5, 3, 1, 1),
+        geometry(8, [600, 8], 3, 1, 1, 0),
     ];
     for (i, g) in cases.iter().enumerate() {
         let x = values(g.x_len(), 3 * i as u64 + 1);
