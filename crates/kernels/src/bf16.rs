@@ -311,6 +311,9 @@ pub(crate) enum Right<'a> {
     /// `col(x)` of these patches from this input channel on (its rows: that channel's taps, the
     /// next channel's, …).
     Patches(&'a Patches<'a>, usize),
+    /// `col(x)ᵀ` of these patches from this input channel on: its rows the images' outputs, its
+    /// columns that channel's taps, the next channel's, … (a weight gradient's right operand).
+    Transposed(&'a Patches<'a>, usize),
 }
 
 /// Where a product's left operand comes from.
@@ -354,6 +357,9 @@ pub(crate) unsafe fn multiply_with(
                 n == patches.n && (k == 0 || first + (k - 1) / patches.taps < patches.channels),
                 "patches too small"
             )
+        }
+        Right::Transposed(patches, first) => {
+            assert!(k == patches.n && first + (n - 1) / patches.taps < patches.channels, "patches too small")
         }
     }
     if k == 0 {
@@ -448,6 +454,17 @@ mod x86 {
                     Right::Patches(patches, first) => unsafe {
                         pack_patches(patches, first, kb, kc, &mut right_words[..col_panels * pairs * NR])
                     },
+                    Right::Transposed(patches, first) => {
+                        for panel in 0..col_panels {
+                            let out = &mut right_words[panel * pairs * NR..][..pairs * NR];
+                            for half in (0..NR).step_by(16) {
+                                let rows = (panel * NR + half).min(n)..(panel * NR + half + 16).min(n);
+                                // SAFETY: the columns `< n` are rows of the patches (the caller's
+                                // contract); an empty range packs zeros.
+                                unsafe { pack_patch_lines(patches, first, rows, kb, kc, out, half) };
+                            }
+                        }
+                    }
                 }
                 let add = accumulate || kb > 0;
                 for cp in 0..col_panels {
@@ -494,26 +511,16 @@ mod x86 {
             let base = patches.data.as_ptr().wrapping_add(channel * patches.in_plane);
             (base, &patches.loads[tap * groups * slots..][..groups * slots])
         };
-        #[inline]
-        #[target_feature(enable = "avx512f")]
-        fn lanes(base: *const f32, loads: &[(u16, isize)]) -> __m512 {
-            let mut lanes = _mm512_setzero_ps();
-            for &(mask, offset) in loads {
-                // SAFETY: the lanes in `mask` read inside an image's plane of this channel
-                // (`Patches::new` checked each; the channel is the caller's); an empty mask reads
-                // nothing.
-                lanes = unsafe { _mm512_mask_loadu_ps(lanes, mask, base.wrapping_offset(offset)) };
-            }
-            lanes
-        }
         for pair in 0..pairs {
             let row = kb + 2 * pair;
             let (low_base, low_loads) = row_loads(row);
             let high = (2 * pair + 1 < kc).then(|| row_loads(row + 1));
             for group in 0..groups {
-                let low = lanes(low_base, &low_loads[group * slots..][..slots]);
+                // SAFETY: the rows' channels are the caller's (this function's contract).
+                let low = unsafe { lanes(low_base, &low_loads[group * slots..][..slots]) };
                 let high = match high {
-                    Some((base, loads)) => lanes(base, &loads[group * slots..][..slots]),
+                    // SAFETY: as above.
+                    Some((base, loads)) => unsafe { lanes(base, &loads[group * slots..][..slots]) },
                     None => _mm512_setzero_ps(),
                 };
                 // SAFETY: a reinterpretation of 512 bits.
@@ -524,6 +531,73 @@ mod x86 {
                 unsafe { _mm512_storeu_si512(out[at..][..16].as_mut_ptr().cast(), words) };
             }
         }
+    }
+
+    /// Rows `rows` (at most 16) of `patches`' `col(x)` from input channel `first` on, values
+    /// (output columns) `kb..kb + kc`, packed as `pack_lines` packs a matrix's lines, into
+    /// `out[p·NR + lane + l]`: each row's 32 values of a step are its loads for two groups of 16
+    /// columns (`kb` is a multiple of 32, so groups align), converted at once; then the 16 × 16
+    /// words transposed. Lanes past `rows` are zeros.
+    ///
+    /// # Safety
+    /// The rows must exist: `first + (rows.end − 1) / taps` an input channel of the data.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
+    unsafe fn pack_patch_lines(
+        patches: &Patches,
+        first: usize,
+        rows: std::ops::Range<usize>,
+        kb: usize,
+        kc: usize,
+        out: &mut [u32],
+        lane: usize,
+    ) {
+        let (slots, groups) = (patches.slots, patches.loads.len() / patches.taps / patches.slots);
+        assert!(rows.len() <= 16 && lane + 16 <= NR && out.len() >= kc.div_ceil(2) * NR && kb.is_multiple_of(32));
+        assert!(kb + kc <= patches.n && patches.n <= groups * 16);
+        let mut lines = [(std::ptr::null::<f32>(), &patches.loads[..0]); 16];
+        let count = rows.len();
+        for (line, row) in lines.iter_mut().zip(rows) {
+            let (channel, tap) = (first + row / patches.taps, row % patches.taps);
+            let base = patches.data.as_ptr().wrapping_add(channel * patches.in_plane);
+            *line = (base, &patches.loads[tap * groups * slots..][..groups * slots]);
+        }
+        let mut p = 0;
+        while 2 * p < kc {
+            let group = (kb + 2 * p) / 16;
+            let mut words = [_mm512_setzero_si512(); 16];
+            for (w, &(base, loads)) in words.iter_mut().zip(&lines[..count]) {
+                // SAFETY: the rows' channels are the caller's; `group + 1 < groups` (`kb + 2p`,
+                // a multiple of 32, is below `n`).
+                let (lo, hi) = unsafe {
+                    (lanes(base, &loads[group * slots..][..slots]), lanes(base, &loads[(group + 1) * slots..][..slots]))
+                };
+                // SAFETY: a reinterpretation of 512 bits.
+                *w = unsafe { std::mem::transmute::<__m512bh, __m512i>(_mm512_cvtne2ps_pbh(hi, lo)) };
+            }
+            let pairs = transpose16(words);
+            for (q, pair) in pairs.iter().enumerate().take((kc - 2 * p).min(32).div_ceil(2)) {
+                // SAFETY: `p + q` < `kc/2` rounded up and `lane + 16 ≤ NR` (asserted).
+                unsafe { _mm512_storeu_si512(out.as_mut_ptr().add((p + q) * NR + lane).cast(), *pair) };
+            }
+            p += 16;
+        }
+    }
+
+    /// The 16 values a tap's masked loads read for one group of columns from `base` (a channel's
+    /// plane in the first image).
+    ///
+    /// # Safety
+    /// The lanes in each load's mask must be readable (`Patches::new` checks that they lie inside
+    /// an image's plane; `base` must be a channel's).
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn lanes(base: *const f32, loads: &[(u16, isize)]) -> __m512 {
+        let mut lanes = _mm512_setzero_ps();
+        for &(mask, offset) in loads {
+            // SAFETY: the caller's; an empty mask reads nothing.
+            lanes = unsafe { _mm512_mask_loadu_ps(lanes, mask, base.wrapping_offset(offset)) };
+        }
+        lanes
     }
 
     /// Rows `rows` of `lhs`, values `kb..kb + kc`, as `[pair][row]` words (`bf16(a[r][2p]) |
@@ -781,7 +855,8 @@ mod tests {
     /// product of the filters and an im2col copy packed as any matrix: for planes narrower and
     /// wider than 16 columns (a group spanning up to five images), padding on every side, a
     /// dilated and a non-square kernel, `k` over one block, odd `k`, blocks of channels starting
-    /// past the first, with and without accumulation.
+    /// past the first, with and without accumulation; and transposed (a weight gradient's right
+    /// operand), over one and several blocks of output columns.
     #[cfg(target_arch = "x86_64")]
     #[test]
     fn patches_and_packed_filters_multiply_as_im2col_and_packing_do_bit_for_bit() {
@@ -791,7 +866,7 @@ mod tests {
         }
         // (in channels, out channels, side, images, kernel, padding, dilation, channels multiplied)
         type Case = (usize, usize, usize, usize, [usize; 2], [usize; 2], usize, std::ops::Range<usize>);
-        let cases: [Case; 7] = [
+        let cases: [Case; 8] = [
             (5, 13, 7, 3, [3, 3], [1, 1], 1, 0..5),
             (8, 30, 4, 5, [1, 1], [0, 0], 1, 0..8),
             (6, 12, 2, 9, [3, 3], [1, 1], 1, 1..6),
@@ -799,6 +874,7 @@ mod tests {
             (4, 7, 6, 3, [3, 3], [2, 2], 2, 0..4),
             (3, 40, 5, 4, [1, 3], [0, 1], 1, 2..3),
             (64, 12, 3, 6, [3, 3], [1, 1], 1, 10..60),
+            (3, 20, 12, 3, [3, 3], [1, 1], 1, 0..3),
         ];
         for (cin, cout, side, images, kernel, padding, dilation, channels) in cases {
             let g = ConvGeometry {
@@ -851,6 +927,21 @@ mod tests {
                 assert!(
                     same,
                     "{cin}>{cout} {side}×{side} ×{images} {kernel:?} pad {padding:?} dil {dilation} {channels:?} acc {accumulate}"
+                );
+                // And transposed, a weight gradient's: `dy (cout × n) · col(x)ᵀ`.
+                let dy = values(cout * n, 5);
+                let start = values(cout * k, 9);
+                let (mut want, mut got) = (start.clone(), start.clone());
+                let (dy, col_t) = (View { data: &dy, row: n, col: 1 }, View { data: &col, row: 1, col: n });
+                unsafe {
+                    x86::product(cout, k, n, want.as_mut_ptr(), k, accumulate, Left::View(dy), Right::View(col_t));
+                    let right = Right::Transposed(&patches, channels.start);
+                    multiply_with(cout, k, n, got.as_mut_ptr(), k, accumulate, Left::View(dy), right);
+                }
+                let same = want.iter().zip(&got).all(|(a, b)| a.to_bits() == b.to_bits());
+                assert!(
+                    same,
+                    "transposed: {cin}>{cout} {side}×{side} ×{images} {kernel:?} {channels:?} acc {accumulate}"
                 );
             }
         }

@@ -1382,10 +1382,33 @@ fn backward_by_images(
         // its columns of the weight gradient, its rows of the `col` gradient for its planes of
         // the input gradient.
         let mut input_part = input_part;
+        // In bfloat16 the weight gradient's `col(x)ᵀ` is read straight from the input as it is
+        // packed where it can be (`bf16::Patches`, as the forward's `col(x)`), all input channels
+        // in one product.
+        let patches = (want_weight && bf16::enabled() && g.flat_shift(0, 0).is_some())
+            .then(|| bf16::Patches::new(g, &x[first * in_image..], in_image, images.len()));
+        if let Some(patches) = &patches {
+            assert!(weight_acc.len() >= g.out_channels * k, "weight gradient too small");
+            let (left, right) = (bf16::Left::View(dy_view), bf16::Right::Transposed(patches, 0));
+            // SAFETY: `weight_acc` holds the filters' `out_channels × k` values, borrowed mutably;
+            // products are bfloat16 on this thread.
+            unsafe {
+                bf16::multiply_with(
+                    g.out_channels,
+                    k,
+                    columns,
+                    weight_acc.as_mut_ptr(),
+                    k,
+                    !first_of_group,
+                    left,
+                    right,
+                )
+            };
+        }
         for channels in g.channel_blocks() {
             let block = g.over_channels(&channels);
             let (rows, first_row) = (block.patch_len(), channels.start * g.taps());
-            if want_weight {
+            if want_weight && patches.is_none() {
                 let col = chunk_col(g, x, images.clone(), channels.clone());
                 let col_t = View { data: &col, row: 1, col: columns };
                 let accumulate = !first_of_group;
