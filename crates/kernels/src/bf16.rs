@@ -237,18 +237,26 @@ fn spare_words(len: usize) -> Vec<u32> {
     })
 }
 
-/// The right operand of a stride-1 "same"-width convolution's product over several images side
-/// by side — `col(x)`, `[in_channels · taps, images · out_plane]` — read straight from the input
-/// as it is packed: no im2col copy in float32 first (ResNet-50's bfloat16 inference at 112 px spent
-/// ~9 % of its time writing `col(x)` and ~3 % reading it back to pack it).
+/// The right operand of a convolution's product over several images side by side — `col(x)`,
+/// `[in_channels · taps, images · out_plane]` — read straight from the input as it is packed: no
+/// im2col copy in float32 first (ResNet-50's bfloat16 inference at 112 px spent ~9 % of its time
+/// writing `col(x)` and ~3 % reading it back to pack it).
 ///
-/// Per tap, each 16 columns of a panel are one to a few masked loads (one per image the columns
-/// span), their masks the outputs whose input lies inside the plane (padding reads as zeros).
+/// Per tap, each 16 columns of a panel are one to a few masked loads where the convolution has
+/// stride 1 and "same" width (one per image the columns span), one masked gather otherwise; the
+/// masks are the outputs whose input lies inside the plane (padding reads as zeros).
 pub(crate) struct Patches<'a> {
     data: &'a [f32],
+    layout: &'a PatchLayout,
+}
+
+/// Where [`Patches`] read, for every chunk of the same number of images: built once per layer.
+pub(crate) struct PatchLayout {
     channels: usize,
     in_plane: usize,
     taps: usize,
+    image_len: usize,
+    images: usize,
     /// Columns: images × output plane.
     n: usize,
     /// Masked loads per (tap, group of 16 columns): `slots` of them for each, as
@@ -256,17 +264,63 @@ pub(crate) struct Patches<'a> {
     /// value); unused slots have an empty mask. One slot per image a group's columns span.
     loads: Vec<(u16, isize)>,
     slots: usize,
+    /// For other convolutions (strided: consecutive outputs read inputs `stride` apart): per
+    /// (tap, group), the 16 columns' offsets for one masked gather (its mask the only slot's).
+    gathers: Vec<[i32; 16]>,
 }
 
 impl<'a> Patches<'a> {
-    /// `col(x)` of `images` images of `g` (whose stride is 1 and output rows as wide as the
-    /// input's: [`crate::conv::ConvGeometry::flat_shift`]); image `b`'s channel `c` starts at
+    /// The patches of `layout` in `data`: image `b`'s channel `c` at
     /// `data[b · image_len + c · in_plane]`.
-    pub(crate) fn new(g: &ConvGeometry, data: &'a [f32], image_len: usize, images: usize) -> Patches<'a> {
+    pub(crate) fn new(layout: &'a PatchLayout, data: &'a [f32]) -> Patches<'a> {
+        let images = layout.images;
+        // Every lane a mask keeps lies inside an image's plane (checked as the layout was built),
+        // so within these values: what makes the loads sound.
+        assert!(images == 0 || (images - 1) * layout.image_len + layout.channels * layout.in_plane <= data.len());
+        assert!(layout.gathers.is_empty() || data.len() <= i32::MAX as usize, "offsets past 32 bits");
+        Patches { data, layout }
+    }
+}
+
+impl std::ops::Deref for Patches<'_> {
+    type Target = PatchLayout;
+
+    fn deref(&self) -> &PatchLayout {
+        self.layout
+    }
+}
+
+/// Output planes up to this many pixels read strided patches by gathers: with rows of 4 to 7
+/// outputs, im2col's copies are mostly bookkeeping (ResNet-50's stride-2 layers into 7×7 and 4×4
+/// planes ran a fifth faster by gathers); for a 14×14 plane its row copies were a tenth faster.
+const GATHERED_PLANE: usize = 64;
+
+impl PatchLayout {
+    /// Whether a convolution's `col(x)` is better read as patches than copied by im2col.
+    pub(crate) fn applies(g: &ConvGeometry) -> bool {
+        g.flat_shift(0, 0).is_some() || g.out_plane() <= GATHERED_PLANE
+    }
+
+    /// `col(x)` of `images` images of `g`, each `image_len` values apart.
+    pub(crate) fn new(g: &ConvGeometry, image_len: usize, images: usize) -> PatchLayout {
         let (in_plane, plane) = (g.in_plane(), g.out_plane());
-        assert!(images == 0 || (images - 1) * image_len + g.in_channels * in_plane <= data.len(), "input too small");
+        assert!(images == 0 || g.in_channels * in_plane <= image_len, "images overlap");
         let n = images * plane;
         let groups = n.div_ceil(NR) * (NR / 16);
+        let layout = PatchLayout {
+            channels: g.in_channels,
+            in_plane,
+            taps: g.taps(),
+            image_len,
+            images,
+            n,
+            loads: Vec::new(),
+            slots: 1,
+            gathers: Vec::new(),
+        };
+        if g.flat_shift(0, 0).is_none() {
+            return layout.gathered(g, groups);
+        }
         // 16 columns span at most this many images (one more than fit whole).
         let slots = (16 / plane.max(1) + 2).min(16);
         let mut loads = Vec::with_capacity(g.taps() * groups * slots);
@@ -300,7 +354,52 @@ impl<'a> Patches<'a> {
                 }
             }
         }
-        Patches { data, channels: g.in_channels, in_plane, taps: g.taps(), n, loads, slots }
+        PatchLayout { loads, slots, ..layout }
+    }
+
+    /// [`PatchLayout::new`] for any other geometry: one gather per tap and 16 columns.
+    fn gathered(self, g: &ConvGeometry, groups: usize) -> PatchLayout {
+        let plane = g.out_plane();
+        assert!(self.images * self.image_len <= i32::MAX as usize, "offsets past 32 bits");
+        // Per column: its image's first value and the input position of its first tap.
+        let columns: Vec<(usize, isize, isize)> = (0..self.images)
+            .flat_map(|b| (0..plane).map(move |o| (b, o)))
+            .map(|(b, o)| {
+                let iy = (o / g.out_w * g.stride[0]) as isize - g.padding[0] as isize;
+                let ix = (o % g.out_w * g.stride[1]) as isize - g.padding[1] as isize;
+                (b * self.image_len, iy, ix)
+            })
+            .collect();
+        let (mut loads, mut gathers) = (Vec::new(), Vec::new());
+        for ky in 0..g.kernel[0] {
+            for kx in 0..g.kernel[1] {
+                let (dy, dx) = ((ky * g.dilation[0]) as isize, (kx * g.dilation[1]) as isize);
+                for group in columns.chunks(16).chain(std::iter::repeat_n(&[][..], groups - self.n.div_ceil(16))) {
+                    let (mut mask, mut offsets) = (0u16, [0i32; 16]);
+                    for (lane, &(image, iy, ix)) in group.iter().enumerate() {
+                        let (iy, ix) = (iy + dy, ix + dx);
+                        if (0..g.in_h as isize).contains(&iy) && (0..g.in_w as isize).contains(&ix) {
+                            // Inside the image's plane (what makes the gathers sound).
+                            offsets[lane] = (image + iy as usize * g.in_w + ix as usize) as i32;
+                            mask |= 1 << lane;
+                        }
+                    }
+                    loads.push((mask, 0));
+                    gathers.push(offsets);
+                }
+            }
+        }
+        PatchLayout { loads, slots: 1, gathers, ..self }
+    }
+
+    /// Images side by side.
+    pub(crate) fn images(&self) -> usize {
+        self.images
+    }
+
+    /// A tap's gathers, one per group (none where loads are contiguous).
+    fn tap_gathers(&self, tap: usize, groups: usize) -> &[[i32; 16]] {
+        if self.gathers.is_empty() { &[] } else { &self.gathers[tap * groups..][..groups] }
     }
 }
 
@@ -509,18 +608,20 @@ mod x86 {
         let row_loads = |row: usize| {
             let (channel, tap) = (first + row / patches.taps, row % patches.taps);
             let base = patches.data.as_ptr().wrapping_add(channel * patches.in_plane);
-            (base, &patches.loads[tap * groups * slots..][..groups * slots])
+            (base, &patches.loads[tap * groups * slots..][..groups * slots], patches.tap_gathers(tap, groups))
         };
         for pair in 0..pairs {
             let row = kb + 2 * pair;
-            let (low_base, low_loads) = row_loads(row);
+            let (low_base, low_loads, low_gathers) = row_loads(row);
             let high = (2 * pair + 1 < kc).then(|| row_loads(row + 1));
             for group in 0..groups {
                 // SAFETY: the rows' channels are the caller's (this function's contract).
-                let low = unsafe { lanes(low_base, &low_loads[group * slots..][..slots]) };
+                let low = unsafe { lanes(low_base, &low_loads[group * slots..][..slots], low_gathers.get(group)) };
                 let high = match high {
                     // SAFETY: as above.
-                    Some((base, loads)) => unsafe { lanes(base, &loads[group * slots..][..slots]) },
+                    Some((base, loads, gathers)) => unsafe {
+                        lanes(base, &loads[group * slots..][..slots], gathers.get(group))
+                    },
                     None => _mm512_setzero_ps(),
                 };
                 // SAFETY: a reinterpretation of 512 bits.
@@ -554,22 +655,25 @@ mod x86 {
         let (slots, groups) = (patches.slots, patches.loads.len() / patches.taps / patches.slots);
         assert!(rows.len() <= 16 && lane + 16 <= NR && out.len() >= kc.div_ceil(2) * NR && kb.is_multiple_of(32));
         assert!(kb + kc <= patches.n && patches.n <= groups * 16);
-        let mut lines = [(std::ptr::null::<f32>(), &patches.loads[..0]); 16];
+        let mut lines = [(std::ptr::null::<f32>(), &patches.loads[..0], &patches.gathers[..0]); 16];
         let count = rows.len();
         for (line, row) in lines.iter_mut().zip(rows) {
             let (channel, tap) = (first + row / patches.taps, row % patches.taps);
             let base = patches.data.as_ptr().wrapping_add(channel * patches.in_plane);
-            *line = (base, &patches.loads[tap * groups * slots..][..groups * slots]);
+            *line = (base, &patches.loads[tap * groups * slots..][..groups * slots], patches.tap_gathers(tap, groups));
         }
         let mut p = 0;
         while 2 * p < kc {
             let group = (kb + 2 * p) / 16;
             let mut words = [_mm512_setzero_si512(); 16];
-            for (w, &(base, loads)) in words.iter_mut().zip(&lines[..count]) {
+            for (w, &(base, loads, gathers)) in words.iter_mut().zip(&lines[..count]) {
                 // SAFETY: the rows' channels are the caller's; `group + 1 < groups` (`kb + 2p`,
                 // a multiple of 32, is below `n`).
                 let (lo, hi) = unsafe {
-                    (lanes(base, &loads[group * slots..][..slots]), lanes(base, &loads[(group + 1) * slots..][..slots]))
+                    (
+                        lanes(base, &loads[group * slots..][..slots], gathers.get(group)),
+                        lanes(base, &loads[(group + 1) * slots..][..slots], gathers.get(group + 1)),
+                    )
                 };
                 // SAFETY: a reinterpretation of 512 bits.
                 *w = unsafe { std::mem::transmute::<__m512bh, __m512i>(_mm512_cvtne2ps_pbh(hi, lo)) };
@@ -591,7 +695,14 @@ mod x86 {
     /// an image's plane; `base` must be a channel's).
     #[inline]
     #[target_feature(enable = "avx512f")]
-    unsafe fn lanes(base: *const f32, loads: &[(u16, isize)]) -> __m512 {
+    unsafe fn lanes(base: *const f32, loads: &[(u16, isize)], gather: Option<&[i32; 16]>) -> __m512 {
+        if let Some(offsets) = gather {
+            // SAFETY: as below; the lanes in the mask read inside an image's plane.
+            return unsafe {
+                let offsets = _mm512_loadu_si512(offsets.as_ptr().cast());
+                _mm512_mask_i32gather_ps::<4>(_mm512_setzero_ps(), loads[0].0, offsets, base)
+            };
+        }
         let mut lanes = _mm512_setzero_ps();
         for &(mask, offset) in loads {
             // SAFETY: the caller's; an empty mask reads nothing.
@@ -864,33 +975,40 @@ mod tests {
             eprintln!("skipped: this CPU has no AVX-512-BF16");
             return;
         }
-        // (in channels, out channels, side, images, kernel, padding, dilation, channels multiplied)
-        type Case = (usize, usize, usize, usize, [usize; 2], [usize; 2], usize, std::ops::Range<usize>);
-        let cases: [Case; 8] = [
-            (5, 13, 7, 3, [3, 3], [1, 1], 1, 0..5),
-            (8, 30, 4, 5, [1, 1], [0, 0], 1, 0..8),
-            (6, 12, 2, 9, [3, 3], [1, 1], 1, 1..6),
-            (12, 25, 9, 2, [5, 5], [2, 2], 1, 0..12),
-            (4, 7, 6, 3, [3, 3], [2, 2], 2, 0..4),
-            (3, 40, 5, 4, [1, 3], [0, 1], 1, 2..3),
-            (64, 12, 3, 6, [3, 3], [1, 1], 1, 10..60),
-            (3, 20, 12, 3, [3, 3], [1, 1], 1, 0..3),
+        // (in channels, out channels, side, images, kernel, padding, dilation, channels multiplied,
+        // stride)
+        type Case = (usize, usize, usize, usize, [usize; 2], [usize; 2], usize, std::ops::Range<usize>, usize);
+        let cases: [Case; 12] = [
+            (5, 13, 7, 3, [3, 3], [1, 1], 1, 0..5, 1),
+            (8, 30, 4, 5, [1, 1], [0, 0], 1, 0..8, 1),
+            (6, 12, 2, 9, [3, 3], [1, 1], 1, 1..6, 1),
+            (12, 25, 9, 2, [5, 5], [2, 2], 1, 0..12, 1),
+            (4, 7, 6, 3, [3, 3], [2, 2], 2, 0..4, 1),
+            (3, 40, 5, 4, [1, 3], [0, 1], 1, 2..3, 1),
+            (64, 12, 3, 6, [3, 3], [1, 1], 1, 10..60, 1),
+            (3, 20, 12, 3, [3, 3], [1, 1], 1, 0..3, 1),
+            // Gathers: strided, and stride 1 narrower than the input (no padding).
+            (6, 14, 9, 3, [3, 3], [1, 1], 1, 0..6, 2),
+            (16, 24, 7, 5, [1, 1], [0, 0], 1, 4..16, 2),
+            (3, 16, 23, 2, [7, 7], [3, 3], 1, 0..3, 2),
+            (5, 9, 8, 4, [3, 3], [0, 0], 1, 0..5, 1),
         ];
-        for (cin, cout, side, images, kernel, padding, dilation, channels) in cases {
+        for (cin, cout, side, images, kernel, padding, dilation, channels, stride) in cases {
+            let out = |axis: usize| (side + 2 * padding[axis] - dilation * (kernel[axis] - 1) - 1) / stride + 1;
             let g = ConvGeometry {
                 batch: images,
                 in_channels: cin,
                 out_channels: cout,
                 in_h: side,
                 in_w: side,
-                out_h: side,
-                out_w: side,
+                out_h: out(0),
+                out_w: out(1),
                 kernel,
-                stride: [1, 1],
+                stride: [stride, stride],
                 padding,
                 dilation: [dilation, dilation],
             };
-            let (taps, plane, image_len) = (g.taps(), side * side, cin * side * side);
+            let (taps, plane, image_len) = (g.taps(), g.out_plane(), cin * side * side);
             let x = values(images * image_len, 7);
             let weight = values(cout * cin * taps, 11);
             // `col(x)` of the channels, by the definition.
@@ -901,11 +1019,11 @@ mod tests {
                     let (ky, kx) = (t / kernel[1], t % kernel[1]);
                     for b in 0..images {
                         for o in 0..plane {
-                            let iy = (o / side + ky * dilation) as isize - padding[0] as isize;
-                            let ix = (o % side + kx * dilation) as isize - padding[1] as isize;
+                            let iy = (o / g.out_w * stride + ky * dilation) as isize - padding[0] as isize;
+                            let ix = (o % g.out_w * stride + kx * dilation) as isize - padding[1] as isize;
                             if (0..side as isize).contains(&iy) && (0..side as isize).contains(&ix) {
                                 col[(i * taps + t) * n + b * plane + o] =
-                                    x[b * image_len + c * plane + iy as usize * side + ix as usize];
+                                    x[b * image_len + c * side * side + iy as usize * side + ix as usize];
                             }
                         }
                     }
@@ -913,7 +1031,8 @@ mod tests {
             }
             let lhs = View { data: &weight[channels.start * taps..], row: cin * taps, col: 1 };
             let filters = PackedLeft::new(cout, k, lhs);
-            let patches = Patches::new(&g, &x, image_len, images);
+            let layout = PatchLayout::new(&g, image_len, images);
+            let patches = Patches::new(&layout, &x);
             for accumulate in [false, true] {
                 let start = values(cout * n, 3);
                 let (mut want, mut got) = (start.clone(), start.clone());

@@ -965,17 +965,19 @@ fn direct_forward_into(
     let plan = Plan::new(g);
     let (k, plane, out_image) = (g.patch_len(), g.out_plane(), g.out_channels * g.out_plane());
     let lhs = View { data: weight, row: k, col: 1 };
-    // In bfloat16, `col(x)` read from the input as it is packed where the convolution is stride
-    // 1 and "same" wide (`bf16::Patches`): then there is no copy to keep small, and all input
+    // In bfloat16, `col(x)` read from the input as it is packed where that pays
+    // (`bf16::PatchLayout::applies`): then there is no copy to keep small, and all input
     // channels are one block (no short last block of `k` per channel block). The filters are
     // packed once for all chunks where there are more chunks than threads (with one per thread,
     // packing them first only adds a fork and join).
     let in_bf16 = bf16::enabled() && plan.images_per_chunk > 1;
-    let patches_apply = in_bf16 && g.flat_shift(0, 0).is_some();
+    let patches_apply = in_bf16 && bf16::PatchLayout::applies(g);
     let blocks = || {
         let all = std::iter::once(0..g.in_channels);
         if patches_apply { Box::new(all) as Box<dyn Iterator<Item = _>> } else { Box::new(g.channel_blocks()) }
     };
+    let patch_layout =
+        patches_apply.then(|| bf16::PatchLayout::new(g, g.in_channels * g.in_plane(), plan.images_per_chunk));
     let block_filters = |channels: &std::ops::Range<usize>| View { data: &weight[channels.start * g.taps()..], ..lhs };
     let packed_filters = (in_bf16 && plan.chunks > rayon::current_num_threads()).then(|| {
         blocks()
@@ -1001,7 +1003,9 @@ fn direct_forward_into(
             if in_bf16 {
                 let image_len = g.in_channels * g.in_plane();
                 let images_x = &x[images.start * image_len..];
-                let patches = patches_apply.then(|| bf16::Patches::new(g, images_x, image_len, images.len()));
+                let mut own_layout = None;
+                let layout = chunk_layout(&patch_layout, &mut own_layout, g, image_len, images.len());
+                let patches = layout.map(|layout| bf16::Patches::new(layout, images_x));
                 for (i, channels) in blocks().enumerate() {
                     let rows = g.over_channels(&channels).patch_len();
                     let left = match &packed_filters {
@@ -1072,6 +1076,22 @@ fn direct_forward_into(
     // it propagates before this line (and `y` is dropped empty).
     unsafe { y.set_len(len) };
     y
+}
+
+/// A chunk's patch layout: the layer's where the chunk has as many images (all but a short last
+/// chunk), else its own in `own`; none where the layer reads no patches.
+fn chunk_layout<'a>(
+    layer: &'a Option<bf16::PatchLayout>,
+    own: &'a mut Option<bf16::PatchLayout>,
+    g: &ConvGeometry,
+    image_len: usize,
+    images: usize,
+) -> Option<&'a bf16::PatchLayout> {
+    match layer {
+        Some(layout) if layout.images() == images => Some(layout),
+        Some(_) => Some(own.insert(bf16::PatchLayout::new(g, image_len, images))),
+        None => None,
+    }
 }
 
 /// One image's output (`y_image`, `[out_channels, out_plane]`, written in full) with `epilogue`
@@ -1281,6 +1301,10 @@ fn backward_by_images(
     // Written chunk by chunk on the thread that computes it, as the forward's output is.
     let mut input_grad: Option<Vec<f32>> = want_input.then(|| Vec::with_capacity(g.x_len()));
     let weight_t = View { data: weight, row: 1, col: k };
+    // In bfloat16 the weight gradient's `col(x)ᵀ` is read from the input as it is packed
+    // (`bf16::Patches`), where the layout is built once for every chunk of as many images.
+    let patch_layout = (want_weight && bf16::enabled() && bf16::PatchLayout::applies(g))
+        .then(|| bf16::PatchLayout::new(g, in_image, plan.images_per_chunk));
 
     // One chunk: its share of the weight gradient written (`first`) or added to `weight_acc`, its
     // input gradient written to `input_part` (the chunk's images).
@@ -1382,11 +1406,10 @@ fn backward_by_images(
         // its columns of the weight gradient, its rows of the `col` gradient for its planes of
         // the input gradient.
         let mut input_part = input_part;
-        // In bfloat16 the weight gradient's `col(x)ᵀ` is read straight from the input as it is
-        // packed where it can be (`bf16::Patches`, as the forward's `col(x)`), all input channels
-        // in one product.
-        let patches = (want_weight && bf16::enabled() && g.flat_shift(0, 0).is_some())
-            .then(|| bf16::Patches::new(g, &x[first * in_image..], in_image, images.len()));
+        // The weight gradient from patches: all input channels in one product.
+        let mut own_layout = None;
+        let layout = chunk_layout(&patch_layout, &mut own_layout, g, in_image, images.len());
+        let patches = layout.map(|layout| bf16::Patches::new(layout, &x[first * in_image..]));
         if let Some(patches) = &patches {
             assert!(weight_acc.len() >= g.out_channels * k, "weight gradient too small");
             let (left, right) = (bf16::Left::View(dy_view), bf16::Right::Transposed(patches, 0));
