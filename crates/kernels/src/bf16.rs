@@ -112,38 +112,6 @@ pub fn round(x: f32) -> f32 {
     f32::from_bits(round_bits(x) << 16)
 }
 
-/// `dst (m×n, row stride dst_row) = [dst +] lhs (m×k) · rhs (k×n)` with bfloat16 operands and
-/// float32 sums. Call only where [`enabled`] (the CPU has the instructions).
-///
-/// # Safety
-/// As `conv::multiply_raw`: `dst + r·dst_row + c` for `r < m`, `c < n` valid floats nothing else
-/// touches during the call, initialised where `accumulate` (otherwise the first block of `k`
-/// stores them before any later block adds to them); the operands' bounds checked by the caller.
-#[allow(clippy::too_many_arguments)]
-pub(crate) unsafe fn multiply(
-    m: usize,
-    n: usize,
-    k: usize,
-    dst: *mut f32,
-    dst_row: usize,
-    accumulate: bool,
-    lhs: View,
-    rhs: View,
-) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        debug_assert!(enabled());
-        // SAFETY: the CPU has the instructions (`enabled` checks `supported`); the rest is the
-        // caller's contract.
-        unsafe { x86::product(m, n, k, dst, dst_row, accumulate, Left::View(lhs), Right::View(rhs)) }
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        let _ = (m, n, k, dst, dst_row, accumulate, lhs, rhs);
-        unreachable!("bfloat16 products are only enabled on x86-64");
-    }
-}
-
 /// A left operand packed once for many products: a convolution's filters, which every chunk of
 /// images (and every band of one) multiplies. Packing them per product cost ResNet-50's
 /// bfloat16 inference at 112 px ~4 % of its time, the 7×7 and 14×14 layers' filters packed again
@@ -422,10 +390,13 @@ pub(crate) enum Left<'a> {
     Packed(&'a PackedLeft),
 }
 
-/// [`multiply`] of operands given either way: `dst (m×n) = [dst +] left · right`.
+/// `dst (m×n, row stride dst_row) = [dst +] left (m×k) · right (k×n)` with bfloat16 operands and
+/// float32 sums, the operands given either way.
 ///
 /// # Safety
-/// As [`multiply`]'s (the destination); the operands' bounds are checked here (patches' columns
+/// As `conv::multiply_raw`'s: `dst + r·dst_row + c` for `r < m`, `c < n` valid floats nothing
+/// else touches during the call, initialised where `accumulate` (otherwise the first block of `k`
+/// stores them before any later block adds to them). The operands' bounds are checked here (patches' columns
 /// are their images' outputs, their rows the input channels'). Call only where [`enabled`].
 #[allow(clippy::too_many_arguments)]
 pub(crate) unsafe fn multiply_with(
@@ -463,10 +434,8 @@ pub(crate) unsafe fn multiply_with(
     }
     if k == 0 {
         if !accumulate {
-            for r in 0..m {
-                // SAFETY: row `r`'s `n` values are the caller's to write (all-zero bits are 0.0).
-                unsafe { std::ptr::write_bytes(dst.add(r * dst_row), 0, n) };
-            }
+            // SAFETY: the destination's rows are the caller's to write.
+            unsafe { crate::conv::zero_rows(m, n, dst, dst_row) };
         }
         return;
     }

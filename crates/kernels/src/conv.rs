@@ -381,7 +381,7 @@ pub(crate) fn multiply(
 
 /// `dst (m×n, contiguous) = lhs · rhs` into memory not yet written, returned written. Neither
 /// gemm (with `read_dst` false its first block of `k` stores, later blocks add to what it stored)
-/// nor [`crate::bf16::multiply`] reads a destination it does not accumulate into, so it needs no
+/// nor [`crate::bf16::multiply_with`] reads a destination it does not accumulate into, so it needs no
 /// zeros first (a `memset` of every such destination before).
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn multiply_into<'a>(
@@ -399,6 +399,17 @@ pub(crate) fn multiply_into<'a>(
     unsafe { multiply_raw(m, n, k, dst.as_mut_ptr().cast(), n, false, lhs, rhs, parallelism) };
     // SAFETY: the product wrote all `m × n` values (zeros where `k` is 0).
     unsafe { assume_written(dst) }
+}
+
+/// Zeros in `n` values of each of `m` rows `dst_row` apart (a product over an empty `k`).
+///
+/// # Safety
+/// `dst + r·dst_row + c` for `r < m`, `c < n` must be valid for writes.
+pub(crate) unsafe fn zero_rows(m: usize, n: usize, dst: *mut f32, dst_row: usize) {
+    for r in 0..m {
+        // SAFETY: row `r`'s `n` values are the caller's to write (all-zero bits are 0.0).
+        unsafe { std::ptr::write_bytes(dst.add(r * dst_row), 0, n) };
+    }
 }
 
 /// [`multiply`] into a destination given by pointer, for products whose rows interleave with
@@ -423,20 +434,19 @@ unsafe fn multiply_raw(
     if m == 0 || n == 0 {
         return;
     }
+    if bf16::enabled() {
+        let (left, right) = (bf16::Left::View(lhs), bf16::Right::View(rhs));
+        // SAFETY: `multiply_with` checks the operands' bounds; the destination is the caller's
+        // (this function's contract, which is `multiply_with`'s).
+        return unsafe { bf16::multiply_with(m, n, k, dst, dst_row, accumulate, left, right) };
+    }
     // The operands' bounds gemm will read, checked here so that the call below is sound.
     if k > 0 {
         assert!((m - 1) * lhs.row + (k - 1) * lhs.col < lhs.data.len(), "left operand too small");
         assert!((k - 1) * rhs.row + (n - 1) * rhs.col < rhs.data.len(), "right operand too small");
     } else if !accumulate {
-        for r in 0..m {
-            // SAFETY: row `r`'s `n` values are the caller's to write (all-zero bits are 0.0).
-            unsafe { std::ptr::write_bytes(dst.add(r * dst_row), 0, n) };
-        }
-        return;
-    }
-    if crate::bf16::enabled() {
-        // SAFETY: as for gemm below: operands' bounds asserted, the destination the caller's.
-        unsafe { crate::bf16::multiply(m, n, k, dst, dst_row, accumulate, lhs, rhs) };
+        // SAFETY: the destination's rows are the caller's to write.
+        unsafe { zero_rows(m, n, dst, dst_row) };
         return;
     }
     // SAFETY: every index gemm reads is within the operands (asserted above); the destination is
