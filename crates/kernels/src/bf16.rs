@@ -134,7 +134,7 @@ impl PackedLeft {
             assert!((m - 1) * lhs.row + (k - 1) * lhs.col < lhs.data.len(), "left operand too small");
         }
         let row_panels = m.div_ceil(MR);
-        let mut words = spare_words(row_panels * MR * k.next_multiple_of(2));
+        let mut words = spare_words(row_panels * MR * k.div_ceil(2));
         // Per block of `k`, per row panel: its part of `words`.
         let mut panels = Vec::with_capacity(row_panels * k.div_ceil(KC));
         let mut rest = &mut words[..];
@@ -396,8 +396,9 @@ pub(crate) enum Left<'a> {
 /// # Safety
 /// As `conv::multiply_raw`'s: `dst + r·dst_row + c` for `r < m`, `c < n` valid floats nothing
 /// else touches during the call, initialised where `accumulate` (otherwise the first block of `k`
-/// stores them before any later block adds to them). The operands' bounds are checked here (patches' columns
-/// are their images' outputs, their rows the input channels'). Call only where [`enabled`].
+/// stores them before any later block adds to them). The operands' bounds are checked here
+/// (patches' columns are their images' outputs, their rows the input channels'). Call only where
+/// [`enabled`].
 #[allow(clippy::too_many_arguments)]
 pub(crate) unsafe fn multiply_with(
     m: usize,
