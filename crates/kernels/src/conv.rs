@@ -1602,7 +1602,12 @@ fn backward_by_channels(
     let channels = |r: &std::ops::Range<usize>| ConvGeometry { in_channels: r.len(), ..*g };
 
     let mut dy = Scratch::stale(g.out_channels * total);
-    let mut col = Scratch::stale(if want_weight { k * total } else { 0 });
+    // In bfloat16 the weight gradient's `col(x)ᵀ` is read from the input as it is packed
+    // (`bf16::Patches`) where that pays, instead of im2col's copy of the whole batch first.
+    let patch_layout = (want_weight && bf16::enabled() && bf16::PatchLayout::applies(g))
+        .then(|| bf16::PatchLayout::new(g, in_image, g.batch));
+    let build_col = want_weight && patch_layout.is_none();
+    let mut col = Scratch::stale(if build_col { k * total } else { 0 });
     {
         cut_by_ranges(&mut dy, &out_ranges, total).into_par_iter().for_each(|(r, part)| {
             for (o, row) in r.zip(part.chunks_exact_mut(total.max(1))) {
@@ -1611,7 +1616,7 @@ fn backward_by_channels(
                 }
             }
         });
-        if want_weight {
+        if build_col {
             cut_by_ranges(&mut col, &in_ranges, taps * total).into_par_iter().for_each(|(r, part)| {
                 let sub = channels(&r);
                 for b in 0..g.batch {
@@ -1625,10 +1630,23 @@ fn backward_by_channels(
     let weight_grad = want_weight.then(|| {
         let mut grad: Vec<f32> = Vec::with_capacity(g.weight_len());
         let parts = cut_by_ranges(&mut grad.spare_capacity_mut()[..g.weight_len()], &out_ranges, k);
+        let patches = patch_layout.as_ref().map(|layout| bf16::Patches::new(layout, x));
         parts.into_par_iter().for_each(|(r, part)| {
             let dy_rows = View { data: &dy[r.start * total..], row: total, col: 1 };
-            let col_t = View { data: &col, row: 1, col: total };
-            multiply_into(r.len(), k, total, part, dy_rows, col_t, Parallelism::None);
+            match &patches {
+                Some(patches) => {
+                    assert_eq!(part.len(), r.len() * k, "weight gradient part");
+                    let (left, right) = (bf16::Left::View(dy_rows), bf16::Right::Transposed(patches, 0));
+                    // SAFETY: `part` holds `r.len() × k` values, borrowed mutably; a product that
+                    // does not accumulate writes them before reading them. Products are bfloat16
+                    // on this thread.
+                    unsafe { bf16::multiply_with(r.len(), k, total, part.as_mut_ptr().cast(), k, false, left, right) };
+                }
+                None => {
+                    let col_t = View { data: &col, row: 1, col: total };
+                    multiply_into(r.len(), k, total, part, dy_rows, col_t, Parallelism::None);
+                }
+            }
         });
         // SAFETY: the parts cover `0..weight_len` and each was written in full (by the product); a
         // panic in the loop propagated before this line.

@@ -73,6 +73,10 @@ fn convolutions_in_bfloat16_match_float32_within_its_rounding() {
         // 16 columns.
         geometry(8, [80, 16], 5, 3, 1, 1),
         geometry(8, [600, 8], 3, 1, 1, 0),
+        // One image on two threads: the backward cut by channels, its weight gradient from
+        // patches (gathered, then loaded).
+        geometry(1, [16, 24], 5, 3, 2, 1),
+        geometry(1, [16, 24], 5, 3, 1, 1),
     ];
     for (i, g) in cases.iter().enumerate() {
         let x = values(g.x_len(), 3 * i as u64 + 1);
