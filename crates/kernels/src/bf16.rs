@@ -128,34 +128,44 @@ impl PackedLeft {
     /// packing filters the others wait for cost more than each packing its own as before). Call
     /// only where [`supported`].
     pub(crate) fn new(m: usize, k: usize, lhs: View) -> PackedLeft {
+        Self::many(m, k, &[lhs]).pop().expect("one operand")
+    }
+
+    /// Several `m × k` operands packed in one parallel pass (a fork and join per operand cost
+    /// more than packing the 64 × 64 filters of Winograd's 16 points).
+    pub(crate) fn many(m: usize, k: usize, operands: &[View]) -> Vec<PackedLeft> {
         use rayon::prelude::*;
         assert!(supported(), "bfloat16 packing on a CPU without AVX-512-BF16");
-        if m > 0 && k > 0 {
-            assert!((m - 1) * lhs.row + (k - 1) * lhs.col < lhs.data.len(), "left operand too small");
-        }
-        let row_panels = m.div_ceil(MR);
-        let mut words = spare_words(row_panels * MR * k.div_ceil(2));
-        // Per block of `k`, per row panel: its part of `words`.
-        let mut panels = Vec::with_capacity(row_panels * k.div_ceil(KC));
-        let mut rest = &mut words[..];
-        for kb in (0..k).step_by(KC) {
-            let kc = KC.min(k - kb);
-            for panel in 0..row_panels {
-                let (words, after) = rest.split_at_mut(kc.div_ceil(2) * MR);
-                panels.push((kb..kb + kc, panel * MR..(panel * MR + MR).min(m), words));
-                rest = after;
+        for lhs in operands {
+            if m > 0 && k > 0 {
+                assert!((m - 1) * lhs.row + (k - 1) * lhs.col < lhs.data.len(), "left operand too small");
             }
         }
-        panels.into_par_iter().for_each(|(values, rows, words)| {
+        let row_panels = m.div_ceil(MR);
+        let mut all: Vec<Vec<u32>> = operands.iter().map(|_| spare_words(row_panels * MR * k.div_ceil(2))).collect();
+        // Per operand, per block of `k`, per row panel: its part of the operand's words.
+        let mut panels = Vec::with_capacity(operands.len() * row_panels * k.div_ceil(KC));
+        for (lhs, words) in operands.iter().zip(&mut all) {
+            let mut rest = &mut words[..];
+            for kb in (0..k).step_by(KC) {
+                let kc = KC.min(k - kb);
+                for panel in 0..row_panels {
+                    let (words, after) = std::mem::take(&mut rest).split_at_mut(kc.div_ceil(2) * MR);
+                    panels.push((*lhs, kb..kb + kc, panel * MR..(panel * MR + MR).min(m), words));
+                    rest = after;
+                }
+            }
+        }
+        panels.into_par_iter().for_each(|(lhs, values, rows, words)| {
             #[cfg(target_arch = "x86_64")]
             // SAFETY: the CPU has the instructions (asserted); `lhs`'s bounds were checked above.
             unsafe {
                 x86::pack_left(lhs, rows, values.start, values.len(), words)
             };
             #[cfg(not(target_arch = "x86_64"))]
-            let _ = (values, rows, words);
+            let _ = (lhs, values, rows, words);
         });
-        PackedLeft { m, k, words }
+        all.into_iter().map(|words| PackedLeft { m, k, words }).collect()
     }
 
     /// The row panels of the block of `k` that starts at `kb` (a multiple of [`KC`]).
@@ -388,6 +398,24 @@ pub(crate) enum Right<'a> {
 pub(crate) enum Left<'a> {
     View(View<'a>),
     Packed(&'a PackedLeft),
+}
+
+/// [`multiply_with`] of packed filters by a view into a slice: `dst (m×n, row stride dst_row) =
+/// [dst +] left · rhs`, the destination's bounds checked.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn multiply_packed(
+    n: usize,
+    dst: &mut [f32],
+    dst_row: usize,
+    accumulate: bool,
+    left: &PackedLeft,
+    rhs: View,
+) {
+    let (m, k) = (left.m, left.k);
+    assert!(m == 0 || n == 0 || (m - 1) * dst_row + n <= dst.len(), "product destination too small");
+    // SAFETY: the destination's bounds were just checked and it is borrowed mutably; packed
+    // filters exist only where the CPU has the instructions.
+    unsafe { multiply_with(m, n, k, dst.as_mut_ptr(), dst_row, accumulate, Left::Packed(left), Right::View(rhs)) }
 }
 
 /// `dst (m×n, row stride dst_row) = [dst +] left (m×k) · right (k×n)` with bfloat16 operands and

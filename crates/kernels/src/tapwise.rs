@@ -162,29 +162,81 @@ fn pixel_major(src: &[f32], batch: usize, channels: usize, plane: usize) -> Scra
 /// `taps`, from the pixel-major input `src` (`[channels][plane][batch]`). Only the positions a tap
 /// reaches are written; the others are never read.
 fn shifted(order: &Order, src: &[f32], channels: usize, taps: Range<usize>) -> Scratch {
-    let (batch, w) = (order.batch, order.width);
     let plane_len = src.len() / channels.max(1);
     let mut xs = Scratch::stale(taps.len() * channels * order.len);
     xs.par_chunks_mut(order.len).with_min_len(16).enumerate().for_each(|(row, dst)| {
         let (t, c) = (taps.start + row / channels, row % channels);
-        let (ky, kx) = (t / 3, t % 3);
-        let plane = &src[c * plane_len..][..plane_len];
-        for r in Order::reached(ky) {
-            for class_col in Order::reached(kx) {
-                let cols = order.cols[class_col].clone();
-                let run = cols.len() * batch;
-                let mut at = order.start[r][class_col];
-                for oy in order.rows[r].clone() {
-                    // Input pixel (oy + ky − 1, cols.start + kx − 1): never before the plane,
-                    // as the reached classes exclude the first row (column) when ky (kx) is 0.
-                    let from = ((oy + ky - 1) * w + cols.start + kx - 1) * batch;
-                    dst[at..at + run].copy_from_slice(&plane[from..from + run]);
-                    at += run;
-                }
-            }
-        }
+        shifted_row(order, &src[c * plane_len..][..plane_len], t, |at| at, dst);
     });
     xs
+}
+
+/// [`shifted`] for all nine taps with each tap's runs back to back (no gaps where it does not
+/// reach): tap `t`'s values at `xs[starts[t] + c · reach(t) + j]`, `j` its `j`-th reached
+/// output, with `starts[9]` the total. A product over a tap's outputs is then one block of `k`.
+fn shifted_compact(order: &Order, src: &[f32], channels: usize, runs: &[Vec<Range<usize>>]) -> (Scratch, [usize; 10]) {
+    let plane_len = src.len() / channels.max(1);
+    let mut starts = [0; 10];
+    for t in 0..9 {
+        starts[t + 1] = starts[t] + channels * reached(&runs[t]);
+    }
+    let mut xs = Scratch::stale(starts[9]);
+    let mut rows = Vec::with_capacity(9 * channels);
+    let mut rest = &mut xs[..];
+    for (t, runs) in runs.iter().enumerate() {
+        for c in 0..channels {
+            let (row, after) = std::mem::take(&mut rest).split_at_mut(reached(runs));
+            rows.push((t, c, row, runs));
+            rest = after;
+        }
+    }
+    rows.into_par_iter().with_min_len(16).for_each(|(t, c, dst, runs)| {
+        // Output position → place in the tap's runs put back to back.
+        let compact = |at: usize| {
+            let mut before = 0;
+            for run in runs {
+                if run.contains(&at) {
+                    return before + at - run.start;
+                }
+                before += run.len();
+            }
+            unreachable!("a position the tap reaches is in its runs")
+        };
+        shifted_row(order, &src[c * plane_len..][..plane_len], t, compact, dst);
+    });
+    (xs, starts)
+}
+
+/// Outputs in `runs`.
+fn reached(runs: &[Range<usize>]) -> usize {
+    runs.iter().map(Range::len).sum()
+}
+
+/// What tap `t` reads of one channel's pixel-major `plane` (`[pixel][image]`), each run of a row
+/// of one class to `dst[place(output position)..]`.
+#[inline]
+fn shifted_row(order: &Order, plane: &[f32], t: usize, place: impl Fn(usize) -> usize, dst: &mut [f32]) {
+    let (batch, w) = (order.batch, order.width);
+    let (ky, kx) = (t / 3, t % 3);
+    for r in Order::reached(ky) {
+        for class_col in Order::reached(kx) {
+            let cols = order.cols[class_col].clone();
+            let run = cols.len() * batch;
+            if run == 0 {
+                // An empty class (the inner columns of a plane two wide) is in no run.
+                continue;
+            }
+            let mut at = order.start[r][class_col];
+            for oy in order.rows[r].clone() {
+                // Input pixel (oy + ky − 1, cols.start + kx − 1): never before the plane, as the
+                // reached classes exclude the first row (column) when ky (kx) is 0.
+                let from = ((oy + ky - 1) * w + cols.start + kx - 1) * batch;
+                let to = place(at);
+                dst[to..to + run].copy_from_slice(&plane[from..from + run]);
+                at += run;
+            }
+        }
+    }
 }
 
 /// The filters by tap, `[out_channels][tap][in_channels]`: tap `t`'s matrix (output × input
@@ -276,25 +328,7 @@ fn convolve<'f>(
                 let accumulate = t != CENTER;
                 let dst = &mut part[run.start..];
                 match &packed {
-                    Some(packed) => {
-                        let (m, n) = (channels.len(), run.len());
-                        assert!(m == 0 || n == 0 || (m - 1) * len + n <= dst.len(), "product destination too small");
-                        let (left, right) = (crate::bf16::Left::Packed(packed), crate::bf16::Right::View(rhs));
-                        // SAFETY: the destination's bounds were just checked, and it is borrowed
-                        // mutably; bfloat16 products are on for this thread.
-                        unsafe {
-                            crate::bf16::multiply_with(
-                                m,
-                                n,
-                                in_channels,
-                                dst.as_mut_ptr(),
-                                len,
-                                accumulate,
-                                left,
-                                right,
-                            )
-                        };
-                    }
+                    Some(packed) => crate::bf16::multiply_packed(run.len(), dst, len, accumulate, packed, rhs),
                     None => {
                         let dst_row = len;
                         multiply(
@@ -348,9 +382,12 @@ pub(crate) fn weight_gradient(g: &ConvGeometry, x: &[f32], out_grad: &[f32]) -> 
     let (cin, cout, plane, batch) = (g.in_channels, g.out_channels, g.out_plane(), g.batch);
     let order = Order::new(g);
     let len = order.len;
-    let xs = shifted(&order, &pixel_major(x, batch, cin, plane), cin, 0..9);
-    let dy = shifted(&order, &pixel_major(out_grad, batch, cout, plane), cout, CENTER..CENTER + 1);
     let runs: Vec<Vec<Range<usize>>> = (0..9).map(|t| order.runs(t)).collect();
+    // Each tap's product over all the outputs it reaches in one block of `k`: run by run, the
+    // short runs (16–96 outputs at 4×4) each added the tap's whole block of sums back in,
+    // more traffic than products.
+    let (xs, starts) = shifted_compact(&order, &pixel_major(x, batch, cin, plane), cin, &runs);
+    let dy = shifted(&order, &pixel_major(out_grad, batch, cout, plane), cout, CENTER..CENTER + 1);
 
     // In bfloat16, one block of filters per thread: each block packs every tap's shifted input
     // (the right operands, `cin × run` each) for itself, and with products at twice float32's
@@ -364,14 +401,26 @@ pub(crate) fn weight_gradient(g: &ConvGeometry, x: &[f32], out_grad: &[f32]) -> 
             let first = block * filter_block;
             // `[filter][tap][input channel]`: each tap's product a strided block of rows.
             let mut taps = Scratch::stale(filters * 9 * cin);
-            let lhs = View { data: &dy[first * len..], row: len, col: 1 };
+            // The block's output gradient at the outputs a tap reaches, back to back.
+            let mut dy_t = Scratch::stale(filters * len);
             for (t, runs) in runs.iter().enumerate() {
-                for (i, run) in runs.iter().enumerate() {
-                    let lhs = View { data: &lhs.data[run.start..], ..lhs };
-                    let rhs = View { data: &xs[t * cin * len + run.start..], row: 1, col: len };
-                    let dst = &mut taps[t * cin..];
-                    multiply(filters, cin, run.len(), dst, 9 * cin, i > 0, lhs, rhs, Parallelism::None);
-                }
+                let reach = reached(runs);
+                let lhs = match runs.as_slice() {
+                    [run] => View { data: &dy[first * len + run.start..], row: len, col: 1 },
+                    _ => {
+                        for (f, dst) in dy_t.chunks_exact_mut(reach).take(filters).enumerate() {
+                            let mut at = 0;
+                            for run in runs {
+                                dst[at..at + run.len()]
+                                    .copy_from_slice(&dy[(first + f) * len + run.start..][..run.len()]);
+                                at += run.len();
+                            }
+                        }
+                        View { data: &dy_t[..filters * reach], row: reach, col: 1 }
+                    }
+                };
+                let rhs = View { data: &xs[starts[t]..starts[t + 1]], row: 1, col: reach };
+                multiply(filters, cin, reach, &mut taps[t * cin..], 9 * cin, false, lhs, rhs, Parallelism::None);
             }
             for (f, dst) in out.chunks_exact_mut(cin * 9).enumerate() {
                 let src = &taps[f * 9 * cin..][..9 * cin];

@@ -28,16 +28,23 @@ use crate::conv::{ConvGeometry, Epilogue, Scratch, View, multiply};
 use crate::simd::{assume_written, widest};
 
 /// Tiles (columns of the 16 products) transformed and multiplied at a time: `V` and `M` of a
-/// block take `16 × channels × tiles_per_block()` values each.
+/// block take `16 × channels × tiles_per_block(g)` values each.
 const TILES_PER_BLOCK: usize = 128;
 
-/// [`TILES_PER_BLOCK`], doubled where the products run in bfloat16: each product packs its left
-/// operand (the transformed filters) afresh, and with products twice as fast that packing
-/// weighed more; 256 tiles halve it (ResNet-18 in bfloat16 on Zen 4, three alternated runs:
-/// training at 112 px +0–15 %, inference +0–8 %; never slower). In float32, 256 measured level with 128 per layer on Zen 4 and was not tried on
-/// the 512 KB-L2 machine 128 was tuned on, so float32 keeps 128.
-fn tiles_per_block() -> usize {
-    if crate::bf16::enabled() { 2 * TILES_PER_BLOCK } else { TILES_PER_BLOCK }
+/// Tiles per block for convolution `g`. In bfloat16, as many as keep a block's `V` and `M` at
+/// 1 MB each (256 tiles at 64 channels, 128 at 128, never below 64): the transformed filters are
+/// packed once per call there, so small blocks cost no repacking, and blocks larger than a Zen 4
+/// core's L2 left each product's output for the transforms to fetch back (ResNet-18's 128-channel
+/// layers at 112 px, forward and weight gradient ~10 % faster at 128 tiles than at 256; its
+/// 64-channel ones fastest at 256). In float32, 256 measured level with 128 per layer on Zen 4 and
+/// was not tried on the 512 KB-L2 machine 128 was tuned on, so float32 keeps 128.
+fn tiles_per_block(g: &ConvGeometry) -> usize {
+    if crate::bf16::enabled() {
+        let channels = g.in_channels.max(g.out_channels).max(1);
+        (2 * TILES_PER_BLOCK * 64 / channels).clamp(64, 2 * TILES_PER_BLOCK)
+    } else {
+        TILES_PER_BLOCK
+    }
 }
 
 /// Extra values between the 16 points' matrices of a block: at exactly 32 KB apart (64 channels
@@ -72,34 +79,9 @@ pub(crate) fn applies(g: &ConvGeometry) -> bool {
 /// one: its geometry (the output gradient in, the input gradient out) and its filters (`weight`
 /// flipped in both axes, input and output channels swapped). For stride 1,
 /// `dx[c][iy][ix] = Σ dy[o][iy + ky' − (2 − pad)][…] · w[o][c][2 − ky'][2 − kx']`.
-pub(crate) fn input_gradient_as_forward(g: &ConvGeometry, weight: &[f32]) -> Option<(ConvGeometry, Vec<f32>)> {
-    if g.kernel != [3, 3] || g.stride != [1, 1] || g.dilation != [1, 1] || g.padding[0] > 2 || g.padding[1] > 2 {
-        return None;
-    }
-    let transposed = ConvGeometry {
-        in_channels: g.out_channels,
-        out_channels: g.in_channels,
-        in_h: g.out_h,
-        in_w: g.out_w,
-        out_h: g.in_h,
-        out_w: g.in_w,
-        padding: [2 - g.padding[0], 2 - g.padding[1]],
-        ..*g
-    };
-    if !applies(&transposed) {
-        return None;
-    }
-    let (cin, cout) = (g.in_channels, g.out_channels);
-    let mut flipped = vec![0.0f32; weight.len()];
-    flipped.par_chunks_mut(cout * 9).enumerate().for_each(|(c, filters)| {
-        for (o, filter) in filters.chunks_exact_mut(9).enumerate() {
-            let original = &weight[(o * cin + c) * 9..][..9];
-            for (k, value) in filter.iter_mut().enumerate() {
-                *value = original[8 - k];
-            }
-        }
-    });
-    Some((transposed, flipped))
+pub(crate) fn input_gradient_as_forward(g: &ConvGeometry, weight: &[f32]) -> Option<(ConvGeometry, Scratch)> {
+    let transposed = g.transposed_for_input_gradient().filter(|t| g.kernel == [3, 3] && applies(t))?;
+    Some((transposed, g.flipped_filters(weight)))
 }
 
 /// Whether the convolutions may leave im2col for a faster path (this one, the tap-by-tap one of
@@ -133,14 +115,21 @@ pub(crate) fn forward(
 ) {
     assert_eq!(y.len(), g.y_len(), "convolution output size");
     let u = transformed_filters(g, weight);
+    // In bfloat16 each point's filters packed once for every block of tiles and both threads.
+    let packed: Option<Vec<crate::bf16::PackedLeft>> = crate::bf16::enabled().then(|| {
+        let cin = g.in_channels;
+        let points: Vec<View> =
+            (0..POINTS).map(|point| View { data: &u[point * cin..], row: POINTS * cin, col: 1 }).collect();
+        crate::bf16::PackedLeft::many(g.out_channels, cin, &points)
+    });
     let (tile_rows, tile_cols) = tiles(g);
-    let images_per_task = images_per_task(g.batch, tile_rows * tile_cols);
+    let images_per_task = images_per_task(g, tile_rows * tile_cols);
     let (in_image, out_image) = (g.in_channels * g.in_plane(), g.out_channels * g.out_plane());
     y.par_chunks_mut(images_per_task * out_image).enumerate().for_each(|(task, y_task)| {
         let first = task * images_per_task;
         let images = y_task.len() / out_image;
         let x_task = &x[first * in_image..][..images * in_image];
-        images_forward(g, x_task, &u, y_task, images);
+        images_forward(g, x_task, &u, packed.as_deref(), y_task, images);
         // SAFETY: `images_forward` wrote every output of these images.
         let y_task = unsafe { assume_written(y_task) };
         if let Some(epilogue) = epilogue {
@@ -154,9 +143,9 @@ pub(crate) fn forward(
 
 /// Images per parallel task: a divisor of each thread's share (so the threads get equal work)
 /// whose tiles come closest to one block.
-fn images_per_task(batch: usize, tiles_per_image: usize) -> usize {
-    let share = batch.div_ceil(rayon::current_num_threads().max(1));
-    let wanted = tiles_per_block() as f64 / tiles_per_image.max(1) as f64;
+fn images_per_task(g: &ConvGeometry, tiles_per_image: usize) -> usize {
+    let share = g.batch.div_ceil(rayon::current_num_threads().max(1));
+    let wanted = tiles_per_block(g) as f64 / tiles_per_image.max(1) as f64;
     (1..=share)
         .filter(|&d| share.is_multiple_of(d))
         .min_by(|&a, &b| (a as f64 / wanted).ln().abs().total_cmp(&(b as f64 / wanted).ln().abs()))
@@ -217,11 +206,18 @@ fn combine(a: &[f32], b: &[f32], c: &[f32], out: &mut [f32], len: usize, slot: i
 }
 
 /// `images` consecutive images' outputs (`y`, written in full), a block of tile rows at a time.
-fn images_forward(g: &ConvGeometry, x: &[f32], u: &[f32], y: &mut [MaybeUninit<f32>], images: usize) {
+fn images_forward(
+    g: &ConvGeometry,
+    x: &[f32],
+    u: &[f32],
+    packed: Option<&[crate::bf16::PackedLeft]>,
+    y: &mut [MaybeUninit<f32>],
+    images: usize,
+) {
     let (cin, cout) = (g.in_channels, g.out_channels);
     let (tile_rows, tile_cols) = tiles(g);
     // Whole tile rows (of any of the images) per block, at least one.
-    let rows_per_block = (tiles_per_block() / tile_cols).max(1);
+    let rows_per_block = (tiles_per_block(g) / tile_cols).max(1);
     let all_rows = images * tile_rows;
     let most = rows_per_block * tile_cols;
     let mut v = Scratch::stale(POINTS * (cin * most + STAGGER));
@@ -252,9 +248,15 @@ fn images_forward(g: &ConvGeometry, x: &[f32], u: &[f32], y: &mut [MaybeUninit<f
             },
         );
         for point in 0..POINTS {
-            let lhs = View { data: &u[point * cin..], row: POINTS * cin, col: 1 };
             let rhs = View { data: &v[point * v_stride..][..cin * n], row: n, col: 1 };
-            multiply(cout, n, cin, &mut m[point * m_stride..][..cout * n], n, false, lhs, rhs, Parallelism::None);
+            let dst = &mut m[point * m_stride..][..cout * n];
+            match packed {
+                Some(packed) => crate::bf16::multiply_packed(n, dst, n, false, &packed[point], rhs),
+                None => {
+                    let lhs = View { data: &u[point * cin..], row: POINTS * cin, col: 1 };
+                    multiply(cout, n, cin, dst, n, false, lhs, rhs, Parallelism::None)
+                }
+            }
         }
         #[cfg(target_arch = "x86_64")]
         if std::is_x86_feature_detected!("avx512f") {
@@ -404,7 +406,7 @@ fn transform_input_block_portable(
 fn weight_gradient_sums(g: &ConvGeometry, x: &[f32], dy: &[f32], images: std::ops::Range<usize>) -> Scratch {
     let (cin, cout) = (g.in_channels, g.out_channels);
     let (tile_rows, tile_cols) = tiles(g);
-    let rows_per_block = (tiles_per_block() / tile_cols).max(1);
+    let rows_per_block = (tiles_per_block(g) / tile_cols).max(1);
     let all_rows = images.len() * tile_rows;
     let most = rows_per_block * tile_cols;
     let mut sums = Scratch::stale(POINTS * cout * cin);
