@@ -402,7 +402,6 @@ pub(crate) enum Left<'a> {
 
 /// [`multiply_with`] of packed filters by a view into a slice: `dst (m×n, row stride dst_row) =
 /// [dst +] left · rhs`, the destination's bounds checked.
-#[allow(clippy::too_many_arguments)]
 pub(crate) fn multiply_packed(
     n: usize,
     dst: &mut [f32],

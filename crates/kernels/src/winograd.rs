@@ -33,11 +33,11 @@ const TILES_PER_BLOCK: usize = 128;
 
 /// Tiles per block for convolution `g`. In bfloat16, as many as keep a block's `V` and `M` at
 /// 1 MB each (256 tiles at 64 channels, 128 at 128, never below 64): the transformed filters are
-/// packed once per call there, so small blocks cost no repacking, and blocks larger than a Zen 4
-/// core's L2 left each product's output for the transforms to fetch back (ResNet-18's 128-channel
-/// layers at 112 px, forward and weight gradient ~10 % faster at 128 tiles than at 256; its
-/// 64-channel ones fastest at 256). In float32, 256 measured level with 128 per layer on Zen 4 and
-/// was not tried on the 512 KB-L2 machine 128 was tuned on, so float32 keeps 128.
+/// packed once per call there, so smaller blocks cost no repacking (ResNet-18's 128-channel
+/// layers at 112 px: forward ~10 % faster at 128 tiles than at 256, the weight gradient level to
+/// ~10 % faster; its 64-channel ones fastest at 256). In float32, 256 measured level with 128 per
+/// layer on Zen 4 and was not tried on the 512 KB-L2 machine 128 was tuned on, so float32 keeps
+/// 128.
 fn tiles_per_block(g: &ConvGeometry) -> usize {
     if crate::bf16::enabled() {
         let channels = g.in_channels.max(g.out_channels).max(1);
