@@ -2,40 +2,86 @@
 Winograd F(2x2,3x3) and F(4x4,3x3) with the transformed operands rounded to bfloat16 (float32
 sums), against the exact result, beside the direct convolution with bfloat16 operands.
 
+Why: a larger Winograd tile saves products (F(4x4,3x3): 36 per 16 outputs against F(2x2,3x3)'s
+16 per 4), but its transforms' constants amplify the operands' rounding. This is the estimate
+docs/PERFORMANCE.md (Change 22) cites for not building it for the bfloat16 path.
+
     python tools/bench/winograd_bf16_error.py
 """
 import numpy as np
-rng=np.random.default_rng(0)
-def bf16(a):
-    a=np.asarray(a,dtype=np.float32); b=a.view(np.uint32).astype(np.uint64)
-    r=((b+0x7FFF+((b>>16)&1))>>16)<<16
-    return r.astype(np.uint32).view(np.float32)
-C=256; T=400  # channels, tiles
-def run(Bt,G,At,m):
-    n=m+2
-    d=rng.standard_normal((T,C,n,n)).astype(np.float32)  # input patches
-    g=(rng.standard_normal((C,3,3))*np.sqrt(2/(9*C))).astype(np.float32)
-    # exact direct (float64): y[t,i,j]=sum_c sum_kl d[t,c,i+k,j+l] g[c,k,l]
-    y=np.zeros((T,m,m))
-    for k in range(3):
-        for l in range(3):
-            y+=np.einsum('tcij,c->tij',d[:,:,k:k+m,l:l+m].astype(np.float64),g[:,k,l].astype(np.float64))
-    U=np.einsum('ak,ckl,bl->cab',G,g,G).astype(np.float32)
-    V=np.einsum('ai,tcij,bj->tcab',Bt,d,Bt).astype(np.float32)
-    M=np.einsum('cab,tcab->tab',bf16(U).astype(np.float64),bf16(V).astype(np.float64))
-    Y=np.einsum('ia,tab,jb->tij',At,M,At)
-    # direct with bf16 operands
-    yd=np.zeros((T,m,m))
-    for k in range(3):
-        for l in range(3):
-            yd+=np.einsum('tcij,c->tij',bf16(d[:,:,k:k+m,l:l+m]).astype(np.float64),bf16(g[:,k,l]).astype(np.float64))
-    rel=lambda a: np.sqrt(((a-y)**2).mean()/(y**2).mean())
-    return rel(Y), rel(yd)
-Bt2=np.array([[1,0,-1,0],[0,1,1,0],[0,-1,1,0],[0,1,0,-1]],float)
-G2=np.array([[1,0,0],[.5,.5,.5],[.5,-.5,.5],[0,0,1]])
-At2=np.array([[1,1,1,0],[0,1,-1,-1]],float)
-Bt4=np.array([[4,0,-5,0,1,0],[0,-4,-4,1,1,0],[0,4,-4,-1,1,0],[0,-2,-1,2,1,0],[0,2,-1,-2,1,0],[0,4,0,-5,0,1]],float)
-G4=np.array([[1/4,0,0],[-1/6,-1/6,-1/6],[-1/6,1/6,-1/6],[1/24,1/12,1/6],[1/24,-1/12,1/6],[0,0,1]])
-At4=np.array([[1,1,1,1,1,0],[0,1,-1,2,-2,0],[0,1,1,4,4,0],[0,1,-1,8,-8,1]],float)
-for name,(Bt,G,At,m) in {'F(2,3)':(Bt2,G2,At2,2),'F(4,3)':(Bt4,G4,At4,4)}.items():
-    w,dd=run(Bt,G,At,m); print(f'{name}: winograd bf16 rel err {w:.2e}, direct bf16 {dd:.2e}, ratio {w/dd:.1f}')
+
+CHANNELS = 256
+TILES = 400
+rng = np.random.default_rng(0)
+
+
+def to_bf16(a):
+    """Rounds float32 values to bfloat16 (to nearest even), kept as float32."""
+    bits = np.asarray(a, dtype=np.float32).view(np.uint32).astype(np.uint64)
+    rounded = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16) << 16
+    return rounded.astype(np.uint32).view(np.float32)
+
+
+def relative_errors(bt, g, at, m):
+    """(Winograd's, the direct path's) RMS error relative to the exact output, for tiles of m x m
+    outputs with the transforms Bt (input), G (filters) and At (output)."""
+    n = m + 2
+    patches = rng.standard_normal((TILES, CHANNELS, n, n)).astype(np.float32)
+    filters = (rng.standard_normal((CHANNELS, 3, 3)) * np.sqrt(2 / (9 * CHANNELS))).astype(np.float32)
+
+    def direct(d, w):
+        out = np.zeros((TILES, m, m))
+        for ky in range(3):
+            for kx in range(3):
+                window = d[:, :, ky:ky + m, kx:kx + m].astype(np.float64)
+                out += np.einsum("tcij,c->tij", window, w[:, ky, kx].astype(np.float64))
+        return out
+
+    exact = direct(patches, filters)
+    u = np.einsum("ak,ckl,bl->cab", g, filters, g).astype(np.float32)
+    v = np.einsum("ai,tcij,bj->tcab", bt, patches, bt).astype(np.float32)
+    products = np.einsum("cab,tcab->tab", to_bf16(u).astype(np.float64), to_bf16(v).astype(np.float64))
+    winograd = np.einsum("ia,tab,jb->tij", at, products, at)
+    direct_bf16 = direct(to_bf16(patches), to_bf16(filters))
+
+    def error(y):
+        return np.sqrt(((y - exact) ** 2).mean() / (exact**2).mean())
+
+    return error(winograd), error(direct_bf16)
+
+
+F2 = (
+    np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]], float),
+    np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]]),
+    np.array([[1, 1, 1, 0], [0, 1, -1, -1]], float),
+    2,
+)
+F4 = (
+    np.array(
+        [
+            [4, 0, -5, 0, 1, 0],
+            [0, -4, -4, 1, 1, 0],
+            [0, 4, -4, -1, 1, 0],
+            [0, -2, -1, 2, 1, 0],
+            [0, 2, -1, -2, 1, 0],
+            [0, 4, 0, -5, 0, 1],
+        ],
+        float,
+    ),
+    np.array(
+        [
+            [1 / 4, 0, 0],
+            [-1 / 6, -1 / 6, -1 / 6],
+            [-1 / 6, 1 / 6, -1 / 6],
+            [1 / 24, 1 / 12, 1 / 6],
+            [1 / 24, -1 / 12, 1 / 6],
+            [0, 0, 1],
+        ]
+    ),
+    np.array([[1, 1, 1, 1, 1, 0], [0, 1, -1, 2, -2, 0], [0, 1, 1, 4, 4, 0], [0, 1, -1, 8, -8, 1]], float),
+    4,
+)
+
+for name, transforms in [("F(2x2,3x3)", F2), ("F(4x4,3x3)", F4)]:
+    winograd, direct = relative_errors(*transforms)
+    print(f"{name}: Winograd in bfloat16 {winograd:.2e}, direct in bfloat16 {direct:.2e} ({winograd / direct:.1f}x)")
