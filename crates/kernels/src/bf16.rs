@@ -168,6 +168,11 @@ impl PackedLeft {
         all.into_iter().map(|words| PackedLeft { m, k, words }).collect()
     }
 
+    /// Bytes of packed values.
+    pub(crate) fn bytes(&self) -> usize {
+        std::mem::size_of_val(self.words.as_slice())
+    }
+
     /// The row panels of the block of `k` that starts at `kb` (a multiple of [`KC`]).
     fn block(&self, kb: usize) -> &[u32] {
         let (row_panels, pairs) = (self.m.div_ceil(MR), KC.min(self.k - kb).div_ceil(2));

@@ -30,7 +30,10 @@ use gemm::Parallelism;
 
 use rayon::prelude::*;
 
+use std::sync::Arc;
+
 use crate::bf16;
+use crate::prepared::{Preparation, WeightsOwner, prepared};
 use crate::simd::{assume_written, widest, zeroed};
 
 /// Pixels (columns of the products) a chunk of images aims for: below a few hundred, gemm's
@@ -977,6 +980,21 @@ pub fn forward(g: &ConvGeometry, x: &[f32], weight: &[f32]) -> Vec<f32> {
 /// The convolution's output with `epilogue` applied to each chunk of images as soon as it is
 /// computed (while it is in cache), instead of in separate passes over the whole output.
 pub fn forward_with(g: &ConvGeometry, x: &[f32], weight: &[f32], epilogue: Option<&Epilogue>) -> Vec<f32> {
+    forward_prepared(g, x, weight, epilogue, None)
+}
+
+/// [`forward_with`] for weights that stay the same call after call (inference): with their
+/// `owner` given, what is prepared from them (bfloat16 panels, Winograd's transformed filters) is
+/// kept in [`crate::prepared`]'s cache for the next call instead of made again.
+pub(crate) fn forward_prepared(
+    g: &ConvGeometry,
+    x: &[f32],
+    weight: &[f32],
+    epilogue: Option<&Epilogue>,
+    owner: Option<&WeightsOwner>,
+) -> Vec<f32> {
+    // Only bfloat16 products read prepared filters (float32's are gemm's, which packs its own).
+    let owner = owner.filter(|_| bf16::enabled());
     assert_eq!(x.len(), g.x_len(), "convolution input size");
     assert_eq!(weight.len(), g.weight_len(), "convolution weight size");
     let len = g.y_len();
@@ -987,7 +1005,7 @@ pub fn forward_with(g: &ConvGeometry, x: &[f32], weight: &[f32], epilogue: Optio
         return y;
     }
     if crate::winograd::applies(g) {
-        crate::winograd::forward(g, x, weight, &mut y.spare_capacity_mut()[..len], epilogue);
+        crate::winograd::forward(g, x, weight, &mut y.spare_capacity_mut()[..len], epilogue, owner);
         // SAFETY: `winograd::forward` writes every element of the output it is given.
         unsafe { y.set_len(len) };
         return y;
@@ -998,7 +1016,7 @@ pub fn forward_with(g: &ConvGeometry, x: &[f32], weight: &[f32], epilogue: Optio
         unsafe { y.set_len(len) };
         return y;
     }
-    direct_forward_into(g, x, weight, epilogue, y)
+    direct_forward_into(g, x, weight, epilogue, y, owner)
 }
 
 /// [`forward_with`] by im2col and products, whatever the shape (what the Winograd path is
@@ -1009,6 +1027,7 @@ fn direct_forward_into(
     weight: &[f32],
     epilogue: Option<&Epilogue>,
     mut y: Vec<f32>,
+    owner: Option<&WeightsOwner>,
 ) -> Vec<f32> {
     let len = g.y_len();
     let plan = Plan::new(g);
@@ -1028,13 +1047,27 @@ fn direct_forward_into(
     let patch_layout =
         patches_apply.then(|| bf16::PatchLayout::new(g, g.in_channels * g.in_plane(), plan.images_per_chunk));
     let block_filters = |channels: &std::ops::Range<usize>| View { data: &weight[channels.start * g.taps()..], ..lhs };
-    let packed_filters = (in_bf16 && plan.chunks > 1).then(|| {
-        blocks()
+    // Packed once for the call where several products read them: chunks of images, or the
+    // bands of one image (which each packed them for themselves before); once for all calls
+    // where the weights have an owner.
+    let single_in_bands = plan.images_per_chunk == 1 && g.in_bands(1);
+    let share = if in_bf16 { plan.chunks > 1 || owner.is_some() } else { bf16::enabled() && single_in_bands };
+    let pack_blocks = || {
+        let blocks: Vec<bf16::PackedLeft> = blocks()
             .map(|channels| {
                 let rows = g.over_channels(&channels).patch_len();
                 bf16::PackedLeft::new(g.out_channels, rows, block_filters(&channels))
             })
-            .collect::<Vec<_>>()
+            .collect();
+        let bytes = blocks.iter().map(bf16::PackedLeft::bytes).sum();
+        (blocks, bytes)
+    };
+    let packed_filters: Option<Arc<Vec<bf16::PackedLeft>>> = share.then(|| match owner {
+        Some(owner) => {
+            let what = Preparation::Blocks { m: g.out_channels, k, all_channels: patches_apply };
+            prepared(owner, weight, what, pack_blocks)
+        }
+        None => Arc::new(pack_blocks().0),
     });
     let compute = |(chunk, y_chunk): (usize, &mut [MaybeUninit<f32>])| {
         let images = plan.images(chunk, g.batch);
@@ -1044,7 +1077,8 @@ fn direct_forward_into(
             let image_len = g.in_channels * g.in_plane();
             let image = &x[b * image_len..][..image_len];
             let pool = if plan.chunks_in_parallel { 1 } else { rayon::current_num_threads() };
-            image_forward(g, image, weight, y_chunk, b * g.out_channels, epilogue, pool);
+            let filters = Filters { values: weight, blocks: packed_filters.as_deref().map(Vec::as_slice), owner };
+            image_forward(g, image, &filters, y_chunk, b * g.out_channels, epilogue, pool);
             return;
         }
         let y_chunk: &mut [f32] = {
@@ -1153,11 +1187,10 @@ fn chunk_layout<'a>(
 /// of each product, and im2col and the epilogue ran on one thread in between. ResNet-18 at batch 1
 /// on 2 threads (one image: no chunks to share out) had its workers asleep or spinning on the
 /// scheduler for a fifth of the run, and im2col alone on the main thread for a tenth.
-#[allow(clippy::too_many_arguments)]
 fn image_forward(
     g: &ConvGeometry,
     image: &[f32],
-    weight: &[f32],
+    filters: &Filters,
     y_image: &mut [MaybeUninit<f32>],
     first_plane: usize,
     epilogue: Option<&Epilogue>,
@@ -1179,12 +1212,18 @@ fn image_forward(
                 let block = band.over_channels(&channels);
                 let (rows, first_channel) = (block.patch_len(), channels.start * g.in_plane());
                 im2col(&block, &image[first_channel + first_row * g.in_w..], g.in_plane(), &mut col, columns);
-                let lhs = View { data: &weight[channels.start * g.taps()..], row: k, col: 1 };
+                let lhs = View { data: &filters.values[channels.start * g.taps()..], row: k, col: 1 };
                 let rhs = View { data: &col[..rows * columns], row: columns, col: 1 };
                 let accumulate = i > 0;
-                unsafe {
-                    multiply_raw(g.out_channels, columns, rows, dst, plane, accumulate, lhs, rhs, Parallelism::None)
-                };
+                match filters.blocks {
+                    Some(blocks) => unsafe {
+                        let (left, right) = (bf16::Left::Packed(&blocks[i]), bf16::Right::View(rhs));
+                        bf16::multiply_with(g.out_channels, columns, rows, dst, plane, accumulate, left, right)
+                    },
+                    None => unsafe {
+                        multiply_raw(g.out_channels, columns, rows, dst, plane, accumulate, lhs, rhs, Parallelism::None)
+                    },
+                }
             }
             if let Some(epilogue) = epilogue {
                 widest(
@@ -1210,9 +1249,30 @@ fn image_forward(
     };
     let rhs = View { data: col, row: plane, col: 1 };
     let ranges = split_ranges(g.out_channels, pool, 8);
-    let filters = |(channels, part): (std::ops::Range<usize>, &mut [MaybeUninit<f32>])| {
-        let lhs = View { data: &weight[channels.start * k..], row: k, col: 1 };
-        let part = multiply_into(channels.len(), plane, k, part, lhs, rhs, Parallelism::None);
+    let by_filters = |(channels, part): (std::ops::Range<usize>, &mut [MaybeUninit<f32>])| {
+        let (m, first) = (channels.len(), channels.start);
+        let lhs = View { data: &filters.values[first * k..], row: k, col: 1 };
+        let part = match filters.owner {
+            // Each packed value is used for as few multiply-adds as the plane has pixels (49 in
+            // ResNet's last stage at 224 px): packing them every call cost batch-1 inference in
+            // bfloat16 ~12 %.
+            Some(owner) => {
+                let packed = prepared(owner, filters.values, Preparation::Rows { first, m, k }, || {
+                    let packed = bf16::PackedLeft::new(m, k, lhs);
+                    let bytes = packed.bytes();
+                    (packed, bytes)
+                });
+                let (left, right) = (bf16::Left::Packed(&packed), bf16::Right::View(rhs));
+                // SAFETY: `part` is `m × plane` values borrowed mutably, written (not read) by a
+                // product that does not accumulate; an owner is only given where bfloat16
+                // products are enabled.
+                unsafe {
+                    bf16::multiply_with(m, plane, k, part.as_mut_ptr().cast(), plane, false, left, right);
+                    assume_written(part)
+                }
+            }
+            None => multiply_into(m, plane, k, part, lhs, rhs, Parallelism::None),
+        };
         if let Some(epilogue) = epilogue {
             widest(
                 #[inline(always)]
@@ -1220,7 +1280,17 @@ fn image_forward(
             );
         }
     };
-    run_all(cut_by_ranges(y_image, &ranges, plane), pool > 1, filters);
+    run_all(cut_by_ranges(y_image, &ranges, plane), pool > 1, by_filters);
+}
+
+/// A convolution's filters as [`image_forward`] reads them.
+struct Filters<'a> {
+    values: &'a [f32],
+    /// Packed in blocks of input channels ([`ConvGeometry::channel_blocks`]) once for all bands
+    /// of the image, where its products are bfloat16 and it is cut in bands.
+    blocks: Option<&'a [bf16::PackedLeft]>,
+    /// Where what is prepared from the filters may be kept between calls (bfloat16 only).
+    owner: Option<&'a WeightsOwner>,
 }
 
 /// One image's `col(x)` (`[patch_len, out_plane]`), its input channels shared among `pool` threads.
@@ -1871,7 +1941,7 @@ mod tests {
 
     fn winograd_forward(g: &ConvGeometry, x: &[f32], w: &[f32], epilogue: Option<&Epilogue>) -> Vec<f32> {
         let mut y = Vec::with_capacity(g.y_len());
-        crate::winograd::forward(g, x, w, &mut y.spare_capacity_mut()[..g.y_len()], epilogue);
+        crate::winograd::forward(g, x, w, &mut y.spare_capacity_mut()[..g.y_len()], epilogue, None);
         // SAFETY: `winograd::forward` writes every element.
         unsafe { y.set_len(g.y_len()) };
         y
@@ -1944,7 +2014,7 @@ mod tests {
             let w: Vec<f32> = values(g.weight_len(), 9).iter().map(|v| 0.1 * v).collect();
             let exact = reference_forward(&g, &x, &w);
             let error = |y: &[f32]| y.iter().zip(&exact).map(|(&a, &b)| (a as f64 - b).abs()).fold(0.0, f64::max);
-            let direct = error(&direct_forward_into(&g, &x, &w, None, Vec::with_capacity(g.y_len())));
+            let direct = error(&direct_forward_into(&g, &x, &w, None, Vec::with_capacity(g.y_len()), None));
             let winograd = error(&winograd_forward(&g, &x, &w, None));
             assert!(winograd <= 2.0 * direct, "{g:?}: Winograd's error {winograd:e}, the direct path's {direct:e}");
         }
@@ -1965,7 +2035,7 @@ mod tests {
             residual: Some(&residual),
         };
         let ours = ours(&g, &x, &w, Some(&epilogue));
-        let direct = direct_forward_into(&g, &x, &w, Some(&epilogue), Vec::with_capacity(g.y_len()));
+        let direct = direct_forward_into(&g, &x, &w, Some(&epilogue), Vec::with_capacity(g.y_len()), None);
         assert!(ours.contains(&0.0) && ours.iter().any(|&v| v > 0.0), "{g:?}: the ReLU cuts some, not all");
         for (i, (&a, &b)) in ours.iter().zip(&direct).enumerate() {
             assert!((a - b).abs() < 1e-4, "{g:?}: output {i} is {a}, not {b}");

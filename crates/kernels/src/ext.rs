@@ -16,6 +16,7 @@ use crate::conv::{self, ConvGeometry, Epilogue, EpilogueActivation};
 use crate::depthwise;
 use crate::maxpool::{self, PoolGeometry};
 use crate::optim::{self, AdamWStep, LambStep, SgdStep};
+use crate::prepared::WeightsOwner;
 use crate::simd::par_filled;
 
 /// Operations with our own kernels on some backends. The default bodies are burn's own
@@ -956,8 +957,11 @@ fn flex_conv2d_scale_shift(
     let epilogue =
         Epilogue { scale: f32s(&scale), shift: f32s(&shift), activation, residual: residual.as_ref().map(f32s) };
     if let Some(geometry) = dense {
+        // Inference: the weights' own storage (not a contiguous copy made for this call) is
+        // their owner, so what is prepared from them is kept for the next call.
+        let owner = weight.is_contiguous().then(|| WeightsOwner::new(weight.data_arc(), weight.bytes()));
         let (x, weight) = (x.to_contiguous(), weight.to_contiguous());
-        let y = conv::forward_with(&geometry, f32s(&x), f32s(&weight), Some(&epilogue));
+        let y = conv::forward_prepared(&geometry, f32s(&x), f32s(&weight), Some(&epilogue), owner.as_ref());
         let shape = [geometry.batch, geometry.out_channels, geometry.out_h, geometry.out_w];
         return FlexTensor::from_data(TensorData::new(y, Shape::new(shape)));
     }
@@ -1599,6 +1603,88 @@ mod tests {
                 assert_ne!(ours, host(&flex(&initial)), "the parameter moved, {case}");
             }
         }
+    }
+
+    /// Inference in bfloat16 keeps the filters it prepares from a model's weights for the next
+    /// call (`crate::prepared`): each path that prepares them (chunks of images, one image in
+    /// bands, one image cut by filters, Winograd) gives, call after call, exactly what preparing
+    /// them afresh gives; weights replaced by others (a new model, or a training step) are
+    /// computed with, never a stale preparation; and the replaced weights' entries are dropped.
+    #[test]
+    fn inference_keeps_prepared_filters_only_while_their_weights_live() {
+        if !crate::bf16::supported() {
+            eprintln!("skipped: this CPU has no AVX-512-BF16");
+            return;
+        }
+        // (batch, [in, out] channels, input side, kernel, stride, padding)
+        let cases = [
+            // Chunks of several images (their `col(x)` read from the input as it is packed).
+            (8, [80, 16], 7, 3, 2, 1),
+            // One image in bands (32×32 outputs).
+            (1, [8, 16], 64, 3, 2, 1),
+            // One image cut by filters (7×7 outputs).
+            (1, [64, 48], 14, 3, 2, 1),
+            // Winograd.
+            (4, [64, 64], 8, 3, 1, 1),
+            // Pointwise, chunks of several images.
+            (4, [600, 8], 3, 1, 1, 0),
+        ];
+        let (pool, on) = crate::bf16::pool(true).unwrap();
+        assert!(on);
+        pool.install(|| {
+            for (i, &(batch, [cin, cout], side, kernel, stride, padding)) in cases.iter().enumerate() {
+                let out = (side + 2 * padding - kernel) / stride + 1;
+                let g = ConvGeometry {
+                    batch,
+                    in_channels: cin,
+                    out_channels: cout,
+                    in_h: side,
+                    in_w: side,
+                    out_h: out,
+                    out_w: out,
+                    kernel: [kernel, kernel],
+                    stride: [stride, stride],
+                    padding: [padding, padding],
+                    dilation: [1, 1],
+                };
+                assert_eq!(crate::winograd::applies(&g), i == 3, "case {i}: Winograd's or direct");
+                let shaped = |values: Vec<f32>, shape: [usize; 4]| {
+                    FlexTensor::from_data(TensorData::new(values, Shape::new(shape)))
+                };
+                let x = values(g.x_len(), 10 * i as u32 + 1);
+                let (scale, shift) = (values(cout, 10 * i as u32 + 2), values(cout, 10 * i as u32 + 3));
+                let options = ConvOptions::new([stride; 2], [padding; 2], [1, 1], 1);
+                let activation = EpilogueActivation::Relu { cap: f32::INFINITY };
+                let epilogue = Epilogue { scale: &scale, shift: &shift, activation, residual: None };
+                let served = |weight: &FlexTensor| {
+                    let y = <Flex as DeepKernels>::conv2d_scale_shift(
+                        shaped(x.clone(), [batch, cin, side, side]),
+                        weight.clone(),
+                        flex(&scale),
+                        flex(&shift),
+                        options.clone(),
+                        activation,
+                    );
+                    host(&y)
+                };
+                let weight_shape = [cout, cin, kernel, kernel];
+                let mut replaced = None;
+                for model in 0..2u32 {
+                    let w = values(g.weight_len(), 10 * i as u32 + 4 + model);
+                    let expected = conv::forward_with(&g, &x, &w, Some(&epilogue));
+                    let weight = shaped(w, weight_shape);
+                    let key = (f32s(&weight).as_ptr() as usize, g.weight_len());
+                    for call in 0..3 {
+                        assert_eq!(served(&weight), expected, "case {i}, model {model}, call {call}");
+                        assert!(crate::prepared::is_cached(key.0, key.1), "case {i}, model {model}: kept");
+                    }
+                    if let Some(old) = replaced.replace(key) {
+                        // The first model's weights, dropped before the second's were prepared.
+                        assert!(!crate::prepared::is_cached(old.0, old.1), "case {i}: the replaced weights' entry");
+                    }
+                }
+            }
+        });
     }
 
     #[test]

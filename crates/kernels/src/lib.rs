@@ -16,6 +16,7 @@ pub mod depthwise;
 mod ext;
 pub mod maxpool;
 pub mod optim;
+mod prepared;
 mod simd;
 mod tapwise;
 mod winograd;

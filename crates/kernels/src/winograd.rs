@@ -20,11 +20,13 @@
 //! (docs/PERFORMANCE.md, Change 14).
 
 use std::mem::MaybeUninit;
+use std::sync::Arc;
 
 use gemm::Parallelism;
 use rayon::prelude::*;
 
 use crate::conv::{ConvGeometry, Epilogue, Scratch, View, multiply};
+use crate::prepared::{Preparation, WeightsOwner, prepared};
 use crate::simd::{assume_written, widest};
 
 /// Tiles (columns of the 16 products) transformed and multiplied at a time: `V` and `M` of a
@@ -112,16 +114,35 @@ pub(crate) fn forward(
     weight: &[f32],
     y: &mut [MaybeUninit<f32>],
     epilogue: Option<&Epilogue>,
+    owner: Option<&WeightsOwner>,
 ) {
     assert_eq!(y.len(), g.y_len(), "convolution output size");
-    let u = transformed_filters(g, weight);
-    // In bfloat16 each point's filters packed once for every block of tiles and both threads.
-    let packed: Option<Vec<crate::bf16::PackedLeft>> = crate::bf16::enabled().then(|| {
+    // In bfloat16 each point's filters packed once for every block of tiles and both threads —
+    // and, where the weights have an owner (inference), once for every call.
+    let pack = |u: &[f32]| {
         let cin = g.in_channels;
         let points: Vec<View> =
             (0..POINTS).map(|point| View { data: &u[point * cin..], row: POINTS * cin, col: 1 }).collect();
         crate::bf16::PackedLeft::many(g.out_channels, cin, &points)
-    });
+    };
+    let (u, packed) = match owner {
+        Some(owner) => {
+            let what = Preparation::Winograd { out_channels: g.out_channels, in_channels: g.in_channels };
+            let packed = prepared(owner, weight, what, || {
+                let packed = pack(&transformed_filters(g, weight));
+                let bytes = packed.iter().map(crate::bf16::PackedLeft::bytes).sum();
+                (packed, bytes)
+            });
+            (None, Some(packed))
+        }
+        None => {
+            let u = transformed_filters(g, weight);
+            let packed = crate::bf16::enabled().then(|| Arc::new(pack(&u)));
+            (Some(u), packed)
+        }
+    };
+    // With packed points the float32 filters are not read.
+    let u: &[f32] = u.as_deref().unwrap_or(&[]);
     let (tile_rows, tile_cols) = tiles(g);
     let images_per_task = images_per_task(g, tile_rows * tile_cols);
     let (in_image, out_image) = (g.in_channels * g.in_plane(), g.out_channels * g.out_plane());
@@ -129,7 +150,7 @@ pub(crate) fn forward(
         let first = task * images_per_task;
         let images = y_task.len() / out_image;
         let x_task = &x[first * in_image..][..images * in_image];
-        images_forward(g, x_task, &u, packed.as_deref(), y_task, images);
+        images_forward(g, x_task, u, packed.as_deref().map(Vec::as_slice), y_task, images);
         // SAFETY: `images_forward` wrote every output of these images.
         let y_task = unsafe { assume_written(y_task) };
         if let Some(epilogue) = epilogue {
