@@ -577,8 +577,17 @@ mod x86 {
                         let rows = MR.min(m - r0);
                         let a = left_block[rp * pairs * MR..][..pairs * MR].as_ptr();
                         // SAFETY: the panels hold `pairs` words per row/column; the destination
-                        // block is within `m × n` (the caller's contract).
-                        unsafe { micro(pairs, a, b, dst.add(r0 * dst_row + c0), dst_row, rows, cols, add) };
+                        // block is within `m × n` (the caller's contract). A short last panel
+                        // (64 filters are five panels and four rows) multiplies only the rows it
+                        // has, not its zeros: at 64 channels a ninth of the products.
+                        unsafe {
+                            let c = dst.add(r0 * dst_row + c0);
+                            match rows {
+                                ..=4 => micro::<4>(pairs, a, b, c, dst_row, rows, cols, add),
+                                5..=8 => micro::<8>(pairs, a, b, c, dst_row, rows, cols, add),
+                                _ => micro::<MR>(pairs, a, b, c, dst_row, rows, cols, add),
+                            }
+                        };
                     }
                 }
                 kb += kc;
@@ -858,12 +867,13 @@ mod x86 {
         }
     }
 
-    /// `c[0..rows][0..cols] = [c +] a · b` for one `MR × NR` block: `a` is `pairs × MR` words,
-    /// `b` is `pairs × NR` words; the sums stay in registers for the whole block of `k`.
+    /// `c[0..rows][0..cols] = [c +] a · b` for one `MR × NR` block, its first `ROWS` rows (at least
+    /// `rows`) multiplied: `a` is `pairs × MR` words, `b` is `pairs × NR` words; the sums stay in
+    /// registers for the whole block of `k`.
     #[allow(clippy::too_many_arguments)]
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
-    unsafe fn micro(
+    unsafe fn micro<const ROWS: usize>(
         pairs: usize,
         a: *const u32,
         b: *const u32,
@@ -873,7 +883,8 @@ mod x86 {
         cols: usize,
         add: bool,
     ) {
-        let mut acc = [[_mm512_setzero_ps(); 2]; MR];
+        debug_assert!(rows <= ROWS && ROWS <= MR);
+        let mut acc = [[_mm512_setzero_ps(); 2]; ROWS];
         // SAFETY (whole block): `a` and `b` hold `pairs` rows of `MR` and `NR` words (the
         // packers' layout); `c` covers `rows × cols` floats `c_row` apart (the caller's).
         unsafe {
