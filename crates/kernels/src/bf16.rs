@@ -578,14 +578,18 @@ mod x86 {
                         let a = left_block[rp * pairs * MR..][..pairs * MR].as_ptr();
                         // SAFETY: the panels hold `pairs` words per row/column; the destination
                         // block is within `m × n` (the caller's contract). A short last panel
-                        // (64 filters are five panels and four rows) multiplies only the rows it
-                        // has, not its zeros: at 64 channels a ninth of the products.
+                        // multiplies only the rows and columns it has, not its zeros: 64 filters
+                        // are five panels and four rows (a ninth of the products on zeros), a
+                        // 4×4 plane of one image 16 columns (half).
                         unsafe {
                             let c = dst.add(r0 * dst_row + c0);
-                            match rows {
-                                ..=4 => micro::<4>(pairs, a, b, c, dst_row, rows, cols, add),
-                                5..=8 => micro::<8>(pairs, a, b, c, dst_row, rows, cols, add),
-                                _ => micro::<MR>(pairs, a, b, c, dst_row, rows, cols, add),
+                            match (rows, cols) {
+                                (..=4, ..=16) => micro::<4, 1>(pairs, a, b, c, dst_row, rows, cols, add),
+                                (..=4, _) => micro::<4, 2>(pairs, a, b, c, dst_row, rows, cols, add),
+                                (5..=8, ..=16) => micro::<8, 1>(pairs, a, b, c, dst_row, rows, cols, add),
+                                (5..=8, _) => micro::<8, 2>(pairs, a, b, c, dst_row, rows, cols, add),
+                                (_, ..=16) => micro::<MR, 1>(pairs, a, b, c, dst_row, rows, cols, add),
+                                _ => micro::<MR, 2>(pairs, a, b, c, dst_row, rows, cols, add),
                             }
                         };
                     }
@@ -873,7 +877,7 @@ mod x86 {
     #[allow(clippy::too_many_arguments)]
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
-    unsafe fn micro<const ROWS: usize>(
+    unsafe fn micro<const ROWS: usize, const HALVES: usize>(
         pairs: usize,
         a: *const u32,
         b: *const u32,
@@ -883,19 +887,23 @@ mod x86 {
         cols: usize,
         add: bool,
     ) {
-        debug_assert!(rows <= ROWS && ROWS <= MR);
-        let mut acc = [[_mm512_setzero_ps(); 2]; ROWS];
+        debug_assert!(rows <= ROWS && ROWS <= MR && cols <= 16 * HALVES && HALVES <= 2);
+        let mut acc = [[_mm512_setzero_ps(); HALVES]; ROWS];
         // SAFETY (whole block): `a` and `b` hold `pairs` rows of `MR` and `NR` words (the
         // packers' layout); `c` covers `rows × cols` floats `c_row` apart (the caller's).
         unsafe {
             for p in 0..pairs {
-                let b0: __m512bh = std::mem::transmute(_mm512_loadu_si512(b.add(p * NR).cast()));
-                let b1: __m512bh = std::mem::transmute(_mm512_loadu_si512(b.add(p * NR + 16).cast()));
+                let mut bs = [std::mem::transmute::<__m512i, __m512bh>(_mm512_setzero_si512()); HALVES];
+                for (half, bh) in bs.iter_mut().enumerate() {
+                    *bh =
+                        std::mem::transmute::<__m512i, __m512bh>(_mm512_loadu_si512(b.add(p * NR + 16 * half).cast()));
+                }
                 let ap = a.add(p * MR);
                 for (r, sums) in acc.iter_mut().enumerate() {
                     let ar: __m512bh = std::mem::transmute(_mm512_set1_epi32(*ap.add(r) as i32));
-                    sums[0] = _mm512_dpbf16_ps(sums[0], ar, b0);
-                    sums[1] = _mm512_dpbf16_ps(sums[1], ar, b1);
+                    for (sum, &bh) in sums.iter_mut().zip(&bs) {
+                        *sum = _mm512_dpbf16_ps(*sum, ar, bh);
+                    }
                 }
             }
             let masks: [__mmask16; 2] = [
@@ -910,7 +918,7 @@ mod x86 {
             ];
             for (r, sums) in acc.iter().enumerate().take(rows) {
                 let row = c.add(r * c_row);
-                for half in 0..2 {
+                for half in 0..HALVES {
                     let (ptr, mask) = (row.add(16 * half), masks[half]);
                     if mask == 0 {
                         continue;
