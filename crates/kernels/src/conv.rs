@@ -1424,6 +1424,43 @@ fn backward_by_images(
     // (`bf16::Patches`), where the layout is built once for every chunk of as many images.
     let patch_layout = (want_weight && bf16::enabled() && bf16::PatchLayout::applies(g))
         .then(|| bf16::PatchLayout::new(g, in_image, plan.images_per_chunk));
+    // In bfloat16, `Wᵀ` packed once for every chunk and band that multiplies it (as the forward's
+    // filters are): each packed it for itself before, the same filters once per thread or more.
+    let whole_image_is_col = g.is_pointwise() && plan.images_per_chunk == 1;
+    let share_wt =
+        want_input && bf16::enabled() && (plan.chunks > 1 || g.in_bands(plan.images_per_chunk)) && g.out_channels > 0;
+    let packed_wt: Option<Vec<bf16::PackedLeft>> = share_wt.then(|| {
+        if whole_image_is_col {
+            vec![bf16::PackedLeft::new(k, g.out_channels, weight_t)]
+        } else {
+            g.channel_blocks()
+                .map(|channels| {
+                    let rows = g.over_channels(&channels).patch_len();
+                    let block = View { data: &weight[channels.start * g.taps()..], ..weight_t };
+                    bf16::PackedLeft::new(rows, g.out_channels, block)
+                })
+                .collect()
+        }
+    });
+    // `dst` (`rows × columns`) = block `block`'s rows of `Wᵀ` (from `first_row` on) · `dy`.
+    let input_product = |block: usize, first_row: usize, rows: usize, columns: usize, dst: &mut [f32], dy: View| {
+        match &packed_wt {
+            Some(blocks) => {
+                assert!(dst.len() >= rows * columns, "product destination too small");
+                let (left, right) = (bf16::Left::Packed(&blocks[block]), bf16::Right::View(dy));
+                // SAFETY: `dst` holds `rows × columns` values, borrowed mutably; packed filters
+                // exist only where products are bfloat16.
+                unsafe {
+                    bf16::multiply_with(rows, columns, g.out_channels, dst.as_mut_ptr(), columns, false, left, right)
+                }
+            }
+            None => {
+                let weight_t = View { data: &weight[first_row..], ..weight_t };
+                let parallelism = plan.product_parallelism();
+                multiply(rows, columns, g.out_channels, dst, columns, false, weight_t, dy, parallelism)
+            }
+        }
+    };
 
     // One chunk: its share of the weight gradient written (`first`) or added to `weight_acc`, its
     // input gradient written to `input_part` (the chunk's images).
@@ -1442,7 +1479,7 @@ fn backward_by_images(
                 let dy_band = View { data: &dy_image[rows.start * g.out_w..], row: plane, col: 1 };
                 // A block of input channels at a time, as below.
                 let mut col = Scratch::stale(g.block_rows() * columns);
-                for channels in g.channel_blocks() {
+                for (b, channels) in g.channel_blocks().enumerate() {
                     let block = band.over_channels(&channels);
                     let (rows, first_row_of_col) = (block.patch_len(), channels.start * g.taps());
                     let first_value = channels.start * g.in_plane() + first_row * g.in_w;
@@ -1464,18 +1501,7 @@ fn backward_by_images(
                     }
                     if let Some(image) = input_image.as_deref_mut() {
                         let col_grad = &mut col[..rows * columns];
-                        let weight_t = View { data: &weight[first_row_of_col..], ..weight_t };
-                        multiply(
-                            rows,
-                            columns,
-                            g.out_channels,
-                            col_grad,
-                            columns,
-                            false,
-                            weight_t,
-                            dy_band,
-                            plan.product_parallelism(),
-                        );
+                        input_product(b, first_row_of_col, rows, columns, col_grad, dy_band);
                         col2im_add(&block, col_grad, columns, &mut image[first_value..], g.in_plane());
                     }
                 }
@@ -1517,7 +1543,23 @@ fn backward_by_images(
                 );
             }
             if let Some(input_part) = input_part {
-                multiply_into(k, columns, g.out_channels, input_part, weight_t, dy_view, plan.product_parallelism());
+                match packed_wt.as_deref().filter(|_| whole_image_is_col) {
+                    Some([packed]) => {
+                        assert_eq!(input_part.len(), k * columns, "input gradient size");
+                        let (left, right) = (bf16::Left::Packed(packed), bf16::Right::View(dy_view));
+                        // SAFETY: `input_part` is `k × columns` values borrowed mutably, written
+                        // (not read) by a product that does not accumulate; packed filters exist
+                        // only where products are bfloat16.
+                        unsafe {
+                            let dst = input_part.as_mut_ptr().cast();
+                            bf16::multiply_with(k, columns, g.out_channels, dst, columns, false, left, right)
+                        }
+                    }
+                    _ => {
+                        let parallelism = plan.product_parallelism();
+                        multiply_into(k, columns, g.out_channels, input_part, weight_t, dy_view, parallelism);
+                    }
+                }
             }
             return;
         }
@@ -1547,7 +1589,7 @@ fn backward_by_images(
                 )
             };
         }
-        for channels in g.channel_blocks() {
+        for (b, channels) in g.channel_blocks().enumerate() {
             let block = g.over_channels(&channels);
             let (rows, first_row) = (block.patch_len(), channels.start * g.taps());
             if want_weight && patches.is_none() {
@@ -1569,18 +1611,7 @@ fn backward_by_images(
             }
             if let Some(input_part) = input_part.as_deref_mut() {
                 let mut col_grad = Scratch::stale(rows * columns);
-                let weight_t = View { data: &weight[first_row..], ..weight_t };
-                multiply(
-                    rows,
-                    columns,
-                    g.out_channels,
-                    &mut col_grad,
-                    columns,
-                    false,
-                    weight_t,
-                    dy_view,
-                    plan.product_parallelism(),
-                );
+                input_product(b, first_row, rows, columns, &mut col_grad, dy_view);
                 let in_plane = g.in_plane();
                 for (j, image) in input_part.chunks_mut(in_image).enumerate() {
                     let planes = &mut image[channels.start * in_plane..][..channels.len() * in_plane];

@@ -73,6 +73,9 @@ fn convolutions_in_bfloat16_match_float32_within_its_rounding() {
         // 16 columns.
         geometry(8, [80, 16], 5, 3, 1, 1),
         geometry(8, [600, 8], 3, 1, 1, 0),
+        // Planes of 930 outputs, one image per chunk, in bands of rows: the input gradient's
+        // `Wᵀ` packed once for every band and image.
+        geometry(2, [8, 16], 60, 3, 2, 1),
         // One image on two threads: the backward cut by channels, its weight gradient from
         // patches (gathered, then loaded).
         geometry(1, [16, 24], 5, 3, 2, 1),
