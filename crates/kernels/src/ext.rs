@@ -1683,6 +1683,11 @@ mod tests {
                         assert!(!crate::prepared::is_cached(old.0, old.1), "case {i}: the replaced weights' entry");
                     }
                 }
+                // The second model's weights, dropped with nothing prepared after them.
+                let last = replaced.expect("two models");
+                assert!(crate::prepared::is_cached(last.0, last.1), "case {i}: kept until a sweep");
+                crate::drop_unused_prepared_filters();
+                assert!(!crate::prepared::is_cached(last.0, last.1), "case {i}: dropped by the sweep");
             }
         });
     }

@@ -27,3 +27,4 @@ pub use ext::{
     depthwise_conv2d, is_depthwise, lamb_step, max_pool2d, relu, relu6, sgd_step, silu,
 };
 pub use optim::{AdamWStep, LambStep, SgdStep};
+pub use prepared::drop_unused as drop_unused_prepared_filters;

@@ -13,8 +13,9 @@
 //! backend writes a tensor's storage in place only when nothing else references it. The same
 //! address and length therefore mean the same values for as long as the entry exists. Entries
 //! whose storage nothing else references any more (the model was dropped, or a training step
-//! replaced the weights) are dropped at the next insertion; beyond [`CAPACITY_BYTES`] the least
-//! recently used weights' entries go too.
+//! replaced the weights) are dropped at the next insertion, or by [`drop_unused`] (which a
+//! training run calls as it ends); beyond [`CAPACITY_BYTES`] the least recently used weights'
+//! entries go too.
 
 use std::any::Any;
 use std::collections::HashMap;
@@ -126,14 +127,24 @@ pub(crate) fn prepared<T: Any + Send + Sync>(
     }
     entry.bytes += bytes;
     cache.bytes += bytes;
-    cache.evict(key);
+    cache.evict(Some(key));
     value
+}
+
+/// Drops the prepared filters of weights nothing else holds any more. Entries are otherwise
+/// dropped only as others are added: a bfloat16 training run's last evaluation would leave its
+/// weights (and their packing) in memory until the process's next bfloat16 inference.
+pub fn drop_unused() {
+    let mut cache = CACHE.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    if let Some(cache) = cache.as_mut() {
+        cache.evict(None);
+    }
 }
 
 impl Cache {
     /// Drops the entries of weights nothing else holds any more, then the least recently used
     /// ones (other than `keep`'s, just used) while over [`CAPACITY_BYTES`].
-    fn evict(&mut self, keep: (usize, usize)) {
+    fn evict(&mut self, keep: Option<(usize, usize)>) {
         // Each entry holds one reference to its storage (several weights may share one).
         let mut entries_per_storage: HashMap<*const (), usize> = HashMap::new();
         for entry in self.entries.values() {
@@ -150,7 +161,8 @@ impl Cache {
         });
         self.bytes -= freed;
         while self.bytes > CAPACITY_BYTES {
-            let oldest = self.entries.iter().filter(|(key, _)| **key != keep).min_by_key(|(_, entry)| entry.last_use);
+            let oldest =
+                self.entries.iter().filter(|(key, _)| Some(**key) != keep).min_by_key(|(_, entry)| entry.last_use);
             let Some((&key, _)) = oldest else { break };
             let entry = self.entries.remove(&key).expect("just found");
             self.bytes -= entry.bytes;

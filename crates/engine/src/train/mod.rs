@@ -403,7 +403,10 @@ fn train_exclusive(run: TrainRun, sink: &dyn ProgressSink, cancel: &CancelToken)
     if bfloat16 != wanted {
         sink.on_message("precision bfloat16 asked for, but this CPU has no AVX-512-BF16: training in float32");
     }
-    pool.install(|| train_on_this_pool(run, sink, cancel))
+    let outcome = pool.install(|| train_on_this_pool(run, sink, cancel));
+    // The run's evaluations kept packed filters of weights it has dropped since.
+    deeptune_kernels::drop_unused_prepared_filters();
+    outcome
 }
 
 fn train_on_this_pool(
