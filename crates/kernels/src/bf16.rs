@@ -236,7 +236,10 @@ pub(crate) struct Patches<'a> {
 /// Where [`Patches`] read, for every chunk of the same number of images: built once per layer.
 pub(crate) struct PatchLayout {
     channels: usize,
-    in_plane: usize,
+    /// Values from one input channel to the next.
+    channel_stride: usize,
+    /// Values of a channel the patches read from its start (the plane, or a band of its rows).
+    plane_len: usize,
     taps: usize,
     image_len: usize,
     images: usize,
@@ -254,12 +257,13 @@ pub(crate) struct PatchLayout {
 
 impl<'a> Patches<'a> {
     /// The patches of `layout` in `data`: image `b`'s channel `c` at
-    /// `data[b · image_len + c · in_plane]`.
+    /// `data[b · image_len + c · channel_stride]`.
     pub(crate) fn new(layout: &'a PatchLayout, data: &'a [f32]) -> Patches<'a> {
         let images = layout.images;
-        // Every lane a mask keeps lies inside an image's plane (checked as the layout was built),
-        // so within these values: what makes the loads sound.
-        assert!(images == 0 || (images - 1) * layout.image_len + layout.channels * layout.in_plane <= data.len());
+        // Every lane a mask keeps lies inside a channel's `plane_len` values (checked as the
+        // layout was built), so within these values: what makes the loads sound.
+        let image_extent = layout.channels.checked_sub(1).map_or(0, |c| c * layout.channel_stride + layout.plane_len);
+        assert!(images == 0 || (images - 1) * layout.image_len + image_extent <= data.len());
         assert!(layout.gathers.is_empty() || data.len() <= i32::MAX as usize, "offsets past 32 bits");
         Patches { data, layout }
     }
@@ -286,13 +290,26 @@ impl PatchLayout {
 
     /// `col(x)` of `images` images of `g`, each `image_len` values apart.
     pub(crate) fn new(g: &ConvGeometry, image_len: usize, images: usize) -> PatchLayout {
+        Self::with_channel_stride(g, image_len, images, g.in_plane())
+    }
+
+    /// `col(x)` of one image's band of output rows (`g`, as `ConvGeometry::output_rows` makes it,
+    /// reading only the band's rows of the input), the image's channels `channel_stride` values
+    /// (its whole plane) apart.
+    pub(crate) fn band(g: &ConvGeometry, channel_stride: usize) -> PatchLayout {
+        assert!(g.batch == 1 && channel_stride >= g.in_plane(), "a band of one image's rows");
+        Self::with_channel_stride(g, g.in_channels * channel_stride, 1, channel_stride)
+    }
+
+    fn with_channel_stride(g: &ConvGeometry, image_len: usize, images: usize, channel_stride: usize) -> PatchLayout {
         let (in_plane, plane) = (g.in_plane(), g.out_plane());
-        assert!(images == 0 || g.in_channels * in_plane <= image_len, "images overlap");
+        assert!(images == 0 || g.in_channels * channel_stride <= image_len, "images overlap");
         let n = images * plane;
         let groups = n.div_ceil(NR) * (NR / 16);
         let layout = PatchLayout {
             channels: g.in_channels,
-            in_plane,
+            channel_stride,
+            plane_len: in_plane,
             taps: g.taps(),
             image_len,
             images,
@@ -622,7 +639,7 @@ mod x86 {
         // Row `row`'s base pointer and its tap's loads (all groups').
         let row_loads = |row: usize| {
             let (channel, tap) = (first + row / patches.taps, row % patches.taps);
-            let base = patches.data.as_ptr().wrapping_add(channel * patches.in_plane);
+            let base = patches.data.as_ptr().wrapping_add(channel * patches.channel_stride);
             (base, &patches.loads[tap * groups * slots..][..groups * slots], patches.tap_gathers(tap, groups))
         };
         for pair in 0..pairs {
@@ -674,7 +691,7 @@ mod x86 {
         let count = rows.len();
         for (line, row) in lines.iter_mut().zip(rows) {
             let (channel, tap) = (first + row / patches.taps, row % patches.taps);
-            let base = patches.data.as_ptr().wrapping_add(channel * patches.in_plane);
+            let base = patches.data.as_ptr().wrapping_add(channel * patches.channel_stride);
             *line = (base, &patches.loads[tap * groups * slots..][..groups * slots], patches.tap_gathers(tap, groups));
         }
         let mut p = 0;

@@ -1040,9 +1040,15 @@ fn direct_forward_into(
     // all the filters for itself: ResNet-18's last-stage layers at 112 px 3–10 % slower).
     let in_bf16 = bf16::enabled() && plan.images_per_chunk > 1;
     let patches_apply = in_bf16 && bf16::PatchLayout::applies(g);
+    // One image in bands of rows, stride 1 and "same" width: in bfloat16 each band reads its
+    // `col(x)` from the input as it is packed too, instead of im2col's float32 copy (ResNet-18's
+    // batch-1 inference at 224 px spent ~6 % of its time in those copies).
+    let single_in_bands = plan.images_per_chunk == 1 && g.in_bands(1);
+    let band_patches = bf16::enabled() && single_in_bands && g.flat_shift(0, 0).is_some();
+    let all_channels = patches_apply || band_patches;
     let blocks = || {
         let all = std::iter::once(0..g.in_channels);
-        if patches_apply { Box::new(all) as Box<dyn Iterator<Item = _>> } else { Box::new(g.channel_blocks()) }
+        if all_channels { Box::new(all) as Box<dyn Iterator<Item = _>> } else { Box::new(g.channel_blocks()) }
     };
     let patch_layout =
         patches_apply.then(|| bf16::PatchLayout::new(g, g.in_channels * g.in_plane(), plan.images_per_chunk));
@@ -1050,7 +1056,6 @@ fn direct_forward_into(
     // Packed once for the call where several products read them: chunks of images, or the
     // bands of one image (which each packed them for themselves before); once for all calls
     // where the weights have an owner.
-    let single_in_bands = plan.images_per_chunk == 1 && g.in_bands(1);
     let share = if in_bf16 { plan.chunks > 1 || owner.is_some() } else { bf16::enabled() && single_in_bands };
     let pack_blocks = || {
         let blocks: Vec<bf16::PackedLeft> = blocks()
@@ -1064,7 +1069,7 @@ fn direct_forward_into(
     };
     let packed_filters: Option<Arc<Vec<bf16::PackedLeft>>> = share.then(|| match owner {
         Some(owner) => {
-            let what = Preparation::Blocks { m: g.out_channels, k, all_channels: patches_apply };
+            let what = Preparation::Blocks { m: g.out_channels, k, all_channels };
             prepared(owner, weight, what, pack_blocks)
         }
         None => Arc::new(pack_blocks().0),
@@ -1077,7 +1082,8 @@ fn direct_forward_into(
             let image_len = g.in_channels * g.in_plane();
             let image = &x[b * image_len..][..image_len];
             let pool = if plan.chunks_in_parallel { 1 } else { rayon::current_num_threads() };
-            let filters = Filters { values: weight, blocks: packed_filters.as_deref().map(Vec::as_slice), owner };
+            let blocks = packed_filters.as_deref().map(Vec::as_slice);
+            let filters = Filters { values: weight, blocks, owner, band_patches };
             image_forward(g, image, &filters, y_chunk, b * g.out_channels, epilogue, pool);
             return;
         }
@@ -1206,9 +1212,19 @@ fn image_forward(
             // plane, which no other band reads or writes (the bands are disjoint ranges of rows);
             // the first product writes them without reading them.
             let dst = out.block(start, g.out_channels, plane, columns);
-            // `col(x)` a block of input channels at a time, each block's product accumulated.
-            let mut col = Scratch::stale(g.block_rows() * columns);
-            for (i, channels) in g.channel_blocks().enumerate() {
+            if filters.band_patches {
+                // The band's rows of every channel, read as they are packed: all channels one
+                // block of `k`.
+                let layout = bf16::PatchLayout::band(&band, g.in_plane());
+                let patches = bf16::Patches::new(&layout, &image[first_row * g.in_w..]);
+                let blocks = filters.blocks.expect("filters packed for bands that read patches");
+                let (left, right) = (bf16::Left::Packed(&blocks[0]), bf16::Right::Patches(&patches, 0));
+                unsafe { bf16::multiply_with(g.out_channels, columns, k, dst, plane, false, left, right) };
+            }
+            // Otherwise `col(x)` a block of input channels at a time, each block's product
+            // accumulated.
+            let mut col = Scratch::stale(if filters.band_patches { 0 } else { g.block_rows() * columns });
+            for (i, channels) in g.channel_blocks().enumerate().filter(|_| !filters.band_patches) {
                 let block = band.over_channels(&channels);
                 let (rows, first_channel) = (block.patch_len(), channels.start * g.in_plane());
                 im2col(&block, &image[first_channel + first_row * g.in_w..], g.in_plane(), &mut col, columns);
@@ -1291,6 +1307,9 @@ struct Filters<'a> {
     blocks: Option<&'a [bf16::PackedLeft]>,
     /// Where what is prepared from the filters may be kept between calls (bfloat16 only).
     owner: Option<&'a WeightsOwner>,
+    /// Whether the bands read `col(x)` from the input as it is packed (bfloat16, stride 1 and
+    /// "same" width; `blocks` then one block of all input channels).
+    band_patches: bool,
 }
 
 /// One image's `col(x)` (`[patch_len, out_plane]`), its input channels shared among `pool` threads.

@@ -76,6 +76,10 @@ fn convolutions_in_bfloat16_match_float32_within_its_rounding() {
         // Planes of 930 outputs, one image per chunk, in bands of rows: the input gradient's
         // `Wᵀ` packed once for every band and image.
         geometry(2, [8, 16], 60, 3, 2, 1),
+        // One image in bands of rows at stride 1 (3×3 and 5×5): each band's `col(x)` read from
+        // the input as it is packed.
+        geometry(1, [8, 16], 30, 3, 1, 1),
+        geometry(1, [4, 8], 30, 5, 1, 2),
         // One image on two threads: the backward cut by channels, its weight gradient from
         // patches (gathered, then loaded).
         geometry(1, [16, 24], 5, 3, 2, 1),
