@@ -97,27 +97,14 @@ fn main() {
         if only.as_deref().is_some_and(|word| !name.contains(word)) {
             continue;
         }
-        let out = (side + 2 * pad - k) / stride + 1;
-        let g = ConvGeometry {
-            batch,
-            in_channels: cin,
-            out_channels: cout,
-            in_h: side,
-            in_w: side,
-            out_h: out,
-            out_w: out,
-            kernel: [k, k],
-            stride: [stride, stride],
-            padding: [pad, pad],
-            dilation: [1, 1],
-        };
+        let g = ConvGeometry::square(batch, [cin, cout], side, k, stride, pad);
         let fill = |n: usize, seed: u32| -> Vec<f32> {
             (0..n)
                 .map(|i| ((i as u32).wrapping_mul(2654435761).wrapping_add(seed) >> 8) as f32 / 16777216.0 - 0.5)
                 .collect()
         };
         let (x, w, dy) = (fill(g.x_len(), 1), fill(g.weight_len(), 2), fill(g.y_len(), 3));
-        let flops = 2.0 * (batch * cout * out * out * cin * k * k) as f64;
+        let flops = 2.0 * (batch * cout * g.out_h * g.out_w * cin * k * k) as f64;
         let want_input = name != "conv1 7x7/2"; // the stem's input is the image
         let reps = 7;
         let fwd = median_ms(reps, || {

@@ -76,20 +76,7 @@ fn main() {
     let mut totals = [0.0; 3];
     for (channels, k, stride, side, count) in layers {
         let pad = k / 2;
-        let out = (side + 2 * pad - k) / stride + 1;
-        let g = ConvGeometry {
-            batch,
-            in_channels: channels,
-            out_channels: channels,
-            in_h: side,
-            in_w: side,
-            out_h: out,
-            out_w: out,
-            kernel: [k, k],
-            stride: [stride, stride],
-            padding: [pad, pad],
-            dilation: [1, 1],
-        };
+        let g = ConvGeometry::square(batch, [channels, channels], side, k, stride, pad);
         let fill = |n: usize, seed: u32| -> Vec<f32> {
             (0..n)
                 .map(|i| ((i as u32).wrapping_mul(2654435761).wrapping_add(seed) >> 8) as f32 / 16777216.0 - 0.5)
@@ -108,7 +95,7 @@ fn main() {
                 std::hint::black_box(depthwise::weight_grad(&g, &x, &dy));
             }),
         ];
-        let name = format!("{channels} {k}x{k}/{stride} {side}>{out}");
+        let name = format!("{channels} {k}x{k}/{stride} {side}>{}", g.out_h);
         println!("{name:<26} {count:>5} {:>8.3} {:>8.3} {:>8.3}", times[0], times[1], times[2]);
         for (total, time) in totals.iter_mut().zip(times) {
             *total += time * count as f64;

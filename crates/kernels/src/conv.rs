@@ -73,6 +73,32 @@ pub struct ConvGeometry {
 }
 
 impl ConvGeometry {
+    /// A convolution of square `side × side` images by square `kernel × kernel` filters, the same
+    /// stride and padding on both axes, no dilation (as the benchmarks and most tests use).
+    pub fn square(
+        batch: usize,
+        [in_channels, out_channels]: [usize; 2],
+        side: usize,
+        kernel: usize,
+        stride: usize,
+        padding: usize,
+    ) -> ConvGeometry {
+        let out = (side + 2 * padding - kernel) / stride + 1;
+        ConvGeometry {
+            batch,
+            in_channels,
+            out_channels,
+            in_h: side,
+            in_w: side,
+            out_h: out,
+            out_w: out,
+            kernel: [kernel, kernel],
+            stride: [stride, stride],
+            padding: [padding, padding],
+            dilation: [1, 1],
+        }
+    }
+
     pub(crate) fn in_plane(&self) -> usize {
         self.in_h * self.in_w
     }

@@ -1633,20 +1633,7 @@ mod tests {
         assert!(on);
         pool.install(|| {
             for (i, &(batch, [cin, cout], side, kernel, stride, padding)) in cases.iter().enumerate() {
-                let out = (side + 2 * padding - kernel) / stride + 1;
-                let g = ConvGeometry {
-                    batch,
-                    in_channels: cin,
-                    out_channels: cout,
-                    in_h: side,
-                    in_w: side,
-                    out_h: out,
-                    out_w: out,
-                    kernel: [kernel, kernel],
-                    stride: [stride, stride],
-                    padding: [padding, padding],
-                    dilation: [1, 1],
-                };
+                let g = ConvGeometry::square(batch, [cin, cout], side, kernel, stride, padding);
                 assert_eq!(crate::winograd::applies(&g), i == 3, "case {i}: Winograd's or direct");
                 let shaped = |values: Vec<f32>, shape: [usize; 4]| {
                     FlexTensor::from_data(TensorData::new(values, Shape::new(shape)))
